@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` (main job) and `make test` (the whole suite).
+# Each one sets up .venv first. The CPU build of torch goes in before anything else can pull
+# torch in, because letting pip choose torch freely downloads several GB of CUDA packages.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,plots]"
+	touch $@
+
+demo: install
+	$(BIN)/sssl demo --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/run --quick
+
+clean:
+	rm -rf runs data out

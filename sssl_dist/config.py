@@ -1,0 +1,200 @@
+"""Configuration: frozen dataclasses with the paper's defaults, each field with its source.
+
+`FeatureConfig` describes the log-mel features written by the shard stage (paper §3.1);
+`SSSLConfig` describes one training run (method, model, optimiser, song-level decision).
+Both serialise to plain dicts (JSON/YAML) and are saved with every shard set, checkpoint and
+result, so any number can be traced back to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+METHODS = ("inherit", "sssl-nokl", "sssl")
+TASKS = ("quadrant", "valence", "arousal")
+SPLITS = ("per_class", "global")
+BACKBONES = ("small_cnn", "vgg16")
+QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel front end (paper §3.1: librosa, 22.05 kHz, Hann 1024, hop 512, 128 mels)."""
+
+    sample_rate: int = 22050  # paper §3.1
+    n_fft: int = 1024  # paper §3.1 (Hann window of 1024 samples)
+    hop_length: int = 512  # paper §3.1
+    n_mels: int = 128  # paper §3.1
+    # Shortest song kept: the longest segment the paper uses (5 s, §4.1), so one shard set
+    # serves every L in 1..5 s. Our choice.
+    min_duration_s: float = 5.0
+    # Longest song sharded; longer files are rejected with a reason (one 10-min file would
+    # otherwise dominate a shard). Our choice; `sssl predict` has no such limit.
+    max_duration_s: float = 900.0
+    # A file whose RMS is below this (dBFS) is "silent" and rejected. Our choice.
+    silence_dbfs: float = -60.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def digest(self) -> str:
+        """Short hash of the feature settings: shards built with other settings are rebuilt."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SSSLConfig:
+    """One training run. Defaults: the paper where it says, DivideMix/MixMatch where it does not."""
+
+    # --- what is trained -------------------------------------------------------------------
+    method: Literal["inherit", "sssl-nokl", "sssl"] = "sssl"  # paper Table 3 (Proposed = sssl)
+    task: Literal["quadrant", "valence", "arousal"] = "quadrant"  # paper §3: V/A binary, 4Q
+    segment_seconds: int = 3  # L; paper Table 2: 3 s best for valence
+    hop_seconds: int = 1  # paper §4.1: overlap is L - 1 s
+    backbone: Literal["small_cnn", "vgg16"] = "small_cnn"  # paper uses vgg16; small_cnn for CPU
+    dropout: float = 0.5  # VGG16 classifier default; also what R-Drop (Eq. 8) perturbs
+
+    # --- SSSL (Eq. 3-9) --------------------------------------------------------------------
+    tau: float = 0.5  # clean threshold on w (§2.1.2); DivideMix p_threshold = 0.5
+    temperature: float = 0.5  # T of Eq. 4; DivideMix / MixMatch T = 0.5
+    lambda_kl: float = 1.0  # λ of Eq. 9; R-Drop paper's alpha range 0.3-5; our choice 1.0
+    mixup_alpha: float = 0.75  # δ ~ Beta(α, α) in Eq. 6; MixMatch default 0.75
+    # Per-class GMM (one per inherited class) is the default: the paper's single global GMM
+    # let one quadrant vanish from X on our ground-truth corpus (issue 6); "global" reproduces
+    # the paper exactly.
+    split: Literal["per_class", "global"] = "per_class"
+    min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
+    gmm_max_iter: int = 10  # DivideMix
+    gmm_tol: float = 1e-2  # DivideMix
+    gmm_reg_covar: float = 5e-4  # DivideMix
+
+    # --- optimisation ----------------------------------------------------------------------
+    warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice
+    epochs: int = 12  # total epochs including warm-up; our choice for the embedded corpus
+    batch_size: int = 64  # per worker; our choice
+    optimizer: Literal["adam", "sgd"] = "adam"  # paper silent; Adam trains the CNNs robustly
+    lr: float = 1e-3  # Adam default
+    weight_decay: float = 5e-4  # DivideMix
+    momentum: float = 0.9  # used by SGD only
+
+    # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
+    theta: float = 0.5  # θ of f7 in Eq. 10; paper: "low sensitivity ... empirical"; our choice
+    svm_c: float = 1.0  # scikit-learn default
+    svm_kernel: Literal["rbf", "linear"] = "rbf"  # scikit-learn default
+
+    # --- evaluation ------------------------------------------------------------------------
+    n_folds: int = 10  # paper §4.3: ten-fold cross-validation
+    val_fraction: float = 0.1  # songs held out inside each training fold for honest selection
+    seed: int = 0
+
+    # --- execution -------------------------------------------------------------------------
+    torch_threads: int = 1  # per worker on CPU: two workers on two cores must not oversubscribe
+    bf16: bool = False  # autocast on GPU only
+    max_failures: int = 0  # Ray Train FailureConfig: worker restarts before the run fails
+    gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("task", self.task, TASKS)
+        _check_choice("split", self.split, SPLITS)
+        _check_choice("backbone", self.backbone, BACKBONES)
+        if not 1 <= self.segment_seconds <= 30:
+            raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")
+        if not 0.0 < self.tau < 1.0:
+            raise ValueError(f"tau must be in (0, 1), got {self.tau}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError("warmup_epochs must not exceed epochs")
+        if self.n_folds < 2:
+            raise ValueError("n_folds must be at least 2")
+
+    @property
+    def num_classes(self) -> int:
+        return 4 if self.task == "quadrant" else 2
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return {
+            "quadrant": QUADRANTS,
+            "valence": ("negative", "positive"),
+            "arousal": ("low", "high"),
+        }[self.task]
+
+
+C = TypeVar("C", FeatureConfig, SSSLConfig)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def to_dict(cfg: FeatureConfig | SSSLConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build a config from a dict, refusing unknown keys (a typo must not pass silently)."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Coerce strings from the command line (`--set tau=0.6`) to the field's type."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} expects a boolean, got {value!r}")
+    return type(default)(value)
+
+
+def with_overrides(cfg: C, overrides: dict[str, Any]) -> C:
+    merged = to_dict(cfg)
+    merged.update(overrides)
+    return from_dict(type(cfg), merged)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["tau=0.6", "method=inherit"]` -> {"tau": "0.6", "method": "inherit"}."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"override {pair!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SSSLConfig:
+    """Read a YAML/JSON config file (or the defaults when path is None), then apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+    data.update(overrides or {})
+    return from_dict(SSSLConfig, data)
+
+
+def save_config(cfg: FeatureConfig | SSSLConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,263 @@
+"""The SSSL method of Sun et al., one function per equation (Eq. 2-9).
+
+Nothing here knows about Ray or distribution: the training loop in `train.py` composes these
+functions. Shapes use B for batch, K for classes, N for all training segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
+
+log = logging.getLogger(__name__)
+
+# Below this spread (after min-max normalisation the losses span [0, 1]) the losses carry no
+# information about which samples are clean; we call the split degenerate. Our choice.
+_EQUAL_LOSS_EPS = 1e-8
+
+
+class DegenerateSplitWarning(UserWarning):
+    """The clean/noisy split could not be fit or left a set or a class (nearly) empty."""
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 2: per-sample cross-entropy
+# --------------------------------------------------------------------------------------------
+def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 without the mean: l_i = -sum_j y_ij log f_j(θ, x_i).
+
+    logits [B, K], targets [B] (class indices) -> losses [B]. The GMM needs one loss per sample,
+    hence reduction='none'.
+    """
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 3 and §2.1.2: two-component GMM on the per-sample losses
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GmmFit:
+    """Result of one two-component GMM fit on a vector of losses.
+
+    clean_prob [N]: w_i, the posterior of the low-mean component (§2.1.2).
+    means/variances/weights: of the (clean, noisy) components, on the min-max normalised scale.
+    degenerate: why the fit was skipped, or "" when it ran.
+    """
+
+    clean_prob: np.ndarray
+    means: tuple[float, float] = (float("nan"), float("nan"))
+    variances: tuple[float, float] = (float("nan"), float("nan"))
+    weights: tuple[float, float] = (float("nan"), float("nan"))
+    degenerate: str = ""
+
+
+def normalise_losses(losses: np.ndarray) -> np.ndarray | None:
+    """Min-max scale to [0, 1] as DivideMix does; None when all losses are (nearly) equal."""
+    lo, hi = float(np.min(losses)), float(np.max(losses))
+    if hi - lo < _EQUAL_LOSS_EPS:
+        return None
+    return (losses - lo) / (hi - lo)
+
+
+def fit_loss_gmm(
+    losses: np.ndarray,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+    seed: int = 0,
+) -> GmmFit:
+    """Eq. 3: p(l) = sum_k λ_k p(l | k) with K = 2, fit by EM; returns w_i = p(clean | l_i).
+
+    losses [N] (float; NaN allowed). Edge cases, each with a defined outcome:
+    - NaN losses: excluded from the fit and given w = 0 (a sample whose loss cannot be computed
+      is not trusted as clean);
+    - fewer than 2 finite losses, or all equal: no fit; every finite sample gets w = 1 (nothing
+      distinguishes clean from noisy, so keep the labels) and `degenerate` says why.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(losses)
+    w = np.zeros(losses.shape[0], dtype=np.float64)
+    if finite.sum() < 2:
+        w[finite] = 1.0
+        return GmmFit(clean_prob=w, degenerate=f"only {int(finite.sum())} finite loss(es)")
+    scaled = normalise_losses(losses[finite])
+    if scaled is None:
+        w[finite] = 1.0
+        return GmmFit(clean_prob=w, degenerate="all losses equal")
+    gmm = GaussianMixture(
+        n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
+    )
+    with warnings.catch_warnings():
+        # EM stopping at max_iter=10 is DivideMix's deliberate choice, not a problem.
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        gmm.fit(scaled.reshape(-1, 1))
+    means = gmm.means_.ravel()
+    clean = int(np.argmin(means))  # §2.1.2: the component with the smaller mean is clean
+    order = (clean, 1 - clean)
+    w[finite] = gmm.predict_proba(scaled.reshape(-1, 1))[:, clean]
+    return GmmFit(
+        clean_prob=w,
+        means=tuple(float(means[i]) for i in order),
+        variances=tuple(float(gmm.covariances_.ravel()[i]) for i in order),
+        weights=tuple(float(gmm.weights_[i]) for i in order),
+    )
+
+
+@dataclass
+class Split:
+    """The clean/noisy partition of one epoch: X = {w > τ}, U = the rest (§2.1.2)."""
+
+    clean_prob: np.ndarray  # w [N]
+    clean: np.ndarray  # bool [N], True for X
+    fits: dict[str, GmmFit]  # "all" for the global split, "class <k>" for per-class fits
+    class_counts_in_x: list[int]  # |X ∩ class k| for each inherited class k
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def clean_fraction(self) -> float:
+        return float(self.clean.mean()) if self.clean.size else 0.0
+
+
+def split_clean_noisy(
+    losses: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    tau: float,
+    mode: str = "per_class",
+    min_class_share: float = 0.05,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+    seed: int = 0,
+) -> Split:
+    """Split the training set into X (clean) and U (noisy) from per-sample losses.
+
+    losses [N], labels [N] (inherited labels). mode="global" is the paper: one GMM over all
+    losses. mode="per_class" fits one GMM per inherited class, so a class whose losses are all
+    high (a hard class, not a noisy one) cannot vanish from X. Both warn (and log) when X or U is
+    empty or a class falls under `min_class_share` of X.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    labels = np.asarray(labels)
+    kw = dict(max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed)
+    fits: dict[str, GmmFit] = {}
+    if mode == "global":
+        fits["all"] = fit_loss_gmm(losses, **kw)
+        w = fits["all"].clean_prob
+    elif mode == "per_class":
+        w = np.zeros_like(losses)
+        for k in range(num_classes):
+            members = labels == k
+            if members.any():
+                fits[f"class {k}"] = fit_loss_gmm(losses[members], **kw)
+                w[members] = fits[f"class {k}"].clean_prob
+    else:
+        raise ValueError(f"unknown split mode {mode!r}")
+
+    clean = w > tau
+    counts = [int((clean & (labels == k)).sum()) for k in range(num_classes)]
+    notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
+    n_x = int(clean.sum())
+    if n_x == 0:
+        notes.append("X is empty: every sample is treated as noisy this epoch")
+    elif n_x == clean.size:
+        notes.append("U is empty: every sample is treated as clean this epoch")
+    present = [k for k in range(num_classes) if (labels == k).any()]
+    if n_x:
+        for k in present:
+            if counts[k] / n_x < min_class_share:
+                notes.append(f"class {k} is {counts[k]}/{n_x} of X (< {min_class_share:.0%})")
+    for note in notes:
+        warnings.warn(note, DegenerateSplitWarning, stacklevel=2)
+    return Split(clean_prob=w, clean=clean, fits=fits, class_counts_in_x=counts, warnings=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 4-5: sharpened pseudo soft labels for U
+# --------------------------------------------------------------------------------------------
+def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 4: ŷ = S(p) = p^(1/T) / sum_k p_k^(1/T).
+
+    probs [B, K] on the simplex -> [B, K] on the simplex. The paper's typeset Eq. 4 is garbled
+    ("f^{-k 1/T}"); this is the standard temperature sharpening of MixMatch/DivideMix that the
+    text describes. Computed as softmax(log p / T) so T -> 0 gives a one-hot vector without
+    overflow, and T = 1 returns p unchanged.
+    """
+    logp = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+    return torch.softmax(logp / temperature, dim=-1)
+
+
+def pseudo_label(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 5: Û = {(x_i, ŷ_i) | x_i ∈ U}, ŷ_i = sharpen(f(θ, x_i)); probs [B, K] -> [B, K].
+
+    The caller computes `probs` without gradient: the targets are fixed for the step.
+    """
+    return sharpen(probs.detach(), temperature)
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 6: mixup over X ∪ Û
+# --------------------------------------------------------------------------------------------
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Eq. 6: x = δ x_p + (1 - δ) x_q, y = δ y_p + (1 - δ) y_q, δ ~ Beta(α, α).
+
+    x [B, ...], y [B, K] soft targets -> (mixed x [B, ...], mixed y [B, K], δ). Each sample p is
+    paired with a random partner q (a permutation of the batch). As in DivideMix we use
+    δ = max(δ, 1 - δ), so the mixed sample stays closer to its own input and label.
+    """
+    if alpha <= 0 or x.shape[0] < 2:
+        return x, y, 1.0
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    if generator is None:
+        delta = float(beta.sample())
+    else:
+        # Beta(α, α) from two Gammas, drawn with our generator for reproducibility.
+        u = torch._standard_gamma(torch.full((2,), float(alpha)), generator=generator)
+        delta = float(u[0] / u.sum())
+    delta = max(delta, 1.0 - delta)
+    perm = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
+    return delta * x + (1 - delta) * x[perm], delta * y + (1 - delta) * y[perm], delta
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 7-9: the losses
+# --------------------------------------------------------------------------------------------
+def mix_loss(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: L_MIX = -1/n sum_i sum_k y_ik log f_k(x_i), the CE of mixed soft targets.
+
+    logits [B, K], soft_targets [B, K] -> scalar. With y = δ y_p + (1 - δ) y_q this equals
+    δ l_p + (1 - δ) l_q, the form the paper writes. An empty batch gives 0.
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return -(soft_targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def rdrop_kl(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: L_KL = 1/2 (KL(P1 || P2) + KL(P2 || P1)), averaged over the samples of U.
+
+    logits1, logits2 [B, K] from two dropout-active passes over the same inputs -> scalar.
+    The paper writes a sum over U; we average so λ does not depend on the batch size (the
+    R-Drop reference code does the same). An empty U gives 0.
+    """
+    if logits1.shape[0] == 0:
+        return logits1.sum() * 0.0
+    logp1, logp2 = F.log_softmax(logits1, dim=-1), F.log_softmax(logits2, dim=-1)
+    kl12 = F.kl_div(logp2, logp1, log_target=True, reduction="none").sum(-1)  # KL(P1 || P2)
+    kl21 = F.kl_div(logp1, logp2, log_target=True, reduction="none").sum(-1)  # KL(P2 || P1)
+    return 0.5 * (kl12 + kl21).mean()
+
+
+def total_loss(l_mix: torch.Tensor, l_kl: torch.Tensor, lambda_kl: float) -> torch.Tensor:
+    """Eq. 9: L = L_MIX + λ L_KL (λ = 0 gives the paper's ablation "Proposed*")."""
+    return l_mix + lambda_kl * l_kl

@@ -1,0 +1,92 @@
+"""Segment-level backbones: the paper's VGG16 and a small CNN for CPU training.
+
+Input is a log-mel segment [B, 1, n_mels, frames]; output is logits [B, K]. Both take any
+segment length: VGG16 through adaptive pooling as in torchvision, the small CNN through global
+pooling. Both begin with a BatchNorm over the single input channel, which learns the scale of
+the dB values instead of a hand-set normalisation constant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# VGG16 configuration "D" (Simonyan & Zisserman 2015, Table 1): numbers are conv widths, "M"
+# is a 2x2 max-pool.
+VGG16_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """VGG16 with batch-norm (torchvision `vgg16_bn` layout), 1 input channel, K outputs.
+
+    The paper (§3.1) "only modif[ies] the input channel and output number of classification",
+    so the 4096-4096 classifier and the 7x7 adaptive pool are kept.
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+        channels = 1
+        for v in VGG16_D:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(True)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (16-32-64-64) and a global mean+max pool: trains on 2 CPU cores.
+
+    The first block pools 2x2 right away so the expensive convolutions run on a quarter of
+    the time-frequency plane; dropout before the classifier gives R-Drop (Eq. 8) its two
+    different sub-models.
+    """
+
+    def __init__(self, num_classes: int, dropout: float = 0.5, width: int = 16) -> None:
+        super().__init__()
+        chans = (width, 2 * width, 4 * width, 4 * width)
+        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+        previous = 1
+        for c in chans:
+            layers += [
+                nn.Conv2d(previous, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(True),
+                nn.MaxPool2d(2),
+            ]
+            previous = c
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(self.dropout(pooled))
+
+
+def build_model(backbone: str, num_classes: int, dropout: float) -> nn.Module:
+    if backbone == "vgg16":
+        return VGG16(num_classes, dropout)
+    if backbone == "small_cnn":
+        return SmallCNN(num_classes, dropout)
+    raise ValueError(f"unknown backbone {backbone!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

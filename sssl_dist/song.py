@@ -1,0 +1,114 @@
+"""Song-level decision (paper §2.2): segment probabilities -> Eq. 10 features -> SVM.
+
+The SVM is kept as its training data plus settings, never as a pickle: refitting scikit-learn's
+SVC on the same data with the same random_state reproduces it exactly, so an exported model
+loads with `torch.load(weights_only=True)` and executes no code from the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+FEATURE_NAMES = ("max", "min", "q1", "median", "q3", "mean", "frac_above_theta")
+
+
+def song_features(probs: np.ndarray, theta: float) -> np.ndarray:
+    """Eq. 10: for each class k, f1..f7 of the segment probabilities P_s(E_k), s ∈ C.
+
+    probs [S, K] (S segments of one song) -> [7K], class-major: [f1^1..f7^1, f1^2..f7^2, ...]
+      f1 = max_s P_s(E_k), f2 = min_s P_s(E_k), f3..f5 = quartiles 1-3 (numpy's linear
+      interpolation), f6 = mean_s P_s(E_k), f7 = |{s : P_s(E_k) > θ}| / |C|.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"song_features needs [S>0, K] probabilities, got shape {probs.shape}")
+    q1, q2, q3 = np.quantile(probs, [0.25, 0.5, 0.75], axis=0)
+    per_class = np.stack(
+        [
+            probs.max(axis=0),
+            probs.min(axis=0),
+            q1,
+            q2,
+            q3,
+            probs.mean(axis=0),
+            (probs > theta).mean(axis=0),
+        ],
+        axis=1,
+    )  # [K, 7]
+    return per_class.reshape(-1)
+
+
+def feature_names(label_names: tuple[str, ...]) -> list[str]:
+    return [f"{k}:{f}" for k in label_names for f in FEATURE_NAMES]
+
+
+def majority_vote(probs: np.ndarray) -> int:
+    """Song decision of Sarkar et al.: the class most segments vote for (ties: lowest index)."""
+    votes = np.bincount(np.argmax(probs, axis=1), minlength=probs.shape[1])
+    return int(np.argmax(votes))
+
+
+@dataclass
+class SongClassifier:
+    """Standardisation + SVM on Eq. 10 features, trained on the training songs of a fold."""
+
+    c: float = 1.0
+    kernel: str = "rbf"
+    seed: int = 0
+
+    def fit(self, features: np.ndarray, labels: np.ndarray) -> SongClassifier:
+        self.train_features = np.asarray(features, dtype=np.float64)
+        self.train_labels = np.asarray(labels, dtype=np.int64)
+        self.classes = np.unique(self.train_labels)
+        if self.classes.size == 1:
+            # One class in training: SVC refuses; the only honest answer is that class.
+            self._pipe = None
+            return self
+        self._pipe = make_pipeline(
+            StandardScaler(),
+            SVC(C=self.c, kernel=self.kernel, probability=True, random_state=self.seed),
+        )
+        self._pipe.fit(self.train_features, self.train_labels)
+        return self
+
+    def predict_proba(self, features: np.ndarray, num_classes: int) -> np.ndarray:
+        """[n, 7K] -> [n, num_classes] (classes absent from training get probability 0)."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        out = np.zeros((features.shape[0], num_classes))
+        if self._pipe is None:
+            out[:, self.classes[0]] = 1.0
+            return out
+        out[:, self._pipe.classes_] = self._pipe.predict_proba(features)
+        return out
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if self._pipe is None:
+            return np.full(features.shape[0], self.classes[0])
+        return self._pipe.predict(features)
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, train_labels: np.ndarray
+) -> dict[str, float]:
+    """Accuracy and F1 (binary: F1 of class 1; 4 classes: macro-F1), and the majority-class
+    baseline: the accuracy of always answering the most frequent training class."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    majority = int(np.argmax(np.bincount(np.asarray(train_labels), minlength=num_classes)))
+    if num_classes == 2:
+        f1 = f1_score(y_true, y_pred, pos_label=1, average="binary", zero_division=0)
+    else:
+        f1 = f1_score(
+            y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0
+        )
+    return {
+        "acc": float(accuracy_score(y_true, y_pred)),
+        "f1": float(f1),
+        "majority_acc": float(np.mean(y_true == majority)),
+    }

@@ -1,0 +1,245 @@
+"""Each equation of the method against the paper, its edge cases, and a real learning test."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from sssl_dist.config import SSSLConfig
+from sssl_dist.method import (
+    DegenerateSplitWarning,
+    fit_loss_gmm,
+    mix_loss,
+    mixup,
+    per_sample_ce,
+    rdrop_kl,
+    sharpen,
+    split_clean_noisy,
+    total_loss,
+)
+from sssl_dist.step import ce_loss, sssl_loss
+
+
+def test_per_sample_ce_matches_definition():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 0, 1])
+    expected = -torch.log_softmax(logits, -1)[torch.arange(3), targets]
+    assert torch.allclose(per_sample_ce(logits, targets), expected)
+    assert per_sample_ce(logits, targets).shape == (3,)
+
+
+def test_sharpen_limits():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    assert torch.allclose(sharpen(p, 1.0), p, atol=1e-6)
+    hard = sharpen(p, 1e-4)
+    assert torch.equal(hard, torch.nn.functional.one_hot(p.argmax(-1), 3).float())
+    soft = sharpen(p, 0.5)
+    expected = p**2 / (p**2).sum(-1, keepdim=True)
+    assert torch.allclose(soft, expected, atol=1e-6)
+    assert torch.allclose(soft.sum(-1), torch.ones(2))
+
+
+def test_rdrop_kl_zero_on_equal_and_symmetric():
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    assert rdrop_kl(a, a).abs() < 1e-6
+    assert torch.allclose(rdrop_kl(a, b), rdrop_kl(b, a))
+    assert rdrop_kl(a, b) > 0
+    assert rdrop_kl(a[:0], b[:0]) == 0
+
+
+def test_mixup_targets_on_simplex_and_delta_at_least_half():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 4, 4)
+    y = torch.softmax(torch.randn(16, 3), -1)
+    for _ in range(20):
+        mx, my, delta = mixup(x, y, 0.75, g)
+        assert 0.5 <= delta <= 1.0
+        assert torch.all(my >= 0)
+        assert torch.allclose(my.sum(-1), torch.ones(16), atol=1e-6)
+        assert mx.shape == x.shape
+    # One sample: nothing to mix with, returned unchanged.
+    mx, my, delta = mixup(x[:1], y[:1], 0.75, g)
+    assert delta == 1.0 and torch.equal(mx, x[:1])
+
+
+def test_mix_loss_is_convex_combination_of_ce():
+    logits = torch.randn(6, 3)
+    yp = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    yq = torch.nn.functional.one_hot(torch.tensor([1, 1, 0, 2, 2, 0]), 3).float()
+    d = 0.7
+    lp = torch.nn.functional.cross_entropy(logits, yp.argmax(-1))
+    lq = torch.nn.functional.cross_entropy(logits, yq.argmax(-1))
+    assert torch.allclose(mix_loss(logits, d * yp + (1 - d) * yq), d * lp + (1 - d) * lq)
+    assert total_loss(torch.tensor(1.0), torch.tensor(2.0), 0.5) == 2.0
+
+
+def _planted_losses(n_clean=800, n_noisy=300, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = rng.gamma(2.0, 0.1, n_clean)
+    noisy = 1.5 + rng.gamma(4.0, 0.3, n_noisy)
+    return np.concatenate([clean, noisy]), np.r_[np.ones(n_clean), np.zeros(n_noisy)]
+
+
+def test_gmm_recovers_planted_split():
+    losses, is_clean = _planted_losses()
+    fit = fit_loss_gmm(losses)
+    assert roc_auc_score(is_clean, fit.clean_prob) > 0.95
+    assert fit.means[0] < fit.means[1]
+    assert abs(sum(fit.weights) - 1) < 1e-6
+    split = split_clean_noisy(
+        losses, np.zeros(len(losses), int), num_classes=1, tau=0.5, mode="global"
+    )
+    assert split.clean[is_clean == 1].mean() > 0.9
+    assert split.clean[is_clean == 0].mean() < 0.1
+
+
+def test_per_class_split_keeps_a_hard_class():
+    # Class 1 is hard: all its losses are higher than class 0's, clean or not. The global GMM
+    # calls all of class 1 noisy; the per-class GMM keeps its clean part.
+    rng = np.random.default_rng(1)
+    l0, c0 = _planted_losses(600, 200, seed=2)
+    l1, c1 = _planted_losses(600, 200, seed=3)
+    l1 = l1 + 8.0
+    losses, labels = np.r_[l0, l1], np.r_[np.zeros(800, int), np.ones(800, int)]
+    truth = np.r_[c0, c1]
+    rng.shuffle(idx := np.arange(1600))
+    losses, labels, truth = losses[idx], labels[idx], truth[idx]
+    with pytest.warns(DegenerateSplitWarning, match="class 1"):
+        glob = split_clean_noisy(losses, labels, num_classes=2, tau=0.5, mode="global")
+    assert glob.class_counts_in_x[1] < 0.05 * glob.clean.sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateSplitWarning)
+        per = split_clean_noisy(losses, labels, num_classes=2, tau=0.5, mode="per_class")
+    assert min(per.class_counts_in_x) > 400
+    assert roc_auc_score(truth, per.clean_prob) > 0.95
+    assert set(per.fits) == {"class 0", "class 1"}
+
+
+def test_edge_all_losses_equal():
+    with pytest.warns(DegenerateSplitWarning, match="all losses equal"):
+        s = split_clean_noisy(
+            np.full(10, 0.3), np.zeros(10, int), num_classes=2, tau=0.5, mode="global"
+        )
+    assert s.clean.all() and s.clean_fraction == 1.0
+
+
+def test_edge_nan_losses_are_noisy_and_excluded():
+    losses, _ = _planted_losses(100, 50)
+    losses[[3, 7]] = np.nan
+    fit = fit_loss_gmm(losses)
+    assert fit.clean_prob[3] == 0 and fit.clean_prob[7] == 0
+    assert np.isfinite(fit.clean_prob).all()
+    only_nan = fit_loss_gmm(np.array([np.nan, np.nan, 1.0]))
+    assert only_nan.degenerate and only_nan.clean_prob.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_edge_empty_x_and_empty_u_warn():
+    losses, _ = _planted_losses(100, 50)
+    with pytest.warns(DegenerateSplitWarning, match="X is empty"):
+        s = split_clean_noisy(
+            losses, np.zeros(150, int), num_classes=1, tau=0.999999999, mode="global"
+        )
+    assert not s.clean.any()
+    with pytest.warns(DegenerateSplitWarning, match="U is empty"):
+        s = split_clean_noisy(np.array([0.1, 0.1]), np.zeros(2, int), num_classes=1, tau=0.5)
+    assert s.clean.all()
+
+
+class _Mlp(nn.Module):
+    def __init__(self, d, k, hidden=128, dropout=0.3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, k),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("clean_mask", ["all", "none", "one"])
+def test_sssl_step_handles_empty_sets_and_single_sample(clean_mask):
+    cfg = SSSLConfig(task="quadrant")
+    model = _Mlp(8, 4)
+    n = 1 if clean_mask == "one" else 6
+    x, y = torch.randn(n, 8), torch.randint(0, 4, (n,))
+    clean = (
+        torch.ones(n, dtype=torch.bool)
+        if clean_mask != "none"
+        else torch.zeros(n, dtype=torch.bool)
+    )
+    out = sssl_loss(model, model, x, y, clean, cfg, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert out.n_clean + out.n_noisy == n
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _noisy_blobs(seed, n_train=600, n_test=2000, d=20, k=4, noise=0.4):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, d, generator=g) * 1.3
+
+    def draw(n):
+        y = torch.randint(0, k, (n,), generator=g)
+        return centers[y] + torch.randn(n, d, generator=g), y
+
+    x_tr, y_tr = draw(n_train)
+    x_te, y_te = draw(n_test)
+    flip = torch.rand(n_train, generator=g) < noise
+    y_noisy = torch.where(flip, (y_tr + torch.randint(1, k, (n_train,), generator=g)) % k, y_tr)
+    return x_tr, y_noisy, y_tr, x_te, y_te
+
+
+def _train(method, data, epochs=60, seed=0):
+    x_tr, y_noisy, y_true, x_te, y_te = data
+    torch.manual_seed(seed)
+    cfg = SSSLConfig(method=method, task="quadrant", warmup_epochs=5, epochs=epochs)
+    model = _Mlp(x_tr.shape[1], 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    purity = []
+    for epoch in range(epochs):
+        clean_all = None
+        if method != "inherit" and epoch >= cfg.warmup_epochs:
+            model.eval()
+            with torch.no_grad():
+                losses = per_sample_ce(model(x_tr), y_noisy).numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DegenerateSplitWarning)
+                split = split_clean_noisy(losses, y_noisy.numpy(), num_classes=4, tau=cfg.tau)
+            clean_all = torch.from_numpy(split.clean)
+            purity.append(float((y_noisy == y_true)[clean_all].float().mean()))
+        model.train()
+        for idx in torch.randperm(len(x_tr), generator=g).split(64):
+            if clean_all is None:
+                out = ce_loss(model, x_tr[idx], y_noisy[idx])
+            else:
+                out = sssl_loss(model, model, x_tr[idx], y_noisy[idx], clean_all[idx], cfg, g)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x_te).argmax(-1) == y_te).float().mean())
+    return acc, purity
+
+
+def test_sssl_beats_inherit_on_noisy_labels():
+    """A real learning test: 40 % of labels flipped; SSSL must beat plain CE on clean test
+    labels, and the GMM's clean set must be purer than the full training set."""
+    data = _noisy_blobs(seed=0)
+    base_purity = float((data[1] == data[2]).float().mean())
+    acc_inherit, _ = _train("inherit", data)
+    acc_sssl, purity = _train("sssl", data)
+    assert acc_sssl > acc_inherit + 0.10, (acc_inherit, acc_sssl)
+    assert np.mean(purity[-5:]) > base_purity + 0.2, (base_purity, purity[-5:])
