@@ -1,0 +1,195 @@
+"""Ray tasks turn songs into WebDataset tar shards of song-level log-mels + a manifest.json.
+
+Each song is decoded and its log-mel computed once; segments of every length are cut from it at
+read time (`sssl_dist.data`), so one shard set serves L = 1..5 s. Per song a shard holds
+`<key>.mel.npy` (float16 [n_mels, frames], plain .npy, never a pickle) and `<key>.json`.
+
+A shard is written to a temporary name and renamed when complete, with a sidecar
+`<shard>.json` written last: a shard counts as done only when its sidecar names the same songs
+and the same feature digest. An interrupted run therefore never leaves a tar that the reader
+accepts, and re-running completes the set and skips finished shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import webdataset as wds
+from tqdm import tqdm
+
+from sssl_dist.audio import AudioError, decode, log_mel
+from sssl_dist.config import FeatureConfig
+from sssl_dist.data import MANIFEST_NAME, library_versions
+from sssl_dist.records import SongRecord
+
+log = logging.getLogger(__name__)
+SHARD_FORMAT = "sssl-shards/1"
+
+
+def shard_key(song_id: str) -> str:
+    """WebDataset splits keys at the first dot: keep ids to [A-Za-z0-9_-]."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", song_id)
+
+
+def write_shard(
+    records: list[dict[str, Any]], path: str, fc_dict: dict[str, Any], truth: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Decode, mel and write one shard; returns its sidecar (songs written, rejects)."""
+    fc = FeatureConfig(**fc_dict)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    songs, rejects = [], []
+    t0 = time.perf_counter()
+    with wds.TarWriter(str(tmp)) as tar:
+        for rec in records:
+            try:
+                y = decode(rec["audio_path"], fc)
+                mel = log_mel(y, fc)
+            except AudioError as exc:
+                rejects.append(
+                    {"song_id": rec["song_id"], "path": rec["audio_path"], "reason": str(exc)}
+                )
+                continue
+            key = shard_key(rec["song_id"])
+            meta = {
+                **rec,
+                "key": key,
+                "duration_s": y.size / fc.sample_rate,
+                "frames": int(mel.shape[1]),
+                "truth": truth.get(rec["song_id"]),
+            }
+            buf = io.BytesIO()
+            np.save(buf, mel.astype(np.float16), allow_pickle=False)
+            tar.write(
+                {"__key__": key, "mel.npy": buf.getvalue(), "json": json.dumps(meta).encode()}
+            )
+            songs.append(meta)
+    tmp.replace(path)
+    sidecar = {
+        "file": path.name,
+        "planned": [r["song_id"] for r in records],
+        "feature_digest": fc.digest(),
+        "songs": songs,
+        "rejects": rejects,
+        "bytes": path.stat().st_size,
+        "seconds": time.perf_counter() - t0,
+    }
+    _write_json_atomic(path.with_name(path.name + ".json"), sidecar)
+    return sidecar
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _finished(path: Path, planned: list[str], digest: str) -> dict[str, Any] | None:
+    """The sidecar of a complete shard for exactly this plan, or None."""
+    side = path.with_name(path.name + ".json")
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        sidecar = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    ok = (
+        sidecar.get("planned") == planned
+        and sidecar.get("feature_digest") == digest
+        and sidecar.get("bytes") == path.stat().st_size
+    )
+    return sidecar if ok else None
+
+
+def shard_dataset(
+    records: list[SongRecord],
+    out: Path,
+    *,
+    fc: FeatureConfig = FeatureConfig(),
+    truth: dict[str, list[int]] | None = None,
+    songs_per_shard: int = 32,
+    dataset: str = "",
+    load_report: dict[str, list[str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Shard `records` into `out` with one Ray task per shard; returns the manifest.
+
+    Starts Ray in-process if it is not running. Raises RuntimeError when no song is usable.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    truth = truth or {}
+    ordered = sorted(records, key=lambda r: r.song_id)
+    plans = [ordered[i : i + songs_per_shard] for i in range(0, len(ordered), songs_per_shard)]
+    digest = fc.digest()
+    remote = ray.remote(num_cpus=1)(write_shard)
+    sidecars: dict[int, dict[str, Any]] = {}
+    pending = {}
+    for i, plan in enumerate(plans):
+        path = out / f"shard-{i:06d}.tar"
+        done = _finished(path, [r.song_id for r in plan], digest)
+        if done is not None:
+            sidecars[i] = done
+            continue
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False, configure_logging=False)
+        ref = remote.remote(
+            [r.to_dict() for r in plan],
+            str(path),
+            asdict(fc),
+            {r.song_id: truth[r.song_id] for r in plan if r.song_id in truth},
+        )
+        pending[ref] = i
+    if sidecars:
+        log.info("shards: %d of %d already complete, skipped", len(sidecars), len(plans))
+    bar = tqdm(total=len(ordered), desc="shard songs", unit="song", disable=not progress)
+    bar.update(sum(len(plans[i]) for i in sidecars))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ready[0])
+        sidecars[i] = ray.get(ready[0])
+        bar.update(len(plans[i]))
+    bar.close()
+    for old in out.glob("shard-*.tar"):  # a larger earlier plan: its extra shards are stale
+        if int(old.stem.split("-")[1]) >= len(plans):
+            old.unlink()
+            old.with_name(old.name + ".json").unlink(missing_ok=True)
+    manifest = _manifest(out, [sidecars[i] for i in range(len(plans))], fc, dataset, load_report)
+    for rej in manifest["rejects"]:
+        log.warning("rejected %s: %s", rej["path"], rej["reason"])
+    if not manifest["songs"]:
+        raise RuntimeError(
+            f"no usable song: all {len(ordered)} file(s) were rejected "
+            f"(reasons in {out / MANIFEST_NAME})"
+        )
+    return manifest
+
+
+def _manifest(out, sidecars, fc, dataset, load_report) -> dict[str, Any]:
+    songs = [dict(s, shard=sc["file"]) for sc in sidecars for s in sc["songs"]]
+    manifest = {
+        "format": SHARD_FORMAT,
+        "dataset": dataset,
+        "feature_config": asdict(fc),
+        "feature_digest": fc.digest(),
+        "library_versions": library_versions(),
+        "shards": [
+            {"file": sc["file"], "songs": [s["song_id"] for s in sc["songs"]], "bytes": sc["bytes"]}
+            for sc in sidecars
+        ],
+        "songs": songs,
+        "rejects": [r for sc in sidecars for r in sc["rejects"]],
+        "load_report": load_report or {},
+    }
+    _write_json_atomic(out / MANIFEST_NAME, manifest)
+    return manifest

@@ -1,0 +1,92 @@
+"""Audio front end shared by the shard stage and `sssl predict`: decode, check, log-mel.
+
+Decoding goes through soundfile (libsndfile 1.1+: wav, flac, ogg, mp3), down-mixes to mono and
+resamples to 22.05 kHz with librosa's soxr resampler (what `librosa.load` does, minus its
+deprecated audioread fallback, and with our own checks before the resampler sees NaNs). Every way a file can be unusable raises `AudioError` with a one-line
+reason, so callers can skip the file and say why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from sssl_dist.config import FeatureConfig
+
+
+class AudioError(ValueError):
+    """A file that cannot be used, with a one-line reason."""
+
+
+def probe_duration(path: str | Path) -> float | None:
+    """Duration in seconds from the header, without decoding; None if the header is unreadable."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:  # noqa: BLE001 - any header failure just means "unknown"
+        return None
+
+
+def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) -> np.ndarray:
+    """Decode any supported file to mono float32 at fc.sample_rate, or raise AudioError.
+
+    With enforce_limits (the shard stage) files shorter than fc.min_duration_s or longer than
+    fc.max_duration_s are refused; `sssl predict` passes False and accepts any length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("file not found")
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    header = probe_duration(path)
+    if enforce_limits and header is not None and header > fc.max_duration_s:
+        raise AudioError(f"too long ({header:.0f} s > max_duration_s {fc.max_duration_s:.0f} s)")
+    try:
+        data, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types; all mean unreadable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AudioError(f"cannot decode ({first.split(': ')[-1][:120]})") from None
+    if data.size and not np.all(np.isfinite(data)):
+        raise AudioError(f"contains {int(np.sum(~np.isfinite(data)))} NaN/inf samples")
+    y = data.mean(axis=1)  # down-mix to mono
+    if native_sr != fc.sample_rate and y.size:
+        y = librosa.resample(y, orig_sr=native_sr, target_sr=fc.sample_rate, res_type="soxr_hq")
+    check_signal(y, fc, enforce_limits=enforce_limits)
+    return y.astype(np.float32, copy=False)
+
+
+def check_signal(y: np.ndarray, fc: FeatureConfig, *, enforce_limits: bool = True) -> None:
+    """Reject decoded audio that would poison training: empty, non-finite, silent, too short."""
+    if y.size == 0:
+        raise AudioError("no audio samples")
+    if not np.all(np.isfinite(y)):
+        raise AudioError(f"contains {int(np.sum(~np.isfinite(y)))} NaN/inf samples")
+    rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
+    dbfs = 20 * np.log10(max(rms, 1e-12))
+    if dbfs < fc.silence_dbfs:
+        raise AudioError(f"silent (RMS {dbfs:.0f} dBFS < {fc.silence_dbfs:.0f} dBFS)")
+    seconds = y.size / fc.sample_rate
+    if enforce_limits and seconds < fc.min_duration_s:
+        raise AudioError(f"too short ({seconds:.1f} s < min_duration_s {fc.min_duration_s:.0f} s)")
+    if enforce_limits and seconds > fc.max_duration_s:
+        raise AudioError(f"too long ({seconds:.0f} s > max_duration_s {fc.max_duration_s:.0f} s)")
+
+
+def log_mel(y: np.ndarray, fc: FeatureConfig) -> np.ndarray:
+    """Log-mel spectrogram [n_mels, frames] in dB (paper §3.1), computed once per song.
+
+    The reference is fixed (1.0), not the song's maximum: loudness is an arousal cue, and a
+    per-song reference would erase it.
+    """
+    mel = librosa.feature.melspectrogram(
+        y=y,
+        sr=fc.sample_rate,
+        n_fft=fc.n_fft,
+        hop_length=fc.hop_length,
+        n_mels=fc.n_mels,
+        window="hann",
+        power=2.0,
+    )
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)

@@ -1,0 +1,220 @@
+"""Reading shards: song mels, segments cut at read time, rank partitions and folds.
+
+Segments of L seconds with a hop of 1 s (overlap L - 1, paper §4.1, no padding) are cut from
+the song-level mel, so one shard set serves every L. A song of d seconds has
+n = floor((d - L) / hop) + 1 segments (the pattern of paper Table 1).
+
+Every segment has a stable global id (song id, start second), and tables are sorted by it, so
+position i means the same segment on every rank and in every run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from sssl_dist.config import FeatureConfig
+from sssl_dist.records import task_label_of_quadrant
+
+MANIFEST_NAME = "manifest.json"
+
+
+def library_versions() -> dict[str, str]:
+    names = ("torch", "ray", "librosa", "soundfile", "scikit-learn", "webdataset", "numpy")
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class ShardSet:
+    """A shard directory: its manifest, and mel loading through WebDataset."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {self.root}: run `sssl shard` first")
+        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.feature_config = FeatureConfig(**self.manifest["feature_config"])
+        self.songs: list[dict[str, Any]] = sorted(
+            self.manifest["songs"], key=lambda s: s["song_id"]
+        )
+
+    @property
+    def has_truth(self) -> bool:
+        return all(s.get("truth") for s in self.songs)
+
+    def load_mels(self, song_ids: set[str] | None = None) -> dict[str, np.ndarray]:
+        """song id -> float16 mel [n_mels, frames], opening only the shards that hold them."""
+        wanted = song_ids if song_ids is not None else {s["song_id"] for s in self.songs}
+        urls = [
+            str(self.root / sh["file"])
+            for sh in self.manifest["shards"]
+            if wanted.intersection(sh["songs"])
+        ]
+        mels: dict[str, np.ndarray] = {}
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            meta = json.loads(sample["json"])
+            if meta["song_id"] in wanted:
+                mels[meta["song_id"]] = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+        missing = wanted - set(mels)
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
+            )
+        return mels
+
+
+def segment_count(duration_s: float, length_s: int, hop_s: int = 1) -> int:
+    """n = floor((d - L) / hop) + 1 for d >= L, else 0 (no padding, paper §3.3)."""
+    if duration_s < length_s:
+        return 0
+    return int(math.floor((duration_s - length_s) / hop_s + 1e-9)) + 1
+
+
+def segment_truth(truth: list[int], start: int, length_s: int, task: str) -> int:
+    """True task label of a segment: the majority over its seconds (ties: the earliest)."""
+    labels = [task_label_of_quadrant(q, task) for q in truth[start : start + length_s]]
+    return max(labels, key=lambda v: (labels.count(v), -labels.index(v)))
+
+
+@dataclass
+class SegmentTable:
+    """All segments of some songs for one L, in global-id order (song id, start)."""
+
+    song_ids: list[str]  # the songs, sorted
+    song_of: np.ndarray  # [N] index into song_ids
+    start: np.ndarray  # [N] start second
+    label: np.ndarray  # [N] label inherited from the song (clip) for the task
+    true_label: np.ndarray  # [N] label from per-second truth, -1 when unknown
+    length_s: int
+
+    @property
+    def wrong(self) -> np.ndarray:
+        """[N] 1 where the inherited label is truly wrong, 0 where right, -1 if unknown."""
+        return np.where(self.true_label < 0, -1, (self.true_label != self.label).astype(int))
+
+    def __len__(self) -> int:
+        return int(self.start.size)
+
+    def global_ids(self) -> list[str]:
+        return [f"{self.song_ids[s]}@{t}" for s, t in zip(self.song_of, self.start, strict=True)]
+
+    @classmethod
+    def build(cls, songs: list[dict[str, Any]], task: str, length_s: int, hop_s: int = 1):
+        songs = sorted(songs, key=lambda s: s["song_id"])
+        song_of, start, label, true_label = [], [], [], []
+        for i, song in enumerate(songs):
+            n = segment_count(song["duration_s"], length_s, hop_s)
+            truth = song.get("truth")
+            for k in range(n):
+                song_of.append(i)
+                start.append(k * hop_s)
+                label.append(song[task])
+                true_label.append(segment_truth(truth, k * hop_s, length_s, task) if truth else -1)
+        as_int = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        return cls(
+            [s["song_id"] for s in songs],
+            as_int(song_of),
+            as_int(start),
+            as_int(label),
+            as_int(true_label),
+            length_s,
+        )
+
+
+def cut_segment(mel: np.ndarray, start_s: int, length_s: int, fps: float) -> np.ndarray:
+    """mel [n_mels, frames] -> [n_mels, round(L * fps)], shifted back if rounding overruns."""
+    width = int(round(length_s * fps))
+    lo = min(int(round(start_s * fps)), mel.shape[1] - width)
+    return mel[:, lo : lo + width]
+
+
+class SegmentBatcher:
+    """Builds float32 batches [B, 1, n_mels, frames] of table positions from in-memory mels."""
+
+    def __init__(self, table: SegmentTable, mels: dict[str, np.ndarray], fc: FeatureConfig):
+        self.table, self.mels, self.fps = table, mels, fc.frames_per_second
+
+    def inputs(self, positions: np.ndarray) -> torch.Tensor:
+        t = self.table
+        segs = [
+            cut_segment(self.mels[t.song_ids[t.song_of[p]]], int(t.start[p]), t.length_s, self.fps)
+            for p in positions
+        ]
+        return torch.from_numpy(np.stack(segs).astype(np.float32)).unsqueeze(1)
+
+    def labels(self, positions: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.table.label[positions])
+
+
+# --------------------------------------------------------------------------------------------
+# Partitioning across DDP ranks
+# --------------------------------------------------------------------------------------------
+def rank_block(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous block [lo, hi) of n positions for a rank; blocks cover 0..n-1 exactly once
+    and differ in size by at most one. Contiguous (not strided) so a rank needs the mels of
+    only about 1/world of the songs."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def steps_per_epoch(n: int, world: int, batch_size: int) -> int:
+    """The same number of training steps on every rank: the largest block's batch count.
+    Unequal counts would leave one rank waiting in all-reduce until the gloo timeout."""
+    return max(1, math.ceil(math.ceil(n / world) / batch_size))
+
+
+def epoch_order(lo: int, hi: int, steps: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """[steps, batch_size] positions from [lo, hi): a fresh permutation per epoch, wrapped
+    around (and re-permuted) to fill every step, so smaller blocks still give full steps."""
+    rng = np.random.default_rng([seed, epoch, lo])
+    need = steps * batch_size
+    if hi <= lo:
+        raise ValueError("a rank has no training segment: use fewer workers or more songs")
+    chunks, total = [], 0
+    while total < need:
+        chunks.append(lo + rng.permutation(hi - lo))
+        total += hi - lo
+    return np.concatenate(chunks)[:need].reshape(steps, batch_size)
+
+
+def loss_pass_batches(lo: int, hi: int, batch_size: int) -> list[np.ndarray]:
+    """Every position of [lo, hi) exactly once, in order (the per-epoch loss pass)."""
+    return [np.arange(a, min(a + batch_size, hi)) for a in range(lo, hi, batch_size)]
+
+
+# --------------------------------------------------------------------------------------------
+# Folds (by song, stratified, seeded)
+# --------------------------------------------------------------------------------------------
+def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Test-song indices of each fold; every song is in exactly one test fold."""
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
+
+
+def fold_split(
+    labels: np.ndarray, n_folds: int, fold: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) song indices for one fold. The validation songs are held out inside
+    the training songs, stratified, for honest model selection."""
+    test = song_folds(labels, n_folds, seed)[fold]
+    rest = np.setdiff1d(np.arange(len(labels)), test)
+    if val_fraction <= 0:
+        return rest, np.array([], dtype=int), test
+    n_val = max(len(np.unique(labels)), int(round(val_fraction * len(rest))))
+    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)

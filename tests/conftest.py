@@ -1,0 +1,66 @@
+"""Shared fixtures: one Ray instance for the whole session (start-up costs seconds), and a
+small synthetic corpus sharded once and reused by every test that needs real shards."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+# Local tests only: Ray 2.60 turns token authentication on; an in-process cluster needs none.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def tone(seconds: float, sr: int = 22050, freq: float = 440.0, stereo: bool = False):
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    return np.stack([y, y], 1) if stereo else y
+
+
+def write_audio(path, seconds=6.0, sr=22050, stereo=False, freq=440.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, sr, freq, stereo), sr)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """24 synthetic songs in the 4Q layout with per-second truth."""
+    from shards.synth import SynthConfig, generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, SynthConfig(n_songs=24, seed=7, max_duration_s=30.0), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shard_dir(corpus, tmp_path_factory, ray_session):
+    from shards.datasets import load_dataset
+    from shards.write import shard_dataset
+
+    out = tmp_path_factory.mktemp("shards")
+    records, report, truth = load_dataset("synthetic", corpus)
+    shard_dataset(
+        records,
+        out,
+        truth=truth,
+        songs_per_shard=5,
+        dataset="synthetic",
+        load_report=report.to_dict(),
+        progress=False,
+    )
+    return out

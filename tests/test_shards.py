@@ -1,0 +1,326 @@
+"""Shard stage: dataset layouts, the synthetic corpus, sharding, bad input, segments, ranks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import write_audio
+
+from shards.datasets import load_dataset
+from shards.synth import SynthConfig, quadrant_timeline, render_song
+from shards.write import shard_dataset
+from sssl_dist.config import FeatureConfig
+from sssl_dist.data import (
+    MANIFEST_NAME,
+    SegmentTable,
+    ShardSet,
+    cut_segment,
+    epoch_order,
+    fold_split,
+    loss_pass_batches,
+    rank_block,
+    segment_count,
+    song_folds,
+    steps_per_epoch,
+)
+
+
+def _csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+# ---------------------------------------------------------------- dataset layouts
+def test_4q_layout(tmp_path):
+    root = tmp_path / "4q"
+    write_audio(root / "MER_audio_taffc_dataset/Q1/MT0000040632.wav")
+    write_audio(root / "MER_audio_taffc_dataset/Q3/MT0000011975.wav")
+    write_audio(root / "MER_audio_taffc_dataset/Q2/MT0000099999.wav")  # no label row
+    _csv(
+        root / "panda_dataset_taffc_annotations.csv",
+        ["Song", "Quadrant", "Artist"],
+        [
+            ["MT0000040632", "Q1", "a"],
+            ["MT0000011975", "Q3", "b"],
+            ["MT0000011975", "Q3", "b"],
+            ["MT0000000001", "Q2", "c"],
+        ],
+    )
+    records, report, truth = load_dataset("4q", root)
+    by_id = {r.song_id: r for r in records}
+    assert set(by_id) == {"MT0000040632", "MT0000011975"}
+    assert (
+        by_id["MT0000040632"].quadrant,
+        by_id["MT0000040632"].valence,
+        by_id["MT0000040632"].arousal,
+    ) == (0, 1, 1)
+    assert (by_id["MT0000011975"].valence, by_id["MT0000011975"].arousal) == (0, 0)
+    assert report.missing_audio == ["MT0000000001"]
+    assert report.unlabelled_audio == ["MT0000099999"]
+    assert report.duplicate_ids == ["MT0000011975"]
+    assert truth == {}
+
+
+def test_pmemo_layout(tmp_path):
+    root = tmp_path / "PMEmo2019"
+    write_audio(root / "chorus/1.wav")
+    write_audio(root / "chorus/4.wav")
+    _csv(
+        root / "annotations/static_annotations.csv",
+        ["musicId", "Arousal(mean)", "Valence(mean)"],
+        [["1", "0.8", "0.3"], ["4", "0.2", "0.9"]],
+    )
+    records, report, _ = load_dataset("pmemo", root)
+    r = {x.song_id: x for x in records}
+    assert (r["1"].arousal, r["1"].valence, r["1"].quadrant) == (1, 0, 1)  # Q2
+    assert (r["4"].arousal, r["4"].valence, r["4"].quadrant) == (0, 1, 3)  # Q4
+    assert r["1"].arousal_value == pytest.approx(0.8)
+
+
+def test_eim_layout(tmp_path):
+    root = tmp_path / "eim"
+    write_audio(root / "clips_45seconds/2.wav")
+    _csv(
+        root / "annotations/static_annotations.csv",
+        ["song_id", "mean_arousal", "std_arousal", "mean_valence", "std_valence"],
+        [["2", "6.1", "1", "3.2", "1"], ["3", "2", "1", "2", "1"]],
+    )
+    records, report, _ = load_dataset("eim", root)
+    assert [(r.song_id, r.arousal, r.valence) for r in records] == [("2", 1, 0)]
+    assert report.missing_audio == ["3"]
+
+
+def test_deam_layout_with_leading_spaces(tmp_path):
+    root = tmp_path / "DEAM"
+    write_audio(root / "MEMD_audio/10.wav")
+    write_audio(root / "MEMD_audio/2011.wav")
+    d = root / "annotations/annotations averaged per song/song_level"
+    header = ["song_id", " valence_mean", " valence_std", " arousal_mean", " arousal_std"]
+    _csv(
+        d / "static_annotations_averaged_songs_1_2000.csv",
+        header,
+        [["10", " 6.2", " 1", " 4.1", " 1"]],
+    )
+    _csv(
+        d / "static_annotations_averaged_songs_2000_2058.csv",
+        header,
+        [["2011", "3", "1", "7", "1"]],
+    )
+    records, _, _ = load_dataset("deam", root)
+    r = {x.song_id: x for x in records}
+    assert (r["10"].valence, r["10"].arousal) == (1, 0)
+    assert (r["2011"].valence, r["2011"].arousal) == (0, 1)
+
+
+def test_manifest_csv(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    write_audio(tmp_path / "b.wav")
+    _csv(
+        tmp_path / "songs.csv",
+        ["path", "quadrant", "valence", "arousal"],
+        [
+            ["a.wav", "Q2", "", ""],
+            ["b.wav", "", "0.9", "0.1"],
+            ["c.wav", "Q1", "", ""],
+            ["a.wav", "Q2", "", ""],
+        ],
+    )
+    records, report, _ = load_dataset("manifest", tmp_path / "songs.csv")
+    r = {x.song_id: x for x in records}
+    assert r["a"].quadrant == 1 and (r["b"].valence, r["b"].arousal) == (1, 0)
+    assert report.missing_audio == ["c"] and report.duplicate_ids == ["a"]
+
+
+def test_missing_columns_are_a_clear_error(tmp_path):
+    write_audio(tmp_path / "chorus/1.wav")
+    _csv(tmp_path / "annotations/static_annotations.csv", ["musicId", "Arousal"], [["1", "0.5"]])
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['Arousal\(mean\)'"):
+        load_dataset("pmemo", tmp_path)
+
+
+# ---------------------------------------------------------------- synthetic corpus
+def test_synth_is_deterministic_and_varied():
+    cfg = SynthConfig()
+    a = render_song(np.random.default_rng([0, 3]), cfg)
+    b = render_song(np.random.default_rng([0, 3]), cfg)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    songs = [render_song(np.random.default_rng([0, i]), cfg) for i in range(12)]
+    assert len({s[1] for s in songs}) > 1  # several sample rates
+    assert {s[0].ndim for s in songs} == {1, 2}  # mono and stereo
+    durations = [len(s[0]) / s[1] for s in songs]
+    assert min(durations) >= 20 and max(durations) <= 45
+
+
+def test_synth_mislabelled_share_near_target():
+    cfg = SynthConfig()
+    shares = []
+    for i in range(300):
+        rng = np.random.default_rng(i)
+        n = int(rng.integers(20, 46))
+        dominant, timeline = quadrant_timeline(rng, n, cfg)
+        assert np.mean(timeline == dominant) > 0.5  # the clip label is the majority
+        shares.append(np.mean(timeline != dominant))
+    assert 0.25 <= np.mean(shares) <= 0.35
+
+
+def test_corpus_in_4q_layout_with_truth(corpus):
+    records, report, truth = load_dataset("synthetic", corpus)
+    assert len(records) == 24 and not any(report.to_dict().values())
+    for r in records:
+        assert f"/Q{r.quadrant + 1}/" in r.audio_path
+        assert len(truth[r.song_id]) >= 20
+        assert np.bincount(truth[r.song_id], minlength=4).argmax() == r.quadrant
+    assert {p.suffix for p in (corpus / "MER_audio_taffc_dataset").rglob("*.*")} >= {
+        ".mp3",
+        ".flac",
+    }
+
+
+# ---------------------------------------------------------------- shards
+def test_shards_manifest_and_mels(shard_dir):
+    ss = ShardSet(shard_dir)
+    m = ss.manifest
+    assert m["feature_digest"] == FeatureConfig().digest()
+    assert len(m["songs"]) == 24 and not m["rejects"] and len(m["shards"]) == 5
+    assert "torch" in m["library_versions"] and ss.has_truth
+    mels = ss.load_mels({ss.songs[0]["song_id"], ss.songs[-1]["song_id"]})
+    for sid, mel in mels.items():
+        song = next(s for s in ss.songs if s["song_id"] == sid)
+        assert mel.dtype == np.float16 and mel.shape == (128, song["frames"])
+        # 22.05 kHz, hop 512, centred frames: 1 + floor(samples / 512)
+        assert song["frames"] == 1 + int(song["duration_s"] * 22050) // 512
+
+
+def test_rerun_skips_complete_shards_and_repairs_interrupted(
+    shard_dir, corpus, tmp_path, ray_session
+):
+    records, _, truth = load_dataset("synthetic", corpus)
+    out = tmp_path / "s"
+    shard_dataset(records[:10], out, truth=truth, songs_per_shard=5, progress=False)
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    # Simulate an interruption: shard 1 truncated and its sidecar never written.
+    victim = out / "shard-000001.tar"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    (out / "shard-000001.tar.json").unlink()
+    manifest = shard_dataset(records[:10], out, truth=truth, songs_per_shard=5, progress=False)
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == first["shard-000000.tar"]
+    assert len(manifest["songs"]) == 10
+    assert len(ShardSet(out).load_mels()) == 10  # the repaired shard reads completely
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path, ray_session):
+    root = tmp_path / "bad"
+    audio = root / "chorus"
+    write_audio(audio / "good1.wav", seconds=7)
+    write_audio(audio / "good2.flac", seconds=8, sr=44100, stereo=True)
+    (audio / "empty.mp3").write_bytes(b"")
+    (audio / "corrupt.mp3").write_bytes(b"ID3" + bytes(range(256)) * 20)
+    (audio / "text.ogg").write_text("this is not audio")
+    sf.write(audio / "silent.wav", np.zeros(22050 * 7), 22050)
+    nan = np.sin(np.arange(22050 * 7) / 10.0).astype(np.float32)
+    nan[500:600] = np.nan
+    sf.write(audio / "nan.wav", nan, 22050, subtype="FLOAT")
+    write_audio(audio / "short.wav", seconds=3)
+    write_audio(audio / "huge.wav", seconds=12)
+    ids = ["good1", "good2", "empty", "corrupt", "text", "silent", "nan", "short", "huge"]
+    _csv(
+        root / "annotations/static_annotations.csv",
+        ["musicId", "Arousal(mean)", "Valence(mean)"],
+        [[i, "0.7", "0.7"] for i in ids],
+    )
+    records, _, _ = load_dataset("pmemo", root)
+    fc = FeatureConfig(max_duration_s=10)
+    manifest = shard_dataset(records, tmp_path / "out", fc=fc, songs_per_shard=4, progress=False)
+    assert sorted(s["song_id"] for s in manifest["songs"]) == ["good1", "good2"]
+    reasons = {r["song_id"]: r["reason"] for r in manifest["rejects"]}
+    assert set(reasons) == set(ids) - {"good1", "good2"}
+    assert reasons["empty"].startswith("empty file")
+    assert reasons["corrupt"].startswith("cannot decode")
+    assert reasons["text"].startswith("cannot decode")
+    assert reasons["silent"].startswith("silent")
+    assert "NaN" in reasons["nan"]
+    assert reasons["short"].startswith("too short")
+    assert reasons["huge"].startswith("too long")
+    on_disk = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert len(on_disk["rejects"]) == 7
+
+
+def test_nothing_usable_fails_clearly(tmp_path, ray_session):
+    root = tmp_path / "none"
+    (root / "chorus").mkdir(parents=True)
+    (root / "chorus" / "x.mp3").write_bytes(b"")
+    _csv(
+        root / "annotations/static_annotations.csv",
+        ["musicId", "Arousal(mean)", "Valence(mean)"],
+        [["x", "0.1", "0.1"]],
+    )
+    records, _, _ = load_dataset("pmemo", root)
+    with pytest.raises(RuntimeError, match="no usable song"):
+        shard_dataset(records, tmp_path / "out", progress=False)
+
+
+# ---------------------------------------------------------------- segments
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5])
+def test_segment_count_formula(length, shard_dir):
+    ss = ShardSet(shard_dir)
+    table = SegmentTable.build(ss.songs, "quadrant", length)
+    expected = sum(int(np.floor(s["duration_s"] - length)) + 1 for s in ss.songs)
+    assert len(table) == expected
+    assert segment_count(4.99, 5) == 0 and segment_count(5.0, 5) == 1 and segment_count(7.5, 3) == 5
+
+
+def test_segments_cut_from_song_mel(shard_dir):
+    ss = ShardSet(shard_dir)
+    fc = ss.feature_config
+    mels = ss.load_mels()
+    for length in (1, 5):
+        table = SegmentTable.build(ss.songs, "valence", length)
+        ids = table.global_ids()
+        assert len(set(ids)) == len(ids) and ids == sorted(
+            ids, key=lambda g: (g.split("@")[0], int(g.split("@")[1]))
+        )
+        last = len(table) - 1
+        seg = cut_segment(
+            mels[table.song_ids[table.song_of[last]]],
+            int(table.start[last]),
+            length,
+            fc.frames_per_second,
+        )
+        assert seg.shape == (128, round(length * fc.frames_per_second))
+    # The wrong flags agree with the per-second truth of the corpus.
+    table = SegmentTable.build(ss.songs, "quadrant", 1)
+    assert set(np.unique(table.wrong)) <= {0, 1} and 0.1 < table.wrong.mean() < 0.45
+
+
+# ---------------------------------------------------------------- ranks and folds
+@pytest.mark.parametrize("n,world,batch", [(101, 2, 8), (7, 2, 4), (1000, 3, 64), (5, 1, 2)])
+def test_rank_partition_exactly_once_and_equal_steps(n, world, batch):
+    blocks = [rank_block(n, r, world) for r in range(world)]
+    visited = np.concatenate(
+        [np.concatenate(loss_pass_batches(lo, hi, batch)) for lo, hi in blocks]
+    )
+    assert np.array_equal(np.sort(visited), np.arange(n))  # loss pass: every segment once
+    steps = steps_per_epoch(n, world, batch)
+    orders = [epoch_order(lo, hi, steps, batch, seed=0, epoch=3) for lo, hi in blocks]
+    assert {o.shape for o in orders} == {(steps, batch)}  # same number of full batches
+    for (lo, hi), o in zip(blocks, orders, strict=True):
+        assert o.min() >= lo and o.max() < hi
+        assert len(np.unique(o)) == min(hi - lo, o.size)  # covers the block before repeating
+
+
+def test_folds_by_song_stratified_no_leak():
+    labels = np.repeat([0, 1, 2, 3], 25)
+    folds = song_folds(labels, 10, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(100))
+    for f in range(10):
+        train, val, test = fold_split(labels, 10, f, 0.1, seed=0)
+        assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
+        assert len(train) + len(val) + len(test) == 100
+        assert np.bincount(labels[test], minlength=4).min() >= 2
