@@ -67,7 +67,16 @@ class ShardSet:
             if wanted.intersection(sh["songs"])
         ]
         mels: dict[str, np.ndarray] = {}
-        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        # We choose the shards per rank ourselves (only those holding this rank's songs), so
+        # WebDataset's own node/worker splitting is switched off (identity splitters).
+        dataset = wds.WebDataset(
+            urls,
+            shardshuffle=False,
+            empty_check=False,
+            nodesplitter=_all_urls,
+            workersplitter=_all_urls,
+        )
+        for sample in dataset:
             meta = json.loads(sample["json"])
             if meta["song_id"] in wanted:
                 mels[meta["song_id"]] = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
@@ -77,6 +86,10 @@ class ShardSet:
                 f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
             )
         return mels
+
+
+def _all_urls(urls):
+    yield from urls
 
 
 def segment_count(duration_s: float, length_s: int, hop_s: int = 1) -> int:
