@@ -23,6 +23,8 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +47,19 @@ from sssl_dist.data import (
     rank_block,
     steps_per_epoch,
 )
-from sssl_dist.method import DegenerateSplitWarning, per_sample_ce, split_clean_noisy
+from sssl_dist.method import (
+    DegenerateSplitWarning,
+    normalise_losses,
+    per_sample_ce,
+    split_clean_noisy,
+)
 from sssl_dist.models import build_model
 from sssl_dist.song import SongClassifier, classification_metrics, majority_vote, song_features
 from sssl_dist.step import ce_loss, sssl_loss
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
+PROGRESS_FILE = "progress.jsonl"
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +187,13 @@ def split_metrics(
     return m
 
 
+def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int = 30) -> list[int]:
+    """Histogram of the normalised losses one GMM saw ("all", or "class k"), for the report."""
+    members = np.ones(len(table), bool) if name == "all" else table.label == int(name.split()[-1])
+    scaled = normalise_losses(losses[members & np.isfinite(losses)])
+    return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()
+
+
 def train_epoch(
     cfg, model, plain, opt, batcher, lo, hi, n_total, world, clean, epoch, device, rank
 ):
@@ -281,6 +296,8 @@ def song_level_results(cfg, songs_by_id, probs, split_ids) -> dict[str, Any]:
         vote_m = classification_metrics(y, vote, cfg.num_classes, y_train)
         out[f"{part}_vote_acc"], out[f"{part}_vote_f1"] = vote_m["acc"], vote_m["f1"]
         out[f"{part}_songs"] = len(ids)
+        out[f"{part}_true"] = dict(zip(ids, y.tolist(), strict=True))  # for the confusion plot
+        out[f"{part}_pred"] = dict(zip(ids, pred.tolist(), strict=True))
     return out
 
 
@@ -473,8 +490,12 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tensorboard(loop: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Rank 0: scalars to TensorBoard and one JSON line to progress.jsonl (what the driver
+    tails for its progress lines) under the run directory."""
     if ray.train.get_context().get_world_rank() != 0 or not loop.get("tensorboard_dir"):
         return
+    with open(Path(loop["tensorboard_dir"]).parent / PROGRESS_FILE, "a") as fh:
+        fh.write(json.dumps(_scalars(metrics)) + "\n")
     from tensorboardX import SummaryWriter
 
     with SummaryWriter(loop["tensorboard_dir"]) as writer:
@@ -519,6 +540,7 @@ def run_fold(
     use_gpu: bool = False,
     cpus_per_worker: float = 1.0,
     callbacks: list | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FoldRun:
     """Train one fold with a TorchTrainer and return its results (copied off the checkpoint).
 
@@ -559,7 +581,9 @@ def run_fold(
             callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    result = _fit_with_progress(
+        trainer, Path(run_dir) / PROGRESS_FILE if tb_dir else None, on_epoch
+    )
     if result.error:
         raise result.error
     local = tempfile.mkdtemp(prefix="sssl-ckpt-")
@@ -573,6 +597,24 @@ def run_fold(
         local,
         run_dir,
     )
+
+
+def _fit_with_progress(trainer, progress: Path | None, on_epoch):
+    """trainer.fit() in a thread while the driver tails rank 0's progress lines."""
+    if progress is None or on_epoch is None:
+        return trainer.fit()
+    seen = len(progress.read_text().splitlines()) if progress.is_file() else 0
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(trainer.fit)
+        while True:
+            done = future.done()
+            lines = progress.read_text().splitlines() if progress.is_file() else []
+            for line in lines[seen:]:
+                on_epoch(json.loads(line))
+            seen = len(lines)
+            if done:
+                return future.result()
+            time.sleep(0.5)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
