@@ -34,6 +34,7 @@ from sssl_dist.records import SongRecord
 
 log = logging.getLogger(__name__)
 SHARD_FORMAT = "sssl-shards/1"
+DEFAULT_FEATURES = FeatureConfig()  # frozen: safe as a shared default
 
 
 def shard_key(song_id: str) -> str:
@@ -115,7 +116,7 @@ def shard_dataset(
     records: list[SongRecord],
     out: Path,
     *,
-    fc: FeatureConfig = FeatureConfig(),
+    fc: FeatureConfig = DEFAULT_FEATURES,
     truth: dict[str, list[int]] | None = None,
     songs_per_shard: int = 32,
     dataset: str = "",

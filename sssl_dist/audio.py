@@ -2,8 +2,9 @@
 
 Decoding goes through soundfile (libsndfile 1.1+: wav, flac, ogg, mp3), down-mixes to mono and
 resamples to 22.05 kHz with librosa's soxr resampler (what `librosa.load` does, minus its
-deprecated audioread fallback, and with our own checks before the resampler sees NaNs). Every way a file can be unusable raises `AudioError` with a one-line
-reason, so callers can skip the file and say why.
+deprecated audioread fallback, and with our own checks before the resampler sees NaNs).
+Every way a file can be unusable raises `AudioError` with a one-line reason, so callers can
+skip the file and say why.
 """
 
 from __future__ import annotations

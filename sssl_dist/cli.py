@@ -232,7 +232,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
         [
             f"# Main job: {songs} synthetic songs, task {base.task}, L = {base.segment_seconds} s",
             "",
-            f"{len(folds)} fold(s) of {n_folds}, {base.epochs} epochs, {a.workers} Ray Train workers, "
+            f"{len(folds)} fold(s) of {n_folds}, {base.epochs} epochs, "
+            f"{a.workers} Ray Train workers, "
             f"{minutes:.1f} min on this machine."
             + (" Smoke run: numbers mean nothing." if a.smoke else ""),
             "",

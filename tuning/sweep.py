@@ -1,1 +1,318 @@
-"""Placeholder replaced below."""
+"""Ray Tune sweeps over τ, λ, T, L (any SSSLConfig field) × folds, with honest selection.
+
+Each (configuration, fold) is one Tune trial. The trial is a function that builds and fits a
+`TorchTrainer` for its fold (the Train V2 pattern: `Tuner(TorchTrainer)` is refused), and
+Train's per-epoch reports reach Tune through `TuneReportCallback`. Folds are a grid dimension,
+so the ten folds of a configuration run side by side as far as resources allow; the folds are
+the same for every configuration (same seed, split by song, stratified), so configurations are
+compared pairwise on identical folds.
+
+Honest selection: every configuration is scored by the song-level accuracy on validation songs
+held out inside each fold's training songs; the chosen configuration's *test*-fold mean ± std
+is the reported figure. The best-by-test figure is printed beside it, labelled optimistic.
+
+No early stopping: a scheduler such as ASHA would stop some folds of a configuration and not
+others, so fold means would be over different fold sets (biased towards lucky folds).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sssl_dist.config import SSSLConfig, save_config, to_dict, with_overrides
+from sssl_dist.train import mean_std, run_fold
+
+log = logging.getLogger(__name__)
+SELECT_BY = "val_acc"  # validation songs inside the training folds
+REPORT = (
+    "test_acc",
+    "test_f1",
+    "test_majority_acc",
+    "test_vote_acc",
+    "val_acc",
+    "val_seg_acc_truth",
+    "noise_auc",
+)
+
+
+def load_space(path: str | Path) -> dict[str, Any]:
+    """Search-space YAML: {search: grid|random, num_samples, folds, base: {...}, params: {...}}.
+
+    A param is a list (grid values, or choices for random search) or, for random search only,
+    {uniform: [lo, hi]} / {loguniform: [lo, hi]} / {randint: [lo, hi]}.
+    """
+    space = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(space) - {"search", "num_samples", "folds", "base", "params", "seed"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    if not space.get("params"):
+        raise ValueError(f"{path}: 'params' must name at least one config field")
+    fields = set(to_dict(SSSLConfig()))
+    bad = set(space["params"]) - fields
+    if bad:
+        raise ValueError(f"{path}: {sorted(bad)} are not SSSLConfig fields")
+    if space.get("search", "grid") not in ("grid", "random"):
+        raise ValueError(f"{path}: search must be grid or random")
+    return space
+
+
+def configurations(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parameter sets to try, with no extra dependency: a full grid, or random draws."""
+    params = space["params"]
+    if space.get("search", "grid") == "grid":
+        for name, values in params.items():
+            if not isinstance(values, list):
+                raise ValueError(f"grid search needs a list of values for {name}")
+        keys = list(params)
+        return [
+            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*params.values())
+        ]
+    rng = np.random.default_rng(space.get("seed", 0))
+    out = []
+    for _ in range(int(space.get("num_samples", 8))):
+        draw = {}
+        for name, spec in params.items():
+            if isinstance(spec, list):
+                draw[name] = spec[int(rng.integers(len(spec)))]
+            elif "uniform" in spec:
+                draw[name] = float(rng.uniform(*spec["uniform"]))
+            elif "loguniform" in spec:
+                lo, hi = np.log(spec["loguniform"])
+                draw[name] = float(np.exp(rng.uniform(lo, hi)))
+            elif "randint" in spec:
+                draw[name] = int(rng.integers(spec["randint"][0], spec["randint"][1] + 1))
+            else:
+                raise ValueError(f"cannot sample {name}: {spec}")
+        out.append(draw)
+    return out
+
+
+def config_key(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _trial(tune_cfg: dict[str, Any]) -> None:
+    """One Tune trial: one fold of one configuration, trained by a TorchTrainer."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = with_overrides(SSSLConfig(**tune_cfg["base"]), tune_cfg["params"])
+    fold = tune_cfg["fold"]
+    run = run_fold(
+        cfg,
+        tune_cfg["shards"],
+        fold,
+        storage_path=tune_cfg["storage"],
+        name=f"{tune_cfg['key'].replace('=', '-').replace(',', '_')}-fold{fold}",
+        workers=tune_cfg["workers"],
+        use_gpu=tune_cfg["use_gpu"],
+        cpus_per_worker=tune_cfg["cpus_per_worker"],
+        callbacks=[TuneReportCallback()],
+    )
+    record = {
+        "key": tune_cfg["key"],
+        "params": tune_cfg["params"],
+        "fold": fold,
+        "result": run.result,
+        "history": run.history,
+    }
+    out = Path(tune_cfg["out"]) / "trials"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tune_cfg['key']}__fold{fold}.json").write_text(json.dumps(record, default=float))
+    tune.report(
+        {k: v for k, v in run.result.items() if isinstance(v, int | float)} | {"done": True}
+    )
+
+
+def run_sweep(
+    space_path: str | Path,
+    base: SSSLConfig,
+    shard_dir: str | Path,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    max_concurrent: int | None = None,
+    use_gpu: bool = False,
+    smoke: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep and write tables, plots and best_config.yaml into `out`."""
+    from ray import tune
+
+    space = load_space(space_path)
+    base = with_overrides(base, space.get("base", {}))
+    configs = configurations(space)
+    folds = space.get("folds", "all")
+    folds = list(range(base.n_folds)) if folds == "all" else [int(f) for f in folds]
+    if smoke:
+        configs, folds = configs[:2], folds[:2]
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(base, out / "base_config.yaml")
+    keys = {config_key(p): p for p in configs}
+    log.info(
+        "sweep: %d configuration(s) x %d fold(s) = %d trials",
+        len(keys),
+        len(folds),
+        len(keys) * len(folds),
+    )
+    param_space = {
+        "key": tune.grid_search(list(keys)),
+        "fold": tune.grid_search(folds),
+        "base": to_dict(base),
+        "shards": str(Path(shard_dir).resolve()),
+        "out": str(out),
+        "storage": str(out / "train"),
+        "workers": workers,
+        "use_gpu": use_gpu,
+        "cpus_per_worker": cpus_per_worker,
+    }
+    # The trial function itself only waits on its TorchTrainer: it reserves no CPU, so the
+    # workers' resources decide how many folds run at once.
+    trainable = tune.with_resources(_with_params(keys), {"CPU": 0})
+    tune_dir, name = out / "tune", "sweep"
+    if tune.Tuner.can_restore(tune_dir / name):
+        log.info("resuming the interrupted sweep in %s", tune_dir / name)
+        tuner = tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=str(tune_dir), verbose=1),
+        )
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
+    summary = summarise_trials(out, base, keys)
+    write_outputs(out, base, summary)
+    return summary
+
+
+def _with_params(keys: dict[str, dict[str, Any]]):
+    def trial(tune_cfg: dict[str, Any]) -> None:
+        _trial(dict(tune_cfg, params=keys[tune_cfg["key"]]))
+
+    return trial
+
+
+def summarise_trials(
+    out: Path, base: SSSLConfig, keys: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Per configuration: mean ± std over folds of every metric; the honest and the optimistic
+    choice."""
+    per_config: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    histories: dict[str, dict[int, list]] = defaultdict(dict)
+    for f in sorted((out / "trials").glob("*.json")):
+        rec = json.loads(f.read_text())
+        if rec["key"] in keys:
+            per_config[rec["key"]][rec["fold"]] = rec["result"]
+            histories[rec["key"]][rec["fold"]] = rec["history"]
+    rows = []
+    for key, folds in per_config.items():
+        row = {"config": key, **keys[key], "folds": len(folds)}
+        for metric in REPORT:
+            mean, std = mean_std([r.get(metric, float("nan")) for r in folds.values()])
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
+        rows.append(row)
+    if not rows:
+        raise RuntimeError(f"no finished trial in {out / 'trials'}")
+    n_folds = max(r["folds"] for r in rows)
+    complete = [r for r in rows if r["folds"] == n_folds]  # compare on identical fold sets
+    honest = max(complete, key=lambda r: r[f"{SELECT_BY}_mean"])
+    optimistic = max(complete, key=lambda r: r["test_acc_mean"])
+    return {
+        "rows": rows,
+        "honest": honest,
+        "optimistic": optimistic,
+        "histories": histories,
+        "per_config": {k: {str(f): v for f, v in d.items()} for k, d in per_config.items()},
+    }
+
+
+def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
+    rows = summary["rows"]
+    with (out / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    honest, optimistic = summary["honest"], summary["optimistic"]
+    best = with_overrides(
+        base, {k: honest[k] for k in honest if k in to_dict(base) and k != "config"}
+    )
+    save_config(best, out / "best_config.yaml")
+    pct = lambda r, m: f"{100 * r[f'{m}_mean']:.1f} ± {100 * r[f'{m}_std']:.1f}"  # noqa: E731
+    lines = [
+        "# Sweep results",
+        "",
+        f"Selected by validation-song accuracy (honest): **{honest['config']}** — test accuracy "
+        f"{pct(honest, 'test_acc')} %, F1 {pct(honest, 'test_f1')} % over {honest['folds']} folds "
+        f"(majority class {pct(honest, 'test_majority_acc')} %).",
+        "",
+        f"Best by test accuracy (optimistic, chosen on the test folds themselves): "
+        f"{optimistic['config']} — {pct(optimistic, 'test_acc')} %.",
+        "",
+        "Every configuration, mean ± std over folds (%):",
+        "",
+        "| config | val acc | test acc | test F1 | vote acc | seg acc (truth) | noise AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r[f"{SELECT_BY}_mean"]):
+        lines.append(
+            f"| {r['config']} | {pct(r, 'val_acc')} | {pct(r, 'test_acc')} | "
+            f"{pct(r, 'test_f1')} | {pct(r, 'test_vote_acc')} | "
+            f"{pct(r, 'val_seg_acc_truth')} | {pct(r, 'noise_auc')} |"
+        )
+    lines += [
+        "",
+        *paper_tables(rows),
+        "",
+        "best_config.yaml: the selected configuration, ready for `sssl train --config`.",
+    ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    from tuning.plots import write_sweep_plots
+
+    write_sweep_plots(out, summary)
+    print("\n".join(lines[:5]))
+
+
+def paper_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """Table 2 (segment length x task) and Table 3 (method) views, when the sweep varies
+    them: within each cell, the configuration chosen by validation accuracy."""
+    out = []
+    for field, title in (
+        ("segment_seconds", "Table 2 view: by segment length L (s)"),
+        ("method", "Table 3 view: by method"),
+    ):
+        if field not in rows[0]:
+            continue
+        out += [
+            f"## {title}",
+            "",
+            f"| {field} | test acc | test F1 | majority class |",
+            "|---|---|---|---|",
+        ]
+        for value in sorted({r[field] for r in rows}, key=str):
+            group = [r for r in rows if r[field] == value]
+            r = max(group, key=lambda r: r[f"{SELECT_BY}_mean"])
+            out.append(
+                f"| {value} | {100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}"
+                f" | {100 * r['test_f1_mean']:.1f} ± {100 * r['test_f1_std']:.1f}"
+                f" | {100 * r['test_majority_acc_mean']:.1f} |"
+            )
+        out.append("")
+    return out

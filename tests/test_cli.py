@@ -1,0 +1,160 @@
+"""Every entry point for real, end to end, on small data: CLI, main job, predict, tune, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone
+
+from sssl_dist.cli import build_parser, main
+from sssl_dist.config import SSSLConfig, from_dict, load_config
+from sssl_dist.export import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_for_every_subcommand(capsys):
+    for cmd in ("synth", "shard", "train", "tune", "predict", "report", "demo"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--smoke" in text and "default" in text.lower() or cmd in ("predict", "report")
+
+
+def test_bad_input_exits_nonzero_with_message(tmp_path, caplog):
+    assert main(["train", "--shards", str(tmp_path / "nope"), "--smoke"]) == 2
+    assert "run `sssl shard` first" in caplog.text
+    assert main(["train", "--shards", str(tmp_path), "--set", "taux=1"]) == 2
+    assert "unknown SSSLConfig keys" in caplog.text
+
+
+def test_config_yaml_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("tau: 0.6\nmethod: sssl-nokl\n")
+    cfg = load_config(tmp_path / "c.yaml", {"epochs": "4", "bf16": "true"})
+    assert (cfg.tau, cfg.method, cfg.epochs, cfg.bf16) == (0.6, "sssl-nokl", 4, True)
+    with pytest.raises(ValueError, match="tau must be in"):
+        load_config(None, {"tau": "1.5"})
+    for shipped in (REPO / "sssl_dist/configs").glob("*.yaml"):
+        load_config(shipped)  # the shipped configs stay valid
+
+
+@pytest.fixture(scope="module")
+def smoke_demo(tmp_path_factory, ray_session):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_main_job_smoke_writes_comparison_and_reports(smoke_demo):
+    text = (smoke_demo / "comparison.md").read_text()
+    for method in ("inherit", "sssl-nokl", "sssl", "majority class"):
+        assert f"| {method} |" in text
+    for method in ("inherit", "sssl-nokl", "sssl"):
+        d = smoke_demo / method
+        for name in (
+            "config.yaml",
+            "metrics.json",
+            "metrics.csv",
+            "history.csv",
+            "summary.md",
+            "model.sssl",
+            "confusion.png",
+            "curves.png",
+        ):
+            assert (d / name).is_file(), (method, name)
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert 0 <= metrics["metrics"]["test_acc"]["mean"] <= 1
+    for name in ("gmm_losses.png", "split_over_epochs.png"):
+        assert (smoke_demo / "sssl" / name).is_file()
+    assert list((smoke_demo / "sssl" / "ray").glob("*/tensorboard/events.out.tfevents.*"))
+
+
+def test_model_artifact_is_weights_only_and_refits_svm(smoke_demo):
+    path = smoke_demo / "sssl" / "model.sssl"
+    raw = torch.load(path, weights_only=True)  # would raise on any pickled object
+    assert raw["format"] == "sssl-model/1" and raw["svm_features"].shape[1] == 7 * 4
+    model = load_model(path)
+    assert isinstance(model.cfg, SSSLConfig) and model.label_names == ["Q1", "Q2", "Q3", "Q4"]
+    assert from_dict(SSSLConfig, json.loads(raw["config"])).method == "sssl"
+
+
+def test_predict_any_file_and_reports_bad_ones(smoke_demo, tmp_path, caplog):
+    model = smoke_demo / "sssl" / "model.sssl"
+    long_song = tmp_path / "long.flac"
+    sf.write(long_song, tone(200.0, 44100, stereo=True), 44100)  # several minutes, stereo
+    short_song = tmp_path / "short.wav"
+    sf.write(short_song, tone(7.0, 16000), 16000)
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"not audio at all")
+    out = tmp_path / "pred"
+    code = main(
+        ["predict", str(model), str(long_song), str(bad), str(short_song), "--out", str(out)]
+    )
+    assert code == 1  # one input failed ...
+    assert "broken.mp3: skipped: cannot decode" in caplog.text
+    for stem, seconds in (("long", 200.0), ("short", 7.0)):  # ... the others were processed
+        res = json.loads((out / f"{stem}.json").read_text())
+        assert len(res["segments"]) == int(np.floor(seconds - 3)) + 1
+        probs = np.array([[s[k] for k in res["labels"]] for s in res["segments"]])
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert res["decision"] in res["labels"] and 0 <= res["probability"] <= 1
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.segments.csv").is_file()
+    assert len((out / "predictions.csv").read_text().splitlines()) == 3
+
+
+def test_report_rebuilds_from_run_dir(smoke_demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_demo / "sssl", run, ignore=shutil.ignore_patterns("*.png", "ray"))
+    assert main(["report", str(run), "--shards", str(smoke_demo / "data" / "shards")]) == 0
+    assert (run / "curves.png").is_file() and (run / "gmm_losses.png").is_file()
+
+
+def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session):
+    out = tmp_path / "tune"
+    args = [
+        "tune",
+        "--space",
+        str(REPO / "tuning/spaces/smoke.yaml"),
+        "--shards",
+        str(shard_dir),
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--smoke",
+    ]
+    assert main(args) == 0
+    summary = (out / "summary.md").read_text()
+    assert "Selected by validation-song accuracy (honest)" in summary
+    assert "optimistic" in summary and "Table 2 view" in summary
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 configurations, each over the same 2 folds
+    assert len(list((out / "trials").glob("*.json"))) == 4
+    best = load_config(out / "best_config.yaml")  # accepted by `sssl train --config`
+    assert best.tau in (0.5, 0.7) and best.epochs == 2
+    for name in ("metric_vs_params.png", "fold_spread.png", "split_over_epochs.png"):
+        assert (out / name).is_file()
+    # Re-running the same sweep resumes: nothing is trained again.
+    before = sorted(p.stat().st_mtime_ns for p in (out / "trials").glob("*.json"))
+    assert main(args) == 0
+    assert sorted(p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")) == before
+
+
+def test_cluster_launcher_yaml_passes_ray_validation():
+    import yaml
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((REPO / "cluster/cluster.yaml").read_text())
+    validate_config(config)  # raises on schema errors
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+    job = yaml.safe_load((REPO / "cluster/rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and "sssl_dist train" in job["spec"]["entrypoint"]
+    env = yaml.safe_load((REPO / "cluster/runtime_env.yaml").read_text())
+    assert ".venv/" in env["excludes"]
