@@ -80,7 +80,7 @@ class SSSLConfig:
     # --- optimisation ----------------------------------------------------------------------
     warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice
     epochs: int = 12  # total epochs including warm-up; our choice for the embedded corpus
-    batch_size: int = 64  # per worker; our choice
+    batch_size: int = 64  # global batch, split evenly across DDP workers; our choice
     optimizer: Literal["adam", "sgd"] = "adam"  # paper silent; Adam trains the CNNs robustly
     lr: float = 1e-3  # Adam default
     weight_decay: float = 5e-4  # DivideMix

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -70,11 +71,19 @@ class SongClassifier:
             # One class in training: SVC refuses; the only honest answer is that class.
             self._pipe = None
             return self
-        self._pipe = make_pipeline(
-            StandardScaler(),
-            SVC(C=self.c, kernel=self.kernel, probability=True, random_state=self.seed),
+        svm = SVC(C=self.c, kernel=self.kernel, random_state=self.seed)
+        # Song probabilities by Platt scaling on internal folds, as SVC(probability=True) did
+        # before scikit-learn 1.9 deprecated it; the folds are unshuffled, so the fit is
+        # deterministic and a model refit from its stored training data is the same model.
+        smallest = int(np.bincount(self.train_labels)[self.classes].min())
+        head = (
+            CalibratedClassifierCV(svm, ensemble=False, cv=min(5, smallest))
+            if smallest >= 2
+            else svm
         )
+        self._pipe = make_pipeline(StandardScaler(), head)
         self._pipe.fit(self.train_features, self.train_labels)
+        self._calibrated = smallest >= 2
         return self
 
     def predict_proba(self, features: np.ndarray, num_classes: int) -> np.ndarray:
@@ -83,6 +92,9 @@ class SongClassifier:
         out = np.zeros((features.shape[0], num_classes))
         if self._pipe is None:
             out[:, self.classes[0]] = 1.0
+            return out
+        if not self._calibrated:  # too few songs per class to calibrate: hard decisions
+            out[np.arange(len(features)), self._pipe.predict(features)] = 1.0
             return out
         out[:, self._pipe.classes_] = self._pipe.predict_proba(features)
         return out

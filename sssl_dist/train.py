@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -171,11 +172,11 @@ def split_metrics(
                 "variances": f.variances,
                 "weights": f.weights,
                 "degenerate": f.degenerate,
+                # What this GMM saw, for the report's plot (full vectors stay out of the JSON).
+                "hist": _fit_histogram(name, losses, table),
             }
             for name, f in split.fits.items()
         },
-        # A compact histogram for the report's loss plot (full vectors stay out of the JSON).
-        "loss_hist": np.histogram(losses, bins=40)[0].tolist(),
         "loss_range": [float(np.nanmin(losses)), float(np.nanmax(losses))],
     }
     wrong = table.wrong
@@ -199,8 +200,11 @@ def train_epoch(
 ):
     """Step 4: `steps` optimiser steps on this rank's block (same count on every rank)."""
     model.train()
-    steps = steps_per_epoch(n_total, world, cfg.batch_size)
-    order = epoch_order(lo, hi, steps, cfg.batch_size, cfg.seed, epoch)
+    # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
+    # steps per epoch, and hence the result, does not depend on the number of workers.
+    per_rank = max(1, cfg.batch_size // world)
+    steps = steps_per_epoch(n_total, world, per_rank)
+    order = epoch_order(lo, hi, steps, per_rank, cfg.seed, epoch)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
     sums = np.zeros(4)
     autocast = (
@@ -304,17 +308,27 @@ def song_level_results(cfg, songs_by_id, probs, split_ids) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def save_checkpoint(state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig, metrics):
-    """Report metrics with a checkpoint (rank 0 writes it; other ranks report metrics only)."""
+def save_checkpoint(
+    state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig, metrics, keep: bool = False
+):
+    """Report metrics with a checkpoint (rank 0 writes it; other ranks report metrics only).
+
+    Ray Train copies the directory to storage, so it is deleted afterwards, except with `keep`
+    (local mode, num_workers=0), where Ray keeps pointing at the directory itself.
+    """
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = tempfile.mkdtemp(prefix="sssl-ckpt-")
+    try:
         torch.save(state, os.path.join(tmp, STATE_FILE))
         for name, data in extra_json.items():
             Path(tmp, name).write_text(json.dumps(data, default=_json_default))
         save_config(cfg, os.path.join(tmp, "config.yaml"))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_default(obj):
@@ -444,7 +458,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             "torch_rng": torch.get_rng_state(),
             "clean": torch.from_numpy(clean) if clean is not None else torch.zeros(0),
         }
-        save_checkpoint(state, {"history.json": history}, cfg, _scalars(metrics))
+        save_checkpoint(state, {"history.json": history}, cfg, _scalars(metrics), loop["local"])
 
     # After training: segment probabilities for every song of the fold, shared by all ranks,
     # then Eq. 10 + SVM on rank 0.
@@ -481,6 +495,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         },
         cfg,
         _scalars(final),
+        loop["local"],
     )
 
 
@@ -494,7 +509,9 @@ def _tensorboard(loop: dict[str, Any], metrics: dict[str, Any]) -> None:
     tails for its progress lines) under the run directory."""
     if ray.train.get_context().get_world_rank() != 0 or not loop.get("tensorboard_dir"):
         return
-    with open(Path(loop["tensorboard_dir"]).parent / PROGRESS_FILE, "a") as fh:
+    run_dir = Path(loop["tensorboard_dir"]).parent
+    run_dir.mkdir(parents=True, exist_ok=True)  # local mode (num_workers=0) does not create it
+    with open(run_dir / PROGRESS_FILE, "a") as fh:
         fh.write(json.dumps(_scalars(metrics)) + "\n")
     from tensorboardX import SummaryWriter
 
@@ -564,6 +581,7 @@ def run_fold(
             "fold": fold,
             "split_ids": split_ids,
             "tensorboard_dir": tb_dir,
+            "local": workers == 0,
         },
         torch_config=TorchConfig(
             backend="nccl" if use_gpu else "gloo", timeout_s=cfg.gloo_timeout_s

@@ -149,10 +149,15 @@ def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session):
 
 def test_cluster_launcher_yaml_passes_ray_validation():
     import yaml
-    from ray.autoscaler._private.util import validate_config
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load((REPO / "cluster/cluster.yaml").read_text())
-    validate_config(config)  # raises on schema errors
+    validate_config(prepare_config(config))  # what `ray up` does first; raises on schema errors
+    broken = dict(
+        config, available_node_types={"head": {"resources": {}, "node_config": {}, "typo_key": 1}}
+    )
+    with pytest.raises(Exception, match="typo_key"):
+        validate_config(prepare_config(broken))
     assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
     job = yaml.safe_load((REPO / "cluster/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and "sssl_dist train" in job["spec"]["entrypoint"]

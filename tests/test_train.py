@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,10 +26,27 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = SSSLConfig(epochs=3, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60)
 
 
+def _odd_fold(shard_dir) -> tuple[SSSLConfig, int]:
+    """(CFG with a segment length, fold) giving an odd number of training segments, so the two
+    ranks' blocks are uneven by construction."""
+    from dataclasses import replace
+
+    shards = ShardSet(shard_dir)
+    for fold in range(CFG.n_folds):
+        train = set(fold_song_ids(shards, CFG, fold)["train"])
+        songs = [s for s in shards.songs if s["song_id"] in train]
+        for length in (3, 2, 4):
+            if len(SegmentTable.build(songs, CFG.task, length)) % 2 == 1:
+                return replace(CFG, segment_seconds=length), fold
+    raise AssertionError("no fold and segment length give an odd training set")
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(shard_dir, tmp_path_factory, ray_session):
     store = tmp_path_factory.mktemp("ray_store")
-    return run_fold(CFG, shard_dir, 0, storage_path=store, name="w2", workers=2), store
+    cfg, fold = _odd_fold(shard_dir)
+    run = run_fold(cfg, shard_dir, fold, storage_path=store, name="w2", workers=2)
+    return run, store, cfg, fold
 
 
 def _epochs(history):
@@ -35,7 +54,7 @@ def _epochs(history):
 
 
 def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
-    run, _ = two_worker_run
+    run, _, _, _ = two_worker_run
     n_train = len(
         SegmentTable.build(
             [s for s in ShardSet(shard_dir).songs if s["song_id"] in run.split_ids["train"]],
@@ -58,7 +77,7 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
 def test_uneven_blocks_do_not_hang(two_worker_run):
     """The fold's training set has an odd number of segments: blocks differ by one, yet every
     epoch finished (a 60 s gloo timeout would have failed the run otherwise)."""
-    run, _ = two_worker_run
+    run, _, _, _ = two_worker_run
     n = run.history[0]["n_train"]
     (lo0, hi0), (lo1, hi1) = rank_block(n, 0, 2), rank_block(n, 1, 2)
     assert n % 2 == 1 and hi0 - lo0 != hi1 - lo1, "premise: uneven blocks"
@@ -66,8 +85,8 @@ def test_uneven_blocks_do_not_hang(two_worker_run):
 
 
 def test_one_worker_matches_two_workers(two_worker_run, shard_dir, tmp_path, ray_session):
-    run2, _ = two_worker_run
-    run1 = run_fold(CFG, shard_dir, 0, storage_path=tmp_path, name="w1", workers=1)
+    run2, _, cfg, fold = two_worker_run
+    run1 = run_fold(cfg, shard_dir, fold, storage_path=tmp_path, name="w1", workers=1)
     h1, h2 = _epochs(run1.history), _epochs(run2.history)
     assert [h["n_train"] for h in h1] == [h["n_train"] for h in h2]
     assert all(h["gathered_exactly_once"] for h in h1)
@@ -98,7 +117,7 @@ def test_folds_split_by_song_without_leak(shard_dir):
 
 
 def test_checkpoint_loads_weights_only_and_has_everything(two_worker_run):
-    run, _ = two_worker_run
+    run, _, _, _ = two_worker_run
     state = load_state(run.checkpoint_dir)
     assert set(state) >= {"model", "optimizer", "epoch", "torch_rng", "clean"}
     assert state["epoch"] == CFG.epochs - 1 and state["clean"].dtype == torch.bool
@@ -109,10 +128,10 @@ def test_checkpoint_loads_weights_only_and_has_everything(two_worker_run):
 
 
 def test_rerun_same_name_resumes_instead_of_restarting(two_worker_run, shard_dir, ray_session):
-    run, store = two_worker_run
+    run, store, cfg, fold = two_worker_run
     progress = Path(run.run_dir) / PROGRESS_FILE
     before = progress.read_text().splitlines()
-    again = run_fold(CFG, shard_dir, 0, storage_path=store, name="w2", workers=2)
+    again = run_fold(cfg, shard_dir, fold, storage_path=store, name="w2", workers=2)
     assert progress.read_text().splitlines() == before  # no epoch was trained again
     assert again.result["test_acc"] == run.result["test_acc"]
 
@@ -120,21 +139,28 @@ def test_rerun_same_name_resumes_instead_of_restarting(two_worker_run, shard_dir
 def test_killed_worker_recovers_from_checkpoint(shard_dir, tmp_path, ray_session):
     from dataclasses import replace
 
-    from ray.util.state import list_actors
+    import psutil
 
     cfg = replace(CFG, epochs=5, max_failures=2)
     progress = tmp_path / "kill" / PROGRESS_FILE
     killed = []
 
+    def train_workers():
+        # Ray names worker processes after the actor ("ray::RayTrainWorker..."); the state API
+        # would need the dashboard, which the shared test instance does not start.
+        return [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")
+        ]
+
     def killer():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             if progress.is_file() and len(progress.read_text().splitlines()) >= 2:
-                workers = list_actors(
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-                )
+                workers = train_workers()
                 if workers:
-                    os.kill(workers[-1]["pid"], signal.SIGKILL)
+                    workers[-1].send_signal(signal.SIGKILL)
                     killed.append(len(progress.read_text().splitlines()))
                     return
             time.sleep(0.2)
@@ -185,63 +211,93 @@ ray.shutdown(); cluster.shutdown()
 
 
 def test_ray_start_and_job_submit(shard_dir, tmp_path):
-    """A real head node: `ray start --head`, `ray job submit` the smoke training, read it."""
-    bin_dir = Path(sys.executable).parent
+    """A real head node: `ray start --head`, `ray job submit` the smoke training, read it.
+
+    The head runs with --block in its own process group, and is stopped by signalling that
+    group: `ray stop` would kill every Ray process on the machine, this session's too.
+    """
+    ray_cli = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    ray_cli = str(bin_dir / "ray")
     out = tmp_path / "job-out"
-    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
-    start = subprocess.run(
+    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay < 108 B
+    log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed in finally
+    head = subprocess.Popen(
         [
             ray_cli,
             "start",
             "--head",
+            "--block",
             "--num-cpus=2",
             "--port=6391",
             "--dashboard-port=8271",
             "--include-dashboard=true",
             "--disable-usage-stats",
+            # Ports of its own: this session's in-process Ray already holds the agent defaults.
+            "--dashboard-agent-listen-port=52391",
+            "--dashboard-agent-grpc-port=52392",
+            "--runtime-env-agent-port=52393",
+            "--metrics-export-port=52394",
+            f"--temp-dir={ray_tmp}",
         ],
         env=env,
-        capture_output=True,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        assert start.returncode == 0, start.stderr[-2000:]
-        job = subprocess.run(
-            [
-                ray_cli,
-                "job",
-                "submit",
-                "--address",
-                "http://127.0.0.1:8271",
-                "--working-dir",
-                str(REPO),
-                "--runtime-env",
-                str(REPO / "cluster/runtime_env.yaml"),
-                "--",
-                sys.executable,
-                "-m",
-                "sssl_dist",
-                "train",
-                "--shards",
-                str(shard_dir),
-                "--smoke",
-                "--out",
-                str(out),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
+        submit = [
+            ray_cli,
+            "job",
+            "submit",
+            "--address",
+            "http://127.0.0.1:8271",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env",
+            str(REPO / "cluster/runtime_env.yaml"),
+            "--",
+            sys.executable,
+            "-m",
+            "sssl_dist",
+            "train",
+            "--shards",
+            str(shard_dir),
+            "--smoke",
+            "--out",
+            str(out),
+        ]
+        deadline = time.time() + 90
+        while True:  # the dashboard's job API comes up a few seconds after the head
+            status = subprocess.run(
+                [ray_cli, "job", "list", "--address", "http://127.0.0.1:8271"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if status.returncode == 0:
+                break
+            assert head.poll() is None and time.time() < deadline, (
+                f"head node did not come up: {(tmp_path / 'head.log').read_text()[-2000:]}"
+            )
+            time.sleep(2)
+        for _ in range(20):  # the job agent starts a little after the dashboard
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(3)
         assert job.returncode == 0, (job.stdout[-3000:], job.stderr[-3000:])
         assert "succeeded" in job.stdout + job.stderr
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["folds"] == [0] and 0 <= metrics["metrics"]["test_acc"]["mean"] <= 1
         assert (out / "model.sssl").is_file()
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_bad_shard_dir_is_a_clear_error(tmp_path):

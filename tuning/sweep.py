@@ -180,9 +180,9 @@ def run_sweep(
         "use_gpu": use_gpu,
         "cpus_per_worker": cpus_per_worker,
     }
-    # The trial function itself only waits on its TorchTrainer: it reserves no CPU, so the
-    # workers' resources decide how many folds run at once.
-    trainable = tune.with_resources(_with_params(keys), {"CPU": 0})
+    # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
+    # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
+    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
     tune_dir, name = out / "tune", "sweep"
     if tune.Tuner.can_restore(tune_dir / name):
         log.info("resuming the interrupted sweep in %s", tune_dir / name)

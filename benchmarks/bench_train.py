@@ -1,0 +1,141 @@
+"""Ray Train overhead and scaling, on the same data, model and epochs, in one run.
+
+- bare: one process, no Ray, the same epoch functions (loss pass, GMM split, SSSL steps);
+- trainer with 1 worker: the TorchTrainer path; per-epoch time from its own report;
+- trainer with 2 workers: DDP over gloo on this machine's cores.
+Also the share of an SSSL epoch spent in the loss pass and in gather + GMM.
+Both use one torch thread per process (the trainer's default on CPU).
+
+    python benchmarks/bench_train.py [--songs 60] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def bare_epochs(cfg, shard_dir, split_ids) -> list[float]:
+    """The same per-epoch work as the trainer, in this process, without Ray or DDP."""
+    from sssl_dist.data import SegmentBatcher, SegmentTable, ShardSet
+    from sssl_dist.models import build_model
+    from sssl_dist.train import fit_split, loss_pass, train_epoch
+
+    torch.set_num_threads(cfg.torch_threads)
+    shards = ShardSet(shard_dir)
+    by_id = {s["song_id"]: s for s in shards.songs}
+    table = SegmentTable.build(
+        [by_id[s] for s in split_ids["train"]], cfg.task, cfg.segment_seconds
+    )
+    batcher = SegmentBatcher(
+        table, shards.load_mels(set(split_ids["train"])), shards.feature_config
+    )
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    device, times, clean = torch.device("cpu"), [], None
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        if epoch >= cfg.warmup_epochs:
+            pos, losses = loss_pass(model, batcher, 0, len(table), cfg.batch_size * 2, device)
+            split, _ = fit_split(cfg, table, pos.numpy(), losses.numpy(), epoch)
+            clean = split.clean
+        train_epoch(
+            cfg,
+            model,
+            model,
+            opt,
+            batcher,
+            0,
+            len(table),
+            len(table),
+            1,
+            clean if epoch >= cfg.warmup_epochs else None,
+            epoch,
+            device,
+            0,
+        )
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
+    import ray
+
+    from shards.datasets import load_dataset
+    from shards.synth import SynthConfig, generate_corpus
+    from shards.write import shard_dataset
+    from sssl_dist.config import SSSLConfig
+    from sssl_dist.data import ShardSet
+    from sssl_dist.train import fold_song_ids, run_fold
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    generate_corpus(work / "corpus", SynthConfig(n_songs=songs, seed=5), progress=False)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    records, _, truth = load_dataset("synthetic", work / "corpus")
+    shard_dataset(records, work / "shards", truth=truth, progress=False)
+    cfg = SSSLConfig(epochs=epochs, warmup_epochs=1, n_folds=3, val_fraction=0.0)
+    split_ids = fold_song_ids(ShardSet(work / "shards"), cfg, 0)
+
+    bare = bare_epochs(cfg, work / "shards", split_ids)
+    runs = {}
+    for workers in (1, 2):
+        t0 = time.perf_counter()
+        run = run_fold(
+            cfg, work / "shards", 0, storage_path=work / "ray", name=f"w{workers}", workers=workers
+        )
+        runs[workers] = (run.history, time.perf_counter() - t0)
+    shutil.rmtree(work, ignore_errors=True)
+
+    def sssl_epochs(history):  # epochs after warm-up, skipping the first (allocator warm-up)
+        return [h for h in history if "time_loss_pass" in h][1:] or [history[-1]]
+
+    e_bare = float(np.mean(bare[cfg.warmup_epochs + 1 :] or bare[-1:]))
+    h1, fit1 = runs[1]
+    h2, fit2 = runs[2]
+    e1 = float(np.mean([h["time_epoch"] for h in sssl_epochs(h1)]))
+    e2 = float(np.mean([h["time_epoch"] for h in sssl_epochs(h2)]))
+    loss_share = float(np.mean([h["time_loss_pass"] / h["time_epoch"] for h in sssl_epochs(h2)]))
+    gmm_share = float(np.mean([h["time_gather_gmm"] / h["time_epoch"] for h in sssl_epochs(h2)]))
+    fixed1 = fit1 - sum(h["time_epoch"] for h in h1)
+    n_train = h1[0]["n_train"]
+    print(
+        f"Ray Train, {n_train} training segments, SmallCNN, {epochs} epochs "
+        f"({cfg.warmup_epochs} warm-up), 1 torch thread per process"
+    )
+    print(
+        f"  SSSL epoch: bare loop {e_bare:.2f} s, trainer 1 worker {e1:.2f} s "
+        f"-> overhead {e1 / e_bare:.2f}x; trainer 2 workers {e2:.2f} s -> speed-up {e1 / e2:.2f}x"
+    )
+    print(
+        f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, gather + GMM {gmm_share:.1%}"
+    )
+    print(f"  fixed cost of one TorchTrainer.fit (start, final predict, shutdown): {fixed1:.1f} s")
+    return {
+        "bare_epoch_s": e_bare,
+        "trainer1_epoch_s": e1,
+        "trainer2_epoch_s": e2,
+        "overhead": e1 / e_bare,
+        "speedup_2w": e1 / e2,
+        "loss_pass_share": loss_share,
+        "gather_gmm_share": gmm_share,
+        "fixed_fit_s": fixed1,
+    }
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--songs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=4)
+    a = p.parse_args()
+    main(a.songs, a.epochs)
