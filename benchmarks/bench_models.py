@@ -34,11 +34,12 @@ def train_rate(backbone: str, batch: int, budget_s: float) -> float:
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, 1, fc.n_mels, round(3 * fc.frames_per_second))
     y = torch.randint(0, 4, (batch,))
-    step = lambda: (
-        opt.zero_grad(),
-        torch.nn.functional.cross_entropy(model(x), y).backward(),  # noqa: E731
-        opt.step(),
-    )
+
+    def step() -> None:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
     step()  # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < budget_s:

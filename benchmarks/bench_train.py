@@ -118,7 +118,8 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         f"-> overhead {e1 / e_bare:.2f}x; trainer 2 workers {e2:.2f} s -> speed-up {e1 / e2:.2f}x"
     )
     print(
-        f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, gather + GMM {gmm_share:.1%}"
+        f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, "
+        f"gather + GMM {gmm_share:.1%}"
     )
     print(f"  fixed cost of one TorchTrainer.fit (start, final predict, shutdown): {fixed1:.1f} s")
     return {

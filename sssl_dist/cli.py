@@ -258,8 +258,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option, and epilogs kept as written."""
+
+
+def _config_epilog() -> str:
+    """Every config key with its default, for --config files and --set overrides."""
+    from sssl_dist.config import SSSLConfig, to_dict
+
+    lines = ["config keys (--config FILE, --set KEY=VALUE) and their defaults:"]
+    lines += [f"  {k} = {v}" for k, v in to_dict(SSSLConfig()).items()]
+    lines.append("sources of each default: sssl_dist/config.py")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = argparse.ArgumentParser(prog="sssl", description=__doc__, formatter_class=fmt)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,14 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--smoke", action="store_true", help="2 epochs, fold 0 only")
 
     s = sub.add_parser(
-        "train", help="distributed SSSL training + song-level CV", formatter_class=fmt
+        "train",
+        help="distributed SSSL training + song-level CV",
+        formatter_class=fmt,
+        epilog=_config_epilog(),
     )
     training_args(s)
     s.add_argument("--fold", type=int, help="run this fold only")
-    s.add_argument("--folds", help="'all' or a comma list, e.g. 0,3,7 (default: all)")
+    s.add_argument("--folds", default="all", help="'all' or a comma list, e.g. 0,3,7")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("tune", help="Ray Tune sweep over τ, λ, T, L and folds", formatter_class=fmt)
+    s = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep over τ, λ, T, L and folds",
+        formatter_class=fmt,
+        epilog=_config_epilog(),
+    )
     training_args(s)
     s.add_argument("--space", required=True, help="search-space YAML (see tuning/spaces/)")
     s.add_argument("--max-concurrent", type=int, default=None, help="cap on trials at once")
