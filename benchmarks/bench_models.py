@@ -10,6 +10,7 @@ input (1 s at 22.05 kHz, hop 512). Training throughput is forward + backward + A
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -49,6 +50,7 @@ def train_rate(backbone: str, batch: int, budget_s: float) -> float:
 
 
 def main(seconds: float = 20.0) -> dict[str, dict[str, float]]:
+    torch.set_num_threads(os.cpu_count() or 1)  # every core this machine has
     out = {}
     print(f"backbones (torch threads: {torch.get_num_threads()})")
     for backbone, batch in (("small_cnn", 64), ("vgg16", 4)):

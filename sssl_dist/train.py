@@ -409,8 +409,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             # 1. loss pass over this rank's block (eval mode, Eq. 2)
             positions, losses = loss_pass(plain, batcher, lo, hi, cfg.batch_size * 2, device)
             t1 = time.perf_counter()
+            # Ranks whose blocks hold longer songs finish later: wait here, timed apart, so
+            # the gather's own cost is not confused with that imbalance.
+            if _distributed():
+                dist.barrier()
+            t_wait = time.perf_counter()
             # 2. all-gather (position, loss): the full loss vector, every segment once
             all_pos, all_losses = all_gather_losses(positions, losses)
+            t_gather = time.perf_counter()
             # 3. one GMM fit on rank 0, clean probabilities broadcast to every rank
             w = None
             if rank == 0:
@@ -418,9 +424,16 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 w = split.clean_prob
                 metrics.update(split_metrics(cfg, table, split, ordered))
                 metrics["gathered_exactly_once"] = True  # fit_split raises otherwise
+            t_gmm = time.perf_counter()
             clean = broadcast_array(w, len(table)) > cfg.tau
             t2 = time.perf_counter()
-            metrics.update(time_loss_pass=t1 - t0, time_gather_gmm=t2 - t1)
+            metrics.update(
+                time_loss_pass=t1 - t0,
+                time_rank_wait=t_wait - t1,
+                time_gather=t_gather - t_wait,
+                time_gmm=t_gmm - t_gather,
+                time_gather_gmm=t2 - t_wait,  # gather + GMM fit + broadcast, without the wait
+            )
         else:
             t2 = t0
         # 4. the training step: CE in warm-up / inherit, Eq. 4-9 otherwise, under DDP
