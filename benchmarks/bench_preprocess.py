@@ -27,6 +27,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def naive(records, fc) -> int:
     """Per L, per song: load, then one librosa log-mel per segment. Returns segments made."""
+    from sssl_dist.audio import log_mel
+
     n = 0
     for length in range(1, 6):
         for r in records:
@@ -34,14 +36,7 @@ def naive(records, fc) -> int:
             width = length * fc.sample_rate
             for start in range(0, int(len(y) / fc.sample_rate - length) + 1):
                 seg = y[start * fc.sample_rate : start * fc.sample_rate + width]
-                mel = librosa.feature.melspectrogram(
-                    y=seg,
-                    sr=fc.sample_rate,
-                    n_fft=fc.n_fft,
-                    hop_length=fc.hop_length,
-                    n_mels=fc.n_mels,
-                )
-                librosa.power_to_db(mel, ref=1.0)
+                log_mel(seg, fc)  # the same front end as the shard stage, per segment
                 n += 1
     return n
 

@@ -119,33 +119,33 @@ def load_4q(root: Path, source: str = "4q") -> tuple[list[SongRecord], LoadRepor
     return _pair(rows, "Song", audio, make)
 
 
-def load_pmemo(root: Path) -> tuple[list[SongRecord], LoadReport]:
-    """PMEmo2019: chorus/<musicId>.mp3 + annotations/static_annotations.csv ([0, 1], cut 0.5)."""
+def _load_static_va(root, audio_dir, id_col, valence_col, arousal_col, midpoint, source):
+    """PMEmo and EiM share a shape: one static-annotation CSV, audio named by id."""
     root = Path(root)
     csv_path = root / "annotations" / "static_annotations.csv"
     rows = read_csv(csv_path)
-    _need_columns(rows, ("musicId", "Arousal(mean)", "Valence(mean)"), csv_path)
+    _need_columns(rows, (id_col, arousal_col, valence_col), csv_path)
 
     def make(song_id, row, path):
-        v, a = float(row["Valence(mean)"]), float(row["Arousal(mean)"])
-        return _va_record(song_id, path, "pmemo", v, a, 0.5)
+        v, a = float(row[valence_col]), float(row[arousal_col])
+        return _va_record(song_id, path, source, v, a, midpoint)
 
-    return _pair(rows, "musicId", _audio_by_stem(root / "chorus"), make)
+    return _pair(rows, id_col, _audio_by_stem(root / audio_dir), make)
+
+
+def load_pmemo(root: Path) -> tuple[list[SongRecord], LoadReport]:
+    """PMEmo2019: chorus/<musicId>.mp3 + annotations/static_annotations.csv ([0, 1], cut 0.5)."""
+    return _load_static_va(
+        root, "chorus", "musicId", "Valence(mean)", "Arousal(mean)", 0.5, "pmemo"
+    )
 
 
 def load_eim(root: Path) -> tuple[list[SongRecord], LoadReport]:
     """Emotion in Music: clips_45seconds/<song_id>.mp3 + annotations/static_annotations.csv
     (mean_valence / mean_arousal on 1-9, cut at 5)."""
-    root = Path(root)
-    csv_path = root / "annotations" / "static_annotations.csv"
-    rows = read_csv(csv_path)
-    _need_columns(rows, ("song_id", "mean_arousal", "mean_valence"), csv_path)
-
-    def make(song_id, row, path):
-        v, a = float(row["mean_valence"]), float(row["mean_arousal"])
-        return _va_record(song_id, path, "eim", v, a, 5.0)
-
-    return _pair(rows, "song_id", _audio_by_stem(root / "clips_45seconds"), make)
+    return _load_static_va(
+        root, "clips_45seconds", "song_id", "mean_valence", "mean_arousal", 5.0, "eim"
+    )
 
 
 DEAM_CSV_DIR = Path("annotations/annotations averaged per song/song_level")

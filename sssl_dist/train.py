@@ -70,6 +70,13 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: NCCL (the GPU backend) only moves CUDA tensors."""
+    if _distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather_losses(
     positions: torch.Tensor, losses: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,17 +87,18 @@ def all_gather_losses(
     """
     if not _distributed():
         return positions.numpy(), losses.numpy()
-    world = dist.get_world_size()
-    size = torch.tensor([positions.numel()], dtype=torch.int64)
+    world, dev = dist.get_world_size(), _comm_device()
+    size = torch.tensor([positions.numel()], dtype=torch.int64, device=dev)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     longest = int(max(s.item() for s in sizes))
     packed = torch.zeros(longest, 2, dtype=torch.float64)
     packed[: positions.numel(), 0] = positions.double()  # exact for positions < 2^53
     packed[: positions.numel(), 1] = losses.double()
+    packed = packed.to(dev)
     gathered = [torch.zeros_like(packed) for _ in range(world)]
     dist.all_gather(gathered, packed)
-    full = torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
+    full = torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)]).cpu()
     return full[:, 0].long().numpy(), full[:, 1].float().numpy()
 
 
@@ -98,22 +106,24 @@ def broadcast_array(array: np.ndarray | None, n: int) -> np.ndarray:
     """Step 3b: rank 0's float vector [n] to every rank."""
     buf = torch.from_numpy(array.astype(np.float32)) if array is not None else torch.zeros(n)
     if _distributed():
+        buf = buf.to(_comm_device())
         dist.broadcast(buf, src=0)
-    return buf.numpy()
+    return buf.cpu().numpy()
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if _distributed():
+        t = t.to(_comm_device())
         dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def all_gather_object(obj: Any) -> list[Any]:
     if not _distributed():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj)  # uses the current CUDA device under NCCL by itself
     return out
 
 
