@@ -284,28 +284,54 @@ def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
 
 
 def paper_tables(rows: list[dict[str, Any]]) -> list[str]:
-    """Table 2 (segment length x task) and Table 3 (method) views, when the sweep varies
-    them: within each cell, the configuration chosen by validation accuracy."""
-    out = []
-    for field, title in (
-        ("segment_seconds", "Table 2 view: by segment length L (s)"),
-        ("method", "Table 3 view: by method"),
-    ):
-        if field not in rows[0]:
-            continue
+    """Table 2 (segment length x task, accuracy and F1 per task) and Table 3 (method) views,
+    when the sweep varies them. Each cell is the configuration chosen by validation accuracy
+    within that cell, reported by its test folds."""
+
+    def best(group: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(group, key=lambda r: r[f"{SELECT_BY}_mean"])
+
+    def cell(r: dict[str, Any] | None, metric: str) -> str:
+        if r is None:
+            return "—"
+        return f"{100 * r[f'{metric}_mean']:.1f} ± {100 * r[f'{metric}_std']:.1f}"
+
+    out: list[str] = []
+    tasks = sorted({r["task"] for r in rows}) if "task" in rows[0] else [None]
+    if "segment_seconds" in rows[0]:
+        head = " | ".join(f"{t or 'task'} acc | {t or 'task'} F1" for t in tasks)
         out += [
-            f"## {title}",
+            "## Table 2 view: by segment length L (s)",
             "",
-            f"| {field} | test acc | test F1 | majority class |",
+            f"| L | {head} | majority class |",
+            "|---" * (2 * len(tasks) + 2) + "|",
+        ]
+        for length in sorted({r["segment_seconds"] for r in rows}):
+            cells, majority = [], []
+            for t in tasks:
+                group = [
+                    r
+                    for r in rows
+                    if r["segment_seconds"] == length and (t is None or r["task"] == t)
+                ]
+                r = best(group) if group else None
+                cells += [cell(r, "test_acc"), cell(r, "test_f1")]
+                if r is not None:
+                    majority.append(f"{100 * r['test_majority_acc_mean']:.1f}")
+            out.append(f"| {length} | " + " | ".join(cells) + f" | {' / '.join(majority)} |")
+        out.append("")
+    if "method" in rows[0]:
+        out += [
+            "## Table 3 view: by method",
+            "",
+            "| method | test acc | test F1 | majority class |",
             "|---|---|---|---|",
         ]
-        for value in sorted({r[field] for r in rows}, key=str):
-            group = [r for r in rows if r[field] == value]
-            r = max(group, key=lambda r: r[f"{SELECT_BY}_mean"])
+        for method in sorted({r["method"] for r in rows}):
+            r = best([r for r in rows if r["method"] == method])
             out.append(
-                f"| {value} | {100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}"
-                f" | {100 * r['test_f1_mean']:.1f} ± {100 * r['test_f1_std']:.1f}"
-                f" | {100 * r['test_majority_acc_mean']:.1f} |"
+                f"| {method} | {cell(r, 'test_acc')} | {cell(r, 'test_f1')} | "
+                f"{100 * r['test_majority_acc_mean']:.1f} |"
             )
         out.append("")
     return out
