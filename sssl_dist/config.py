@@ -47,8 +47,7 @@ class FeatureConfig:
 
     def digest(self) -> str:
         """Short hash of the feature settings: shards built with other settings are rebuilt."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return config_digest(self)
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,12 @@ class SSSLConfig:
 
 
 C = TypeVar("C", FeatureConfig, SSSLConfig)
+
+
+def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
+    """Short hash of every field: work done under other settings is never reused for these."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

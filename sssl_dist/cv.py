@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sssl_dist.config import SSSLConfig, save_config
+from sssl_dist.config import SSSLConfig, config_digest, save_config
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.train import FoldRun, mean_std, run_fold
@@ -81,7 +81,8 @@ def run_cv(
             shard_dir,
             fold,
             storage_path=out / "ray",
-            name=f"{name}-fold{fold}",
+            # The config digest in the name: re-running resumes only a run of the same settings.
+            name=f"{name}-fold{fold}-{config_digest(cfg)[:8]}",
             workers=workers,
             use_gpu=use_gpu,
             on_epoch=progress_printer(label, cfg.epochs),

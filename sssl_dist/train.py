@@ -474,13 +474,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         metrics.update(time_train=t3 - t2, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _tensorboard(loop, metrics)
-        state = {
-            "model": plain.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "torch_rng": torch.get_rng_state(),
-            "clean": torch.from_numpy(clean) if clean is not None else torch.zeros(0),
-        }
+        state = _training_state(plain, opt, epoch, clean)
         save_checkpoint(state, {"history.json": history}, cfg, _scalars(metrics), loop["local"])
 
     # After training: segment probabilities for every song of the fold, shared by all ranks,
@@ -501,13 +495,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                     if k.startswith("val_seg") or k.startswith("noise_")
                 }
             )
-    state = {
-        "model": plain.state_dict(),
-        "optimizer": opt.state_dict(),
-        "epoch": cfg.epochs - 1,
-        "torch_rng": torch.get_rng_state(),
-        "clean": torch.from_numpy(clean) if clean is not None else torch.zeros(0),
-    }
+    state = _training_state(plain, opt, cfg.epochs - 1, clean)
     save_checkpoint(
         state,
         {
@@ -520,6 +508,17 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         _scalars(final),
         loop["local"],
     )
+
+
+def _training_state(plain, opt, epoch: int, clean: np.ndarray | None) -> dict[str, Any]:
+    """What a checkpoint holds: tensors and plain values only (weights_only loadable)."""
+    return {
+        "model": plain.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "torch_rng": torch.get_rng_state(),
+        "clean": torch.from_numpy(clean) if clean is not None else torch.zeros(0),
+    }
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
