@@ -31,7 +31,11 @@ def _gauss(x: np.ndarray, mean: float, var: float) -> np.ndarray:
 
 
 def plot_gmm_epochs(
-    history: list[dict[str, Any]], tau: float, path: Path, max_epochs: int = 4
+    history: list[dict[str, Any]],
+    tau: float,
+    path: Path,
+    max_epochs: int = 4,
+    label_names: tuple[str, ...] = (),
 ) -> bool:
     epochs = [h for h in history if h.get("gmm")]
     if not epochs:
@@ -76,7 +80,10 @@ def plot_gmm_epochs(
                 ax.text(
                     0.5, 0.5, fit["degenerate"], ha="center", transform=ax.transAxes, fontsize=8
                 )
-            ax.set_title(f"epoch {h['epoch'] + 1} · {name}", fontsize=9)
+            shown = name
+            if name.startswith("class ") and label_names:  # "class 2" -> "Q3"
+                shown = label_names[int(name.split()[1])]
+            ax.set_title(f"epoch {h['epoch'] + 1} · {shown}", fontsize=9)
             ax.set_xlabel("normalised loss", fontsize=8)
             ax.tick_params(labelsize=7)
             if r == 0 and c == 0:
@@ -186,7 +193,9 @@ def write_run_plots(
     out = Path(out)
     histories = {f: r.history for f, r in runs.items()}
     first = min(runs)
-    plot_gmm_epochs(runs[first].history, cfg.tau, out / "gmm_losses.png")
+    plot_gmm_epochs(
+        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=cfg.label_names
+    )
     plot_split_over_epochs(histories, out / "split_over_epochs.png")
     true, pred = [], []
     for r in runs.values():
