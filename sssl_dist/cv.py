@@ -100,6 +100,9 @@ def run_cv(
         for f in ("result.json", "history.json", "songs.json", "split_ids.json"):
             shutil.copy(Path(runs[fold].checkpoint_dir, f), fold_dir / f)
         export_model(runs[fold].checkpoint_dir, shard_dir, fold_dir / "model.sssl")
+        # Everything needed is now in fold_dir; the local checkpoint copy is not (Ray keeps
+        # the checkpoint itself under storage_path).
+        shutil.rmtree(runs[fold].checkpoint_dir, ignore_errors=True)
     summary = summarise(cfg, runs, time.perf_counter() - t0)
     best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
     shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")

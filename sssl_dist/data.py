@@ -175,6 +175,32 @@ class SegmentBatcher:
         return torch.from_numpy(self.table.label[positions])
 
 
+@torch.no_grad()
+def segment_probabilities(
+    net: torch.nn.Module,
+    mel: np.ndarray,
+    duration_s: float,
+    cfg,
+    fc: FeatureConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+) -> np.ndarray:
+    """P_s(E_k) [S, K] for every segment of one song, in start order (eval mode).
+
+    The same segmentation as training (duration from samples, as in the manifest), used for
+    the fold's song-level features and by `sssl predict`.
+    """
+    net.eval()
+    song = {"song_id": "song", "duration_s": duration_s, cfg.task: 0}
+    table = SegmentTable.build([song], cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    batcher = SegmentBatcher(table, {"song": mel}, fc)
+    probs = [
+        torch.softmax(net(batcher.inputs(idx).to(device)).float(), -1).cpu()
+        for idx in loss_pass_batches(0, len(table), batch_size)
+    ]
+    return torch.cat(probs).numpy() if probs else np.zeros((0, cfg.num_classes))
+
+
 # --------------------------------------------------------------------------------------------
 # Partitioning across DDP ranks
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, SSSLConfig, from_dict, to_dict
-from sssl_dist.data import SegmentBatcher, SegmentTable, ShardSet, loss_pass_batches
+from sssl_dist.data import ShardSet, segment_probabilities
 from sssl_dist.models import build_model
 from sssl_dist.song import SongClassifier, song_features
 
@@ -101,17 +101,10 @@ def predict_song(
     y = decode(audio_path, fc, enforce_limits=False)
     mel = log_mel(y, fc)
     duration = y.size / fc.sample_rate
-    song = {"song_id": "song", "duration_s": duration, cfg.task: 0}
-    table = SegmentTable.build([song], cfg.task, cfg.segment_seconds, cfg.hop_seconds)
-    if not len(table):
+    probs = segment_probabilities(model.net, mel, duration, cfg, fc, batch_size=batch_size)
+    if not len(probs):
         raise AudioError(f"too short for one {cfg.segment_seconds} s segment ({duration:.1f} s)")
-    batcher = SegmentBatcher(table, {"song": mel}, fc)
-    probs = torch.cat(
-        [
-            torch.softmax(model.net(batcher.inputs(idx)), -1)
-            for idx in loss_pass_batches(0, len(table), batch_size)
-        ]
-    ).numpy()
+    starts = np.arange(len(probs)) * cfg.hop_seconds
     song_p = model.svm.predict_proba(song_features(probs, cfg.theta)[None], cfg.num_classes)[0]
     decision = int(np.argmax(song_p))
     return {
@@ -129,7 +122,7 @@ def predict_song(
                 "end_s": int(s) + cfg.segment_seconds,
                 **dict(zip(model.label_names, map(float, p), strict=True)),
             }
-            for s, p in zip(table.start, probs, strict=True)
+            for s, p in zip(starts, probs, strict=True)
         ],
     }
 

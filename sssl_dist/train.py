@@ -46,6 +46,7 @@ from sssl_dist.data import (
     fold_split,
     loss_pass_batches,
     rank_block,
+    segment_probabilities,
     steps_per_epoch,
 )
 from sssl_dist.method import (
@@ -261,31 +262,14 @@ def segment_accuracy(plain, batcher, table, rank, world, batch_size, device) -> 
     return out
 
 
-@torch.no_grad()
-def song_probabilities(plain, mels, song_ids, cfg, fc, device, batch_size) -> dict[str, list]:
+def song_probabilities(plain, mels, songs_by_id, song_ids, cfg, fc, device, batch_size):
     """P_s(E_k) for every segment of each song: {song id: [S, K] as nested lists}."""
-    plain.eval()
-    out = {}
-    for sid in song_ids:
-        table = SegmentTable.build(
-            [
-                {
-                    "song_id": sid,
-                    "duration_s": mels[sid].shape[1] / fc.frames_per_second,
-                    cfg.task: 0,
-                }
-            ],
-            cfg.task,
-            cfg.segment_seconds,
-            cfg.hop_seconds,
-        )
-        batcher = SegmentBatcher(table, mels, fc)
-        probs = [
-            torch.softmax(plain(batcher.inputs(idx).to(device)).float(), -1).cpu()
-            for idx in loss_pass_batches(0, len(table), batch_size)
-        ]
-        out[sid] = torch.cat(probs).numpy().tolist() if probs else []
-    return out
+    return {
+        sid: segment_probabilities(
+            plain, mels[sid], songs_by_id[sid]["duration_s"], cfg, fc, device, batch_size
+        ).tolist()
+        for sid in song_ids
+    }
 
 
 def song_level_results(cfg, songs_by_id, probs, split_ids) -> dict[str, Any]:
@@ -399,6 +383,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         )
     )
 
+    eval_batch = cfg.batch_size * 2  # no gradients kept: twice the training batch fits
     start_epoch, history, clean = 0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume: after a worker failure, or a re-run of the same run name
@@ -417,7 +402,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "fold": loop["fold"], "n_train": len(table)}
         if cfg.method != "inherit" and epoch >= cfg.warmup_epochs:
             # 1. loss pass over this rank's block (eval mode, Eq. 2)
-            positions, losses = loss_pass(plain, batcher, lo, hi, cfg.batch_size * 2, device)
+            positions, losses = loss_pass(plain, batcher, lo, hi, eval_batch, device)
             t1 = time.perf_counter()
             # Ranks whose blocks hold longer songs finish later: wait here, timed apart, so
             # the gather's own cost is not confused with that imbalance.
@@ -467,13 +452,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         t3 = time.perf_counter()
         if len(val_table):
             metrics.update(
-                segment_accuracy(
-                    plain, val_batcher, val_table, rank, world, cfg.batch_size * 2, device
-                )
+                segment_accuracy(plain, val_batcher, val_table, rank, world, eval_batch, device)
             )
         metrics.update(time_train=t3 - t2, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
-        _tensorboard(loop, metrics)
+        _log_epoch(loop, metrics)
         state = _training_state(plain, opt, epoch, clean)
         save_checkpoint(state, {"history.json": history}, cfg, _scalars(metrics), loop["local"])
 
@@ -481,7 +464,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     # then Eq. 10 + SVM on rank 0.
     probs = {}
     for part in all_gather_object(
-        song_probabilities(plain, mels, predict_ids, cfg, fc, device, cfg.batch_size * 2)
+        song_probabilities(plain, mels, by_id, predict_ids, cfg, fc, device, eval_batch)
     ):
         probs.update(part)
     final: dict[str, Any] = {"epoch": cfg.epochs, "fold": loop["fold"], "final": True}
@@ -526,7 +509,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float | bool | str)}
 
 
-def _tensorboard(loop: dict[str, Any], metrics: dict[str, Any]) -> None:
+def _log_epoch(loop: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Rank 0: scalars to TensorBoard and one JSON line to progress.jsonl (what the driver
     tails for its progress lines) under the run directory."""
     if ray.train.get_context().get_world_rank() != 0 or not loop.get("tensorboard_dir"):
