@@ -5,12 +5,16 @@ Eq. 10 + SVM), on identical folds for every method, so differences are paired.
 For each mislabelled share (corpus excursion fraction) x task x segment length x split mode:
 song-level accuracy/F1 of inherit, sssl-nokl, sssl (mean ± std over folds), majority-class and
 majority-vote baselines, validation segment accuracy against the true per-second labels, the
-GMM's noise-detection ROC-AUC / precision / recall of U (last epoch), and the paired
-difference sssl - inherit with its t statistic over folds.
+measured share of wrong inherited labels, the smallest class share of X (collapse), the GMM's
+noise-detection ROC-AUC / precision / recall of U per epoch, and paired differences over folds
+(sssl - inherit, global - per-class split) with their t statistics and win counts.
+
+Results go to OUT/results.json (resumable: finished cells are skipped), OUT/summary.md,
+OUT/accuracy_vs_noise.png and OUT/noise_detection.png. `--summary-only` rebuilds the last three.
 
     python benchmarks/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
-        --lengths 1 3 5 --noise 0.1 0.25 0.4 --splits per_class global     # hours on 2 cores
-    python benchmarks/accuracy.py --songs 200 --folds 5 --epochs 8          # ~25 min
+        --lengths 1 3 5 --noise 0.1 0.25 0.4 --splits per_class global     # > 1 day on 2 cores
+    python benchmarks/accuracy.py --songs 200 --folds 5 --epochs 8          # ~40 min
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import os
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -41,20 +47,28 @@ def main() -> None:
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench-accuracy")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="rebuild summary.md and the plots from results.json without training",
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ray").setLevel(logging.WARNING)
 
+    out = Path(a.out)
+    if a.summary_only:
+        write_summary(out, json.loads((out / "results.json").read_text()), a)
+        return
     import ray
 
     from shards.datasets import load_dataset
     from shards.synth import SynthConfig, generate_corpus
     from shards.write import shard_dataset
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.cv import paired_difference, run_cv
+    from sssl_dist.cv import run_cv
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -84,13 +98,18 @@ def main() -> None:
                             epochs=a.epochs,
                             warmup_epochs=a.warmup,
                         )
+                        t_cell = time.perf_counter()
                         s = run_cv(
                             cfg,
                             data / "shards",
                             out / key.replace(" ", "_").replace("=", "-"),
                             workers=a.workers,
                         )
-                        results[key] = {"metrics": s["metrics"], "per_fold": s["per_fold"]}
+                        results[key] = {
+                            "metrics": s["metrics"],
+                            "per_fold": s["per_fold"],
+                            "minutes": (time.perf_counter() - t_cell) / 60,
+                        }
                         results_path.write_text(json.dumps(results, default=float))
                         logging.info(
                             "%s: test acc %.3f (%.0f min so far)",
@@ -98,48 +117,213 @@ def main() -> None:
                             s["metrics"]["test_acc"]["mean"],
                             (time.perf_counter() - t0) / 60,
                         )
-    write_summary(out, results, a, paired_difference)
+    write_summary(out, results, a)
 
 
-def write_summary(out: Path, results: dict, a, paired_difference) -> None:
-    pct = lambda m, k: f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "—"  # noqa: E731
+# What the GMM split achieved, per SSSL epoch (in history.json of every fold).
+EPOCH_KEYS = ("clean_fraction", "noise_auc", "noise_precision", "noise_recall")
+
+
+def write_summary(out: Path, results: dict, a) -> None:
+    """summary.md and two plots from results.json and the cells' fold histories (no training)."""
+    from sssl_dist.cv import paired_difference
+
+    cells = {key: _cell(out, key, r) for key, r in results.items()}
     lines = [
         f"# Accuracy benchmark: {a.songs} songs, {a.folds}-fold CV, {a.epochs} epochs "
         f"({a.warmup} warm-up), {a.workers} workers",
         "",
-        "| mislabelled share | task | L | split | method | test acc | test F1 | vote acc | "
-        "majority | seg acc (truth) | noise AUC | prec U | recall U |",
-        "|---" * 13 + "|",
+        "wrong = share of all segments whose inherited label differs from the true label "
+        "(majority of its seconds), for that task and L. min X share = the smallest class's "
+        "share of X, lowest over SSSL epochs and folds (collapse shows here).",
+        "",
+        "| noise | wrong | task | L | split | method | test acc | test F1 | vote acc | majority "
+        "| seg acc (truth) | noise AUC | prec U | recall U | min X share | min |",
+        "|---" * 16 + "|",
     ]
-    for key, r in results.items():
-        f = dict(kv.split("=") for kv in key.split())
-        m = r["metrics"]
+    for c in cells.values():
+        f, m = c["fields"], c["metrics"]
         lines.append(
-            f"| {f['noise']} | {f['task']} | {f['L']} | {f['split']} | {f['method']} | "
-            f"{pct(m, 'test_acc')} | {pct(m, 'test_f1')} | {pct(m, 'test_vote_acc')} | "
-            f"{pct(m, 'test_majority_acc')} | {pct(m, 'val_seg_acc_truth')} | "
-            f"{pct(m, 'noise_auc')} | {pct(m, 'noise_precision')} | {pct(m, 'noise_recall')} |"
+            f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['split']} | "
+            f"{f['method']} | {_ms(m, 'test_acc')} | {_ms(m, 'test_f1')} | "
+            f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
+            f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
+            f"{_ms(m, 'noise_precision')} | {_ms(m, 'noise_recall')} | "
+            f"{_num(c['min_x_share'])} | {_num(c['minutes'], 0)} |"
         )
     lines += [
         "",
-        "Paired over identical folds (points of test accuracy; t = mean / (std / sqrt(k))):",
+        "## Paired over identical folds",
+        "",
+        "Points of test accuracy, b - a per fold; t = mean / (std / sqrt(k)). |t| > 2.8 is "
+        "p < 0.05 (two-sided) for 5 folds, > 2.3 for 10.",
         "",
     ]
-    for key, r in results.items():
-        if "method=sssl" not in key or "method=sssl-" in key:
-            continue
-        base_key = key.replace("method=sssl", "method=inherit")
-        base_key = " ".join(
-            kv if not kv.startswith("split=") else f"split={a.splits[0]}" for kv in base_key.split()
-        )
-        if base_key in results:
-            d = paired_difference(_folds(results[base_key]), _folds(r))
+    for key, c in cells.items():
+        f = c["fields"]
+        comparisons = []
+        if f["method"] != "inherit":
+            comparisons.append(("inherit", _key(f, method="inherit", split="per_class")))
+        if f["split"] == "global":
+            comparisons.append(("per-class", _key(f, split="per_class")))
+        for name, base in comparisons:
+            if base not in results:
+                continue
+            d = paired_difference(_folds(results[base]), _folds(results[key]))
             lines.append(
-                f"- {key.replace(' method=sssl', '')}: sssl - inherit = "
-                f"{100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f})"
+                f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} ({f['split']}) "
+                f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
+                f"{_wins(results[base], results[key])})"
             )
+    lines += [
+        "",
+        "## Noise detection by epoch (1-based, as in the progress lines; mean over folds)",
+        "",
+        "| noise | task | L | split | method | epoch | clean fraction | noise AUC | prec U "
+        "| recall U |",
+        "|---" * 10 + "|",
+    ]
+    for c in cells.values():
+        f = c["fields"]
+        cell = " | ".join(f[k] for k in ("noise", "task", "L", "split", "method"))
+        for e, row in sorted(c["by_epoch"].items()):
+            values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
+            lines.append(f"| {cell} | {e + 1} | {values} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plots(out, cells)
+
+
+def _cell(out: Path, key: str, r: dict) -> dict:
+    """One cell's metrics plus what only its fold histories and its shards hold."""
+    from sssl_dist.data import SegmentTable, ShardSet
+
+    f = dict(kv.split("=") for kv in key.split())
+    cell_dir = out / key.replace(" ", "_").replace("=", "-")
+    histories = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("fold-*/history.json"))]
+    by_epoch: dict[int, dict[str, list[float]]] = {}
+    min_x_share = None
+    for h in histories:
+        for e in h:
+            if "noise_auc" not in e:
+                continue  # warm-up epochs and inherit: no split
+            row = by_epoch.setdefault(e["epoch"], {})
+            for k in EPOCH_KEYS:
+                row.setdefault(k, []).append(e[k])
+            counts = e.get("class_counts_in_x")
+            if counts and sum(counts):
+                share = min(counts) / sum(counts)
+                min_x_share = share if min_x_share is None else min(min_x_share, share)
+    songs = ShardSet(out / f"data-noise{f['noise']}" / "shards").songs
+    table = SegmentTable.build(songs, f["task"], int(f["L"]))
+    return {
+        "fields": f,
+        "metrics": r["metrics"],
+        "minutes": r.get("minutes"),
+        "wrong": float(np.mean(table.wrong == 1)),
+        "min_x_share": min_x_share,
+        "by_epoch": {
+            e: {k: float(np.mean(v)) for k, v in row.items()} for e, row in by_epoch.items()
+        },
+    }
+
+
+def _plots(out: Path, cells: dict) -> None:
+    """accuracy_vs_noise.png (where does SSSL stop helping?) and noise_detection.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _series(cells)
+    if not series:
+        return  # one noise level so far: nothing to draw against the wrong-label share
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (_task, _length, split, method), pts in sorted(series.items()):
+        pts.sort()
+        x = [100 * p[0] for p in pts]
+        for ax, k in zip(axes, ("test_acc", "val_seg_acc_truth"), strict=True):
+            ax.errorbar(
+                x,
+                [100 * p[1][k]["mean"] for p in pts],
+                yerr=[100 * p[1][k]["std"] for p in pts],
+                marker="o",
+                capsize=3,
+                label=f"{method} ({split})" if method != "inherit" else "inherit",
+            )
+    for ax, title in zip(
+        axes, ("song-level test accuracy", "segment accuracy vs truth"), strict=True
+    ):
+        ax.set(xlabel="segments with a wrong inherited label (%)", ylabel="%", title=title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("quadrant, L = 3 s: mean ± std over folds")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_noise.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharex=True)
+    for c in cells.values():
+        f = c["fields"]
+        if not c["by_epoch"] or f["method"] != "sssl":
+            continue  # sssl-nokl's split is close to sssl's: one line per cell stays readable
+        epochs = sorted(c["by_epoch"])
+        label = f"{f['task']} L={f['L']} s, {100 * c['wrong']:.0f} % wrong, {f['split']}"
+        for ax, k in zip(axes, ("noise_auc", "noise_precision", "noise_recall"), strict=True):
+            ax.plot(
+                [e + 1 for e in epochs],
+                [c["by_epoch"][e][k] for e in epochs],
+                "o-",
+                ms=3,
+                label=label,
+            )
+    for ax, title in zip(
+        axes, ("ROC-AUC of the split", "precision of U", "recall of U"), strict=True
+    ):
+        ax.set(xlabel="epoch (1-based)", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "noise_detection.png", dpi=110)
+    plt.close(fig)
+
+
+def _series(cells: dict) -> dict:
+    """(task, L, split, method) -> [(wrong share, metrics)] over noise levels, quadrant L=3."""
+    series: dict = {}
+    for c in cells.values():
+        f = c["fields"]
+        if f["task"] == "quadrant" and f["L"] == "3":
+            key = (f["task"], f["L"], f["split"], f["method"])
+            series.setdefault(key, []).append((c["wrong"], c["metrics"]))
+    return {k: v for k, v in series.items() if len(v) > 1}
+
+
+def _key(fields: dict, **change: str) -> str:
+    f = {**fields, **change}
+    return " ".join(f"{k}={f[k]}" for k in ("noise", "task", "L", "split", "method"))
+
+
+def _wins(a: dict, b: dict) -> str:
+    folds = sorted(set(a["per_fold"]) & set(b["per_fold"]))
+    better = sum(b["per_fold"][k]["test_acc"] > a["per_fold"][k]["test_acc"] for k in folds)
+    worse = sum(b["per_fold"][k]["test_acc"] < a["per_fold"][k]["test_acc"] for k in folds)
+    return f"better on {better}/{len(folds)} folds, worse on {worse}"
+
+
+def _ms(m: dict, k: str) -> str:
+    return f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "—"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None or v != v else f"{v:.{digits}f}"
 
 
 def _folds(r: dict) -> dict:

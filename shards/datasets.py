@@ -60,7 +60,13 @@ def _need_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: Pa
 def _audio_by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"audio folder not found: {folder}")
-    return {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES}
+    # Hidden files are not songs: macOS "._x.mp3" resource forks in unpacked archives, and the
+    # ".x.tmp.ogg" our generator writes before its atomic rename.
+    return {
+        p.stem: p
+        for p in sorted(folder.rglob("*"))
+        if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
+    }
 
 
 def _pair(

@@ -215,9 +215,24 @@ def _write_song(args: tuple[Path, SynthConfig, int]) -> tuple[str, int, list[int
     path = audio_root / f"Q{dominant + 1}" / f"{song_id_of(i)}.{ext}"
     if not path.is_file():
         tmp = path.with_name(f".{path.stem}.tmp.{ext}")  # atomic: never a half-written file
-        sf.write(tmp, audio, sr, format=ext.upper())
+        write_audio_blocks(tmp, audio, sr, ext)
         tmp.replace(path)
     return song_id_of(i), dominant, timeline.tolist()
+
+
+# Frames per write call. libvorbis stack-allocates a float per sample handed to it in one call
+# (alloca in _preextrapolate_helper), so one sf.write of a long 48 kHz song (> ~2 M frames,
+# 8 MB) overflows the stack and segfaults (libsndfile#1095, xiph/vorbis#104). Small blocks
+# avoid it for every format.
+WRITE_BLOCK_FRAMES = 1 << 16
+
+
+def write_audio_blocks(path: Path, audio: np.ndarray, sr: int, ext: str) -> None:
+    """Write audio [n] or [n, channels] as `ext` (wav/flac/ogg/mp3) in blocks."""
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    with sf.SoundFile(path, "w", samplerate=sr, channels=channels, format=ext.upper()) as fh:
+        for lo in range(0, len(audio), WRITE_BLOCK_FRAMES):
+            fh.write(audio[lo : lo + WRITE_BLOCK_FRAMES])
 
 
 def generate_corpus(

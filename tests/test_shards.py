@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +45,7 @@ def test_4q_layout(tmp_path):
     write_audio(root / "MER_audio_taffc_dataset/Q1/MT0000040632.wav")
     write_audio(root / "MER_audio_taffc_dataset/Q3/MT0000011975.wav")
     write_audio(root / "MER_audio_taffc_dataset/Q2/MT0000099999.wav")  # no label row
+    write_audio(root / "MER_audio_taffc_dataset/Q1/._MT0000040632.wav")  # macOS resource fork
     _csv(
         root / "panda_dataset_taffc_annotations.csv",
         ["Song", "Quadrant", "Artist"],
@@ -156,6 +159,23 @@ def test_synth_is_deterministic_and_varied():
     assert {s[0].ndim for s in songs} == {1, 2}  # mono and stereo
     durations = [len(s[0]) / s[1] for s in songs]
     assert min(durations) >= 20 and max(durations) <= 45
+
+
+def test_long_48k_stereo_ogg_is_written_without_crashing(tmp_path):
+    """The longest song the generator makes (45 s, 48 kHz, stereo) once segfaulted libvorbis
+    when written in one call. A child process, so a regression fails this test instead of
+    killing pytest."""
+    path = tmp_path / "long.ogg"
+    code = (
+        "import numpy as np, sys; from pathlib import Path; "
+        "from shards.synth import write_audio_blocks; "
+        "a = np.random.default_rng(0).uniform(-0.5, 0.5, (45 * 48000, 2)).astype(np.float32); "
+        "write_audio_blocks(Path(sys.argv[1]), a, 48000, 'ogg')"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = sf.info(path)
+    assert (info.samplerate, info.channels, info.frames) == (48000, 2, 45 * 48000)
 
 
 def test_synth_mislabelled_share_near_target():
