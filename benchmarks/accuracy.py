@@ -9,8 +9,10 @@ measured share of wrong inherited labels, the smallest class share of X (collaps
 noise-detection ROC-AUC / precision / recall of U per epoch, and paired differences over folds
 (sssl - inherit, global - per-class split) with their t statistics and win counts.
 
-Results go to OUT/results.json (resumable: finished cells are skipped), OUT/summary.md,
-OUT/accuracy_vs_noise.png and OUT/noise_detection.png. `--summary-only` rebuilds the last three.
+Results go to OUT/results.json (resumable: finished cells are skipped; self-contained, so a copy
+of it in a new OUT continues the grid there), OUT/summary.md, OUT/accuracy_vs_noise.png and
+OUT/noise_detection.png. `--summary-only` rebuilds the last three. The committed figures are in
+benchmarks/results/.
 
     python benchmarks/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
         --lengths 1 3 5 --noise 0.1 0.25 0.4 --splits per_class global     # > 1 day on 2 cores
@@ -125,10 +127,17 @@ EPOCH_KEYS = ("clean_fraction", "noise_auc", "noise_precision", "noise_recall")
 
 
 def write_summary(out: Path, results: dict, a) -> None:
-    """summary.md and two plots from results.json and the cells' fold histories (no training)."""
+    """summary.md and two plots from results.json and the cells' fold histories (no training).
+
+    What only the histories and shards hold is stored back into results.json ("derived"), so
+    that file alone carries the whole table: it can be committed, copied and resumed.
+    """
     from sssl_dist.cv import paired_difference
 
     cells = {key: _cell(out, key, r) for key, r in results.items()}
+    for key, c in cells.items():
+        results[key]["derived"] = {k: c[k] for k in ("wrong", "min_x_share", "by_epoch")}
+    (out / "results.json").write_text(json.dumps(results, default=float))
     lines = [
         f"# Accuracy benchmark: {a.songs} songs, {a.folds}-fold CV, {a.epochs} epochs "
         f"({a.warmup} warm-up), {a.workers} workers",
@@ -151,6 +160,7 @@ def write_summary(out: Path, results: dict, a) -> None:
             f"{_ms(m, 'noise_precision')} | {_ms(m, 'noise_recall')} | "
             f"{_num(c['min_x_share'])} | {_num(c['minutes'], 0)} |"
         )
+    lines += _side_by_side(cells, results, paired_difference)
     lines += [
         "",
         "## Paired over identical folds",
@@ -194,11 +204,46 @@ def write_summary(out: Path, results: dict, a) -> None:
     _plots(out, cells)
 
 
+def _side_by_side(cells: dict, results: dict, paired_difference) -> list[str]:
+    """inherit against sssl (per-class split) in one row per (noise, task, L)."""
+    lines = [
+        "",
+        "## inherit against sssl (per-class split), one row per cell",
+        "",
+        "| wrong | task | L | test acc inherit | test acc sssl | sssl - inherit (paired) "
+        "| vote acc inherit | vote acc sssl | seg acc (truth) inherit → sssl | noise AUC "
+        "| prec U | recall U | majority |",
+        "|---" * 13 + "|",
+    ]
+    by_cell = lambda kv: (kv[1]["fields"]["task"], int(kv[1]["fields"]["L"]), kv[1]["wrong"])  # noqa: E731
+    for key, c in sorted(cells.items(), key=by_cell):
+        f = c["fields"]
+        base = _key(f, method="inherit")
+        if f["method"] != "sssl" or f["split"] != "per_class" or base not in results:
+            continue
+        a, b = cells[base]["metrics"], c["metrics"]
+        d = paired_difference(_folds(results[base]), _folds(results[key]))
+        lines.append(
+            f"| {_pct(c['wrong'])} | {f['task']} | {f['L']} | {_ms(a, 'test_acc')} | "
+            f"{_ms(b, 'test_acc')} | {100 * d['mean']:+.1f} (t = {d['t']:.2f}; "
+            f"{_wins(results[base], results[key])}) | {_ms(a, 'test_vote_acc')} | "
+            f"{_ms(b, 'test_vote_acc')} | {100 * a['val_seg_acc_truth']['mean']:.1f} → "
+            f"{100 * b['val_seg_acc_truth']['mean']:.1f} | {_ms(b, 'noise_auc')} | "
+            f"{_ms(b, 'noise_precision')} | {_ms(b, 'noise_recall')} | "
+            f"{_ms(a, 'test_majority_acc')} |"
+        )
+    return lines
+
+
 def _cell(out: Path, key: str, r: dict) -> dict:
     """One cell's metrics plus what only its fold histories and its shards hold."""
     from sssl_dist.data import SegmentTable, ShardSet
 
     f = dict(kv.split("=") for kv in key.split())
+    base = {"fields": f, "metrics": r["metrics"], "minutes": r.get("minutes")}
+    if "derived" in r:  # JSON made the epoch keys strings
+        d = r["derived"]
+        return {**base, **d, "by_epoch": {int(e): row for e, row in d["by_epoch"].items()}}
     cell_dir = out / key.replace(" ", "_").replace("=", "-")
     histories = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("fold-*/history.json"))]
     by_epoch: dict[int, dict[str, list[float]]] = {}
@@ -217,9 +262,7 @@ def _cell(out: Path, key: str, r: dict) -> dict:
     songs = ShardSet(out / f"data-noise{f['noise']}" / "shards").songs
     table = SegmentTable.build(songs, f["task"], int(f["L"]))
     return {
-        "fields": f,
-        "metrics": r["metrics"],
-        "minutes": r.get("minutes"),
+        **base,
         "wrong": float(np.mean(table.wrong == 1)),
         "min_x_share": min_x_share,
         "by_epoch": {
@@ -229,19 +272,24 @@ def _cell(out: Path, key: str, r: dict) -> dict:
 
 
 def _plots(out: Path, cells: dict) -> None:
-    """accuracy_vs_noise.png (where does SSSL stop helping?) and noise_detection.png."""
     import matplotlib
 
     matplotlib.use("Agg")
+    _plot_accuracy_vs_noise(out, cells)
+    _plot_noise_detection(out, cells)
+
+
+def _plot_accuracy_vs_noise(out: Path, cells: dict) -> None:
+    """accuracy_vs_noise.png: where does SSSL stop helping?"""
     import matplotlib.pyplot as plt
 
     series = _series(cells)
     if not series:
         return  # one noise level so far: nothing to draw against the wrong-label share
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (_task, _length, split, method), pts in sorted(series.items()):
+    for i, ((_task, _length, split, method), pts) in enumerate(sorted(series.items())):
         pts.sort()
-        x = [100 * p[0] for p in pts]
+        x = [100 * p[0] + 0.3 * i for p in pts]  # a small shift so error bars do not overlap
         for ax, k in zip(axes, ("test_acc", "val_seg_acc_truth"), strict=True):
             ax.errorbar(
                 x,
@@ -263,6 +311,11 @@ def _plots(out: Path, cells: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_noise.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_noise_detection(out: Path, cells: dict) -> None:
+    """noise_detection.png: the GMM split against the truly wrong labels, per epoch."""
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharex=True)
     for c in cells.values():
