@@ -132,8 +132,6 @@ def write_summary(out: Path, results: dict, a) -> None:
     What only the histories and shards hold is stored back into results.json ("derived"), so
     that file alone carries the whole table: it can be committed, copied and resumed.
     """
-    from sssl_dist.cv import paired_difference
-
     cells = {key: _cell(out, key, r) for key, r in results.items()}
     for key, c in cells.items():
         results[key]["derived"] = {k: c[k] for k in ("wrong", "min_x_share", "by_epoch")}
@@ -160,7 +158,7 @@ def write_summary(out: Path, results: dict, a) -> None:
             f"{_ms(m, 'noise_precision')} | {_ms(m, 'noise_recall')} | "
             f"{_num(c['min_x_share'])} | {_num(c['minutes'], 0)} |"
         )
-    lines += _side_by_side(cells, results, paired_difference)
+    lines += _side_by_side(cells, results)
     lines += [
         "",
         "## Paired over identical folds",
@@ -179,11 +177,11 @@ def write_summary(out: Path, results: dict, a) -> None:
         for name, base in comparisons:
             if base not in results:
                 continue
-            d = paired_difference(_folds(results[base]), _folds(results[key]))
+            d = _paired(results, base, key)
             lines.append(
                 f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} ({f['split']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
-                f"{_wins(results[base], results[key])})"
+                f"{_wins(d)})"
             )
     lines += [
         "",
@@ -204,7 +202,7 @@ def write_summary(out: Path, results: dict, a) -> None:
     _plots(out, cells)
 
 
-def _side_by_side(cells: dict, results: dict, paired_difference) -> list[str]:
+def _side_by_side(cells: dict, results: dict) -> list[str]:
     """inherit against sssl (per-class split) in one row per (noise, task, L)."""
     lines = [
         "",
@@ -222,11 +220,11 @@ def _side_by_side(cells: dict, results: dict, paired_difference) -> list[str]:
         if f["method"] != "sssl" or f["split"] != "per_class" or base not in results:
             continue
         a, b = cells[base]["metrics"], c["metrics"]
-        d = paired_difference(_folds(results[base]), _folds(results[key]))
+        d = _paired(results, base, key)
         lines.append(
             f"| {_pct(c['wrong'])} | {f['task']} | {f['L']} | {_ms(a, 'test_acc')} | "
             f"{_ms(b, 'test_acc')} | {100 * d['mean']:+.1f} (t = {d['t']:.2f}; "
-            f"{_wins(results[base], results[key])}) | {_ms(a, 'test_vote_acc')} | "
+            f"{_wins(d)}) | {_ms(a, 'test_vote_acc')} | "
             f"{_ms(b, 'test_vote_acc')} | {100 * a['val_seg_acc_truth']['mean']:.1f} → "
             f"{100 * b['val_seg_acc_truth']['mean']:.1f} | {_ms(b, 'noise_auc')} | "
             f"{_ms(b, 'noise_precision')} | {_ms(b, 'noise_recall')} | "
@@ -360,15 +358,21 @@ def _key(fields: dict, **change: str) -> str:
     return " ".join(f"{k}={f[k]}" for k in ("noise", "task", "L", "split", "method"))
 
 
-def _wins(a: dict, b: dict) -> str:
-    folds = sorted(set(a["per_fold"]) & set(b["per_fold"]))
-    better = sum(b["per_fold"][k]["test_acc"] > a["per_fold"][k]["test_acc"] for k in folds)
-    worse = sum(b["per_fold"][k]["test_acc"] < a["per_fold"][k]["test_acc"] for k in folds)
-    return f"better on {better}/{len(folds)} folds, worse on {worse}"
+def _paired(results: dict, base: str, key: str) -> dict:
+    """Test accuracy of cell `key` minus cell `base`, fold by fold (JSON made fold ids strings)."""
+    from sssl_dist.cv import paired_difference
+
+    return paired_difference(_folds(results[base]), _folds(results[key]))
+
+
+def _wins(d: dict) -> str:
+    return f"better on {d['better']}/{d['folds']} folds, worse on {d['worse']}"
 
 
 def _ms(m: dict, k: str) -> str:
-    return f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "—"
+    from sssl_dist.cv import pct_mean_std
+
+    return pct_mean_std(m, k)
 
 
 def _pct(v: float) -> str:

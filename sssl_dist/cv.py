@@ -195,33 +195,40 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
     baseline = None
     for method, s in summaries.items():
         m = s["metrics"]
-        cells = [
-            f"{100 * m[k]['mean']:.1f} ± {100 * m[k]['std']:.1f}" if k in m else "—"
-            for k, _ in cols
-        ]
+        cells = [pct_mean_std(m, k) for k, _ in cols]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         baseline = baseline or m.get("test_majority_acc")
     if baseline:
         lines.append(
-            f"| majority class | {100 * baseline['mean']:.1f} ± {100 * baseline['std']:.1f}"
+            f"| majority class | {pct_mean_std({'b': baseline}, 'b')}"
             + " | — " * (len(cols) - 1)
             + "|"
         )
     return "\n".join(lines)
 
 
+def pct_mean_std(metrics: dict[str, Any], key: str) -> str:
+    """'61.0 ± 8.9' (in %) for metrics[key] = {mean, std}; '—' when the metric is absent."""
+    if key not in metrics:
+        return "—"
+    return f"{100 * metrics[key]['mean']:.1f} ± {100 * metrics[key]['std']:.1f}"
+
+
 def paired_difference(
     a: dict[str, Any], b: dict[str, Any], key: str = "test_acc"
 ) -> dict[str, float]:
     """b - a on the same folds: mean, std and a paired t statistic (is the gain larger than
-    the fold-to-fold spread?)."""
+    the fold-to-fold spread?), and on how many folds b was better / worse."""
     folds = sorted(set(a["per_fold"]) & set(b["per_fold"]))
     d = np.array([b["per_fold"][f][key] - a["per_fold"][f][key] for f in folds], dtype=float)
+    counts = {"folds": d.size, "better": int((d > 0).sum()), "worse": int((d < 0).sum())}
     if d.size < 2:
-        return {"mean": float(d.mean()) if d.size else float("nan"), "std": 0.0, "t": float("nan")}
+        mean = float(d.mean()) if d.size else float("nan")
+        return {"mean": mean, "std": 0.0, "t": float("nan"), **counts}
     sd = float(d.std(ddof=1))
     return {
         "mean": float(d.mean()),
         "std": sd,
         "t": float(d.mean() / (sd / np.sqrt(d.size))) if sd > 0 else float("inf"),
+        **counts,
     }

@@ -243,3 +243,16 @@ def test_sssl_beats_inherit_on_noisy_labels():
     acc_sssl, purity = _train("sssl", data)
     assert acc_sssl > acc_inherit + 0.10, (acc_inherit, acc_sssl)
     assert np.mean(purity[-5:]) > base_purity + 0.2, (base_purity, purity[-5:])
+
+
+def test_paired_difference_over_shared_folds():
+    from sssl_dist.cv import paired_difference, pct_mean_std
+
+    a = {"per_fold": {0: {"test_acc": 0.5}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.7}}}
+    b = {"per_fold": {0: {"test_acc": 0.6}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.9}, 3: {}}}
+    d = paired_difference(a, b)  # fold 3 is in b only: not compared
+    assert (d["folds"], d["better"], d["worse"]) == (3, 2, 0)
+    assert d["mean"] == pytest.approx(0.1) and d["std"] == pytest.approx(0.1)
+    assert d["t"] == pytest.approx(0.1 / (0.1 / np.sqrt(3)))
+    assert pct_mean_std({"x": {"mean": 0.61, "std": 0.089}}, "x") == "61.0 ± 8.9"
+    assert pct_mean_std({}, "x") == "—"
