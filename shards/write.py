@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -29,8 +29,11 @@ from tqdm import tqdm
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig
-from sssl_dist.data import MANIFEST_NAME, library_versions
+from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
 from sssl_dist.records import SongRecord
+
+if TYPE_CHECKING:
+    from shards.synth import SynthConfig
 
 log = logging.getLogger(__name__)
 SHARD_FORMAT = "sssl-shards/1"
@@ -194,3 +197,31 @@ def _manifest(out, sidecars, fc, dataset, load_report) -> dict[str, Any]:
     }
     _write_json_atomic(out / MANIFEST_NAME, manifest)
     return manifest
+
+
+def shard_synthetic(
+    corpus: Path,
+    out: Path,
+    synth: SynthConfig,
+    *,
+    songs_per_shard: int = 32,
+    progress: bool = True,
+) -> ShardSet:
+    """The ground-truth corpus end to end: generate it into `corpus` (4Q layout + per-second
+    truth), load it, and shard it into `out`. One helper for `sssl demo`, the benchmarks and
+    the tests; generation and sharding both skip work already done."""
+    from shards.datasets import load_dataset
+    from shards.synth import generate_corpus
+
+    generate_corpus(Path(corpus), synth, progress=progress)
+    records, report, truth = load_dataset("synthetic", Path(corpus))
+    shard_dataset(
+        records,
+        Path(out),
+        truth=truth,
+        songs_per_shard=songs_per_shard,
+        dataset="synthetic",
+        load_report=report.to_dict(),
+        progress=progress,
+    )
+    return ShardSet(out)

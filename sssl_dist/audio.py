@@ -47,8 +47,7 @@ def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) 
     try:
         data, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types; all mean unreadable
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AudioError(f"cannot decode ({first.split(': ')[-1][:120]})") from None
+        raise AudioError(_undecodable_reason(path, exc)) from None
     if data.size and not np.all(np.isfinite(data)):
         raise AudioError(f"contains {int(np.sum(~np.isfinite(data)))} NaN/inf samples")
     y = data.mean(axis=1)  # down-mix to mono
@@ -56,6 +55,44 @@ def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) 
         y = librosa.resample(y, orig_sr=native_sr, target_sr=fc.sample_rate, res_type="soxr_hq")
     check_signal(y, fc, enforce_limits=enforce_limits)
     return y.astype(np.float32, copy=False)
+
+
+# Leading bytes of the containers libsndfile reads (MP3 may also start with a frame sync).
+_MAGIC = ((b"RIFF", "WAV"), (b"RF64", "WAV"), (b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"))
+_MAGIC += ((b"FORM", "AIFF"), (b"caff", "CAF"))
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The container a file's first bytes announce ("WAV", "MP3", ...), "text" for a text
+    file, or None when nothing recognisable is there."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio frame sync
+        return "MP3"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "text" if text and "\x00" not in text else None
+
+
+def _undecodable_reason(path: Path, exc: Exception) -> str:
+    """Why libsndfile could not read a file, in words that fit the file. libsndfile answers
+    "File does not exist or is not a regular file" for any MP3-named file it cannot parse,
+    which is wrong when the file exists: say what the file actually is instead."""
+    kind = sniff_format(path)
+    if kind == "text":
+        return "a text file, not audio"
+    if kind is None:
+        return "not a recognised audio format (no WAV, FLAC, Ogg, MP3 or AIFF header)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = first.split(": ")[-1][:120]
+    if "does not exist" in detail:
+        return f"corrupt or truncated {kind} data"
+    return f"corrupt or truncated {kind} data ({detail})"
 
 
 def check_signal(y: np.ndarray, fc: FeatureConfig, *, enforce_limits: bool = True) -> None:

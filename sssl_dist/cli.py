@@ -19,6 +19,8 @@ from typing import Any
 log = logging.getLogger("sssl")
 
 SMOKE_TRAIN = {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "n_folds": 2}
+# `sssl predict --smoke`: the first 2 files, the first 30 s of each.
+SMOKE_PREDICT_FILES, SMOKE_PREDICT_SECONDS = 2, 30.0
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -120,12 +122,14 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
 
 def cmd_train(a: argparse.Namespace) -> int:
     from sssl_dist.cv import run_cv
+    from sssl_dist.data import ShardSet
 
     cfg = _train_config(a)
     folds = _fold_list(a.folds, a.fold, cfg.n_folds, a.smoke)
+    shards = ShardSet(a.shards)
     _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
-    summary = run_cv(cfg, a.shards, out, folds=folds, workers=a.workers, use_gpu=a.gpu)
+    summary = run_cv(cfg, shards, out, folds=folds, workers=a.workers, use_gpu=a.gpu)
     m = summary["metrics"]
     log.info(
         "%s on %d fold(s): test acc %.3f ± %.3f, F1 %.3f ± %.3f (majority class %.3f); report: %s",
@@ -167,16 +171,19 @@ def cmd_tune(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from sssl_dist.export import predict_files
 
-    failures = predict_files(a.model, a.audio, a.out)
-    log.info("predictions in %s (%d of %d file(s) failed)", a.out, failures, len(a.audio))
+    files = a.audio[:SMOKE_PREDICT_FILES] if a.smoke else a.audio
+    max_seconds = SMOKE_PREDICT_SECONDS if a.smoke else None
+    failures = predict_files(a.model, files, a.out, max_seconds=max_seconds)
+    log.info("predictions in %s (%d of %d file(s) failed)", a.out, failures, len(files))
     return 1 if failures else 0
 
 
 # ------------------------------------------------------------------------------- report
 def cmd_report(a: argparse.Namespace) -> int:
-    from sssl_dist.report import rebuild_report
+    from sssl_dist.cv import rebuild_report
+    from sssl_dist.data import ShardSet
 
-    rebuild_report(Path(a.run_dir), Path(a.shards) if a.shards else None)
+    rebuild_report(Path(a.run_dir), ShardSet(a.shards) if a.shards else None, plots=not a.smoke)
     log.info("report rebuilt in %s", a.run_dir)
     return 0
 
@@ -184,11 +191,11 @@ def cmd_report(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- demo
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: synth -> shard -> 3 methods x k folds on Ray Train -> comparison."""
-    from shards.datasets import load_dataset
-    from shards.synth import SynthConfig, generate_corpus
-    from shards.write import shard_dataset
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
     from sssl_dist.config import METHODS, SSSLConfig, with_overrides
-    from sssl_dist.cv import comparison_table, paired_difference, run_cv
+    from sssl_dist.cv import comparison_table, run_methods
+    from sssl_dist.stats import paired_difference
 
     t0 = time.perf_counter()
     out = Path(a.out)
@@ -210,20 +217,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.workers,
         " [smoke]" if a.smoke else "",
     )
-    corpus, shard_dir = out / "data" / "corpus", out / "data" / "shards"
-    log.info("step 1/4: generating the ground-truth corpus in %s", corpus)
-    generate_corpus(corpus, SynthConfig(n_songs=songs, seed=a.seed))
-    log.info("step 2/4: sharding with Ray workers into %s", shard_dir)
+    log.info("steps 1-2/4: generating the ground-truth corpus and sharding it with Ray workers")
     _init_ray()
-    records, report, truth = load_dataset("synthetic", corpus)
-    shard_dataset(
-        records, shard_dir, truth=truth, dataset="synthetic", load_report=report.to_dict()
+    shards = shard_synthetic(
+        out / "data" / "corpus", out / "data" / "shards", SynthConfig(n_songs=songs, seed=a.seed)
     )
-    summaries = {}
-    for i, method in enumerate(METHODS):
-        log.info("step 3/4: method %d/3 %s", i + 1, method)
-        cfg = with_overrides(base, {"method": method})
-        summaries[method] = run_cv(cfg, shard_dir, out / method, folds=folds, workers=a.workers)
+    log.info("step 3/4: %d methods x %d fold(s) on Ray Train", len(METHODS), len(folds))
+    summaries = {
+        method: summary
+        for method, summary, _ in run_methods(
+            base, shards, lambda m: out / m, METHODS, folds=folds, workers=a.workers
+        )
+    }
     log.info("step 4/4: comparison")
     table = comparison_table(summaries)
     gain = paired_difference(summaries["inherit"], summaries["sssl"])
@@ -359,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="model.sssl from a training report")
     s.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any length)")
     s.add_argument("--out", default="predictions", help="output directory")
-    s.add_argument("--smoke", action="store_true", help="accepted for symmetry; predict is fast")
+    s.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"the first {SMOKE_PREDICT_FILES} files, "
+        f"the first {SMOKE_PREDICT_SECONDS:.0f} s of each",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser(
@@ -367,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("run_dir", help="report directory of `sssl train`")
     s.add_argument("--shards", help="shard directory (adds per-second truth to curves)")
-    s.add_argument("--smoke", action="store_true", help="accepted for symmetry")
+    s.add_argument("--smoke", action="store_true", help="tables only, no plots")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(

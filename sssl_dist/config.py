@@ -19,7 +19,7 @@ import yaml
 
 METHODS = ("inherit", "sssl-nokl", "sssl")
 TASKS = ("quadrant", "valence", "arousal")
-SPLITS = ("per_class", "global")
+GMM_SCOPES = ("per_class", "global")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -67,10 +67,10 @@ class SSSLConfig:
     temperature: float = 0.5  # T of Eq. 4; DivideMix / MixMatch T = 0.5
     lambda_kl: float = 1.0  # λ of Eq. 9; R-Drop paper's alpha range 0.3-5; our choice 1.0
     mixup_alpha: float = 0.75  # δ ~ Beta(α, α) in Eq. 6; MixMatch default 0.75
-    # Per-class GMM (one per inherited class) is the default: the paper's single global GMM
-    # let one quadrant vanish from X on our ground-truth corpus (issue 6); "global" reproduces
-    # the paper exactly.
-    split: Literal["per_class", "global"] = "per_class"
+    # What one GMM is fitted over. Per-class (one GMM per inherited class) is the default: the
+    # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus
+    # (issue 6); "global" is the paper's own split.
+    gmm_scope: Literal["per_class", "global"] = "per_class"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
@@ -97,14 +97,14 @@ class SSSLConfig:
 
     # --- execution -------------------------------------------------------------------------
     torch_threads: int = 1  # per worker on CPU: two workers on two cores must not oversubscribe
-    bf16: bool = False  # autocast on GPU only
+    bf16: bool = False  # bf16 autocast on the worker device (meant for GPUs; CPU runs it too)
     max_failures: int = 0  # Ray Train FailureConfig: worker restarts before the run fails
     gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
         _check_choice("task", self.task, TASKS)
-        _check_choice("split", self.split, SPLITS)
+        _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
         _check_choice("backbone", self.backbone, BACKBONES)
         if not 1 <= self.segment_seconds <= 30:
             raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")
@@ -132,6 +132,11 @@ class SSSLConfig:
 
 C = TypeVar("C", FeatureConfig, SSSLConfig)
 
+# Keys that were renamed, so an old config file gets a message instead of a bare "unknown key".
+# "split" named three things (fold split, clean/noisy split, this field); now it names only the
+# clean/noisy split of the training segments.
+_RENAMED = {"split": "gmm_scope"}
+
 
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
     """Short hash of every field: work done under other settings is never reused for these."""
@@ -151,6 +156,9 @@ def to_dict(cfg: FeatureConfig | SSSLConfig) -> dict[str, Any]:
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Build a config from a dict, refusing unknown keys (a typo must not pass silently)."""
     names = {f.name for f in fields(cls)}
+    for old, new in _RENAMED.items():
+        if old in data and old not in names:
+            raise ValueError(f"config key {old!r} was renamed to {new!r}: please rename it")
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")

@@ -1,4 +1,5 @@
-"""Cross-validation: run the folds of one configuration and write its report directory.
+"""Cross-validation: run the folds of one configuration and write (or rebuild) its report
+directory; compare methods on identical folds.
 
 Folds run one after another here (each fold is itself data-parallel over the workers);
 `tuning/` runs folds side by side as Ray Tune trials.
@@ -11,18 +12,22 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import yaml
 
-from sssl_dist.config import SSSLConfig, config_digest, save_config
+from sssl_dist.config import SSSLConfig, from_dict, save_config, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
-from sssl_dist.train import FoldRun, mean_std, run_fold
+from sssl_dist.fold import FoldRun, run_fold, run_name
+from sssl_dist.stats import mean_std, pct_mean_std
 
 log = logging.getLogger(__name__)
 
+# What a report's fold-K/ directory holds (copied off the final checkpoint).
+FOLD_FILES = ("result.json", "history.json", "songs.json", "fold_ids.json")
 # The song-level numbers a report table shows, in this order.
 HEADLINE = (
     "test_acc",
@@ -57,7 +62,7 @@ def progress_printer(label: str, epochs: int):
 
 def run_cv(
     cfg: SSSLConfig,
-    shard_dir: str | Path,
+    shards: ShardSet,
     out_dir: str | Path,
     *,
     folds: list[int] | None = None,
@@ -78,11 +83,12 @@ def run_cv(
         log.info("%s training on %d worker(s)", label, max(workers, 1))
         runs[fold] = run_fold(
             cfg,
-            shard_dir,
+            shards,
             fold,
             storage_path=out / "ray",
-            # The config digest in the name: re-running resumes only a run of the same settings.
-            name=f"{name}-fold{fold}-{config_digest(cfg)[:8]}",
+            # The run identity (config + shard-set digest): re-running resumes only a run of
+            # the same settings on the same data.
+            name=run_name(name, cfg, shards, fold),
             workers=workers,
             use_gpu=use_gpu,
             on_epoch=progress_printer(label, cfg.epochs),
@@ -97,9 +103,9 @@ def run_cv(
         )
         fold_dir = out / f"fold-{fold}"
         fold_dir.mkdir(exist_ok=True)
-        for f in ("result.json", "history.json", "songs.json", "split_ids.json"):
+        for f in FOLD_FILES:
             shutil.copy(Path(runs[fold].checkpoint_dir, f), fold_dir / f)
-        export_model(runs[fold].checkpoint_dir, shard_dir, fold_dir / "model.sssl")
+        export_model(runs[fold].checkpoint_dir, shards, fold_dir / "model.sssl")
         # Everything needed is now in fold_dir; the local checkpoint copy is not (Ray keeps
         # the checkpoint itself under storage_path).
         shutil.rmtree(runs[fold].checkpoint_dir, ignore_errors=True)
@@ -111,13 +117,63 @@ def run_cv(
         "fold": best,
         "why": "the fold with the best validation-song accuracy",
     }
-    write_tables(out, summary, runs)
-    from sssl_dist.report import write_run_plots
-
-    write_run_plots(
-        out, cfg, runs, {s["song_id"]: s.get("truth") for s in ShardSet(shard_dir).songs}
-    )
+    write_report(out, cfg, summary, runs, _truth(shards))
     return summary
+
+
+def run_methods(
+    base: SSSLConfig,
+    shards: ShardSet,
+    out_of: Callable[[str], Path],
+    methods: Iterable[str],
+    *,
+    folds: list[int] | None = None,
+    workers: int = 2,
+) -> Iterator[tuple[str, dict[str, Any], float]]:
+    """The methods x folds comparison: each method's cross-validation on identical folds (same
+    seed, same songs), so differences are paired. Yields (method, summary, minutes) as each
+    method finishes, so a caller can save results as they come (the benchmark resumes)."""
+    for i, method in enumerate(methods):
+        log.info("method %s (%d)", method, i + 1)
+        t0 = time.perf_counter()
+        cfg = with_overrides(base, {"method": method})
+        summary = run_cv(cfg, shards, out_of(method), folds=folds, workers=workers)
+        yield method, summary, (time.perf_counter() - t0) / 60
+
+
+def _truth(shards: ShardSet | None) -> dict[str, list[int]] | None:
+    if shards is None:
+        return None
+    return {s["song_id"]: s.get("truth") for s in shards.songs}
+
+
+def write_report(
+    out: Path,
+    cfg: SSSLConfig,
+    summary: dict[str, Any],
+    runs: dict[int, FoldRun],
+    truth: dict[str, list[int]] | None,
+    plots: bool = True,
+) -> None:
+    """Plots first, then the tables: summary.md lists the plots that exist."""
+    if plots:
+        from sssl_dist.report import write_run_plots
+
+        write_run_plots(out, cfg, runs, truth)
+    write_tables(out, summary, runs)
+
+
+def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = True) -> None:
+    """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
+    run_dir = Path(run_dir)
+    cfg = from_dict(SSSLConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+    runs = {int(d.name.split("-")[1]): FoldRun.read(d) for d in sorted(run_dir.glob("fold-*"))}
+    if not runs:
+        raise FileNotFoundError(f"no fold-*/ results in {run_dir}")
+    old = run_dir / "metrics.json"
+    seconds = json.loads(old.read_text()).get("seconds", float("nan")) if old.is_file() else None
+    summary = summarise(cfg, runs, float("nan") if seconds is None else seconds)
+    write_report(run_dir, cfg, summary, runs, _truth(shards), plots)
 
 
 def summarise(cfg: SSSLConfig, runs: dict[int, FoldRun], seconds: float) -> dict[str, Any]:
@@ -205,30 +261,3 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
             + "|"
         )
     return "\n".join(lines)
-
-
-def pct_mean_std(metrics: dict[str, Any], key: str) -> str:
-    """'61.0 ± 8.9' (in %) for metrics[key] = {mean, std}; '—' when the metric is absent."""
-    if key not in metrics:
-        return "—"
-    return f"{100 * metrics[key]['mean']:.1f} ± {100 * metrics[key]['std']:.1f}"
-
-
-def paired_difference(
-    a: dict[str, Any], b: dict[str, Any], key: str = "test_acc"
-) -> dict[str, float]:
-    """b - a on the same folds: mean, std and a paired t statistic (is the gain larger than
-    the fold-to-fold spread?), and on how many folds b was better / worse."""
-    folds = sorted(set(a["per_fold"]) & set(b["per_fold"]))
-    d = np.array([b["per_fold"][f][key] - a["per_fold"][f][key] for f in folds], dtype=float)
-    counts = {"folds": d.size, "better": int((d > 0).sum()), "worse": int((d < 0).sum())}
-    if d.size < 2:
-        mean = float(d.mean()) if d.size else float("nan")
-        return {"mean": mean, "std": 0.0, "t": float("nan"), **counts}
-    sd = float(d.std(ddof=1))
-    return {
-        "mean": float(d.mean()),
-        "std": sd,
-        "t": float(d.mean() / (sd / np.sqrt(d.size))) if sd > 0 else float("inf"),
-        **counts,
-    }

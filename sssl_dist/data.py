@@ -10,6 +10,7 @@ position i means the same segment on every rank and in every run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -53,6 +54,15 @@ class ShardSet:
         self.songs: list[dict[str, Any]] = sorted(
             self.manifest["songs"], key=lambda s: s["song_id"]
         )
+
+    def digest(self) -> str:
+        """Short hash of what training reads from this shard set: song ids, durations, labels,
+        truth and the feature settings. Re-sharding other songs (or the same songs with other
+        features) changes it, so a run is never resumed on different data."""
+        keys = ("song_id", "duration_s", "quadrant", "valence", "arousal", "truth")
+        songs = [{k: s.get(k) for k in keys} for s in self.songs]
+        blob = json.dumps([songs, self.manifest["feature_config"]], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
     def has_truth(self) -> bool:
@@ -211,24 +221,36 @@ def rank_block(n: int, rank: int, world: int) -> tuple[int, int]:
     return rank * n // world, (rank + 1) * n // world
 
 
-def steps_per_epoch(n: int, world: int, batch_size: int) -> int:
-    """The same number of training steps on every rank: the largest block's batch count.
-    Unequal counts would leave one rank waiting in all-reduce until the gloo timeout."""
-    return max(1, math.ceil(math.ceil(n / world) / batch_size))
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Optimiser steps per epoch: every training segment once (the last batch wraps around).
+    The count is the same on every rank: unequal counts would leave one rank waiting in
+    all-reduce until the gloo timeout."""
+    return max(1, math.ceil(n / global_batch))
 
 
-def epoch_order(lo: int, hi: int, steps: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """[steps, batch_size] positions from [lo, hi): a fresh permutation per epoch, wrapped
-    around (and re-permuted) to fill every step, so smaller blocks still give full steps."""
-    rng = np.random.default_rng([seed, epoch, lo])
-    need = steps * batch_size
-    if hi <= lo:
-        raise ValueError("a rank has no training segment: use fewer workers or more songs")
+def epoch_batches(n: int, steps: int, global_batch: int, seed: int, epoch: int) -> np.ndarray:
+    """[steps, global_batch] positions of 0..n-1: one permutation per epoch, seeded by (seed,
+    epoch) only, wrapped around (and re-permuted) to fill the last batch.
+
+    The permutation does not depend on the number of workers: each rank takes its share of
+    every global batch (`rank_share`), so a 2-worker epoch trains on exactly the batches of a
+    1-worker epoch (issue 13).
+    """
+    if n <= 0:
+        raise ValueError("no training segment: use more songs or a shorter segment length")
+    rng = np.random.default_rng([seed, epoch])
+    need = steps * global_batch
     chunks, total = [], 0
     while total < need:
-        chunks.append(lo + rng.permutation(hi - lo))
-        total += hi - lo
-    return np.concatenate(chunks)[:need].reshape(steps, batch_size)
+        chunks.append(rng.permutation(n))
+        total += n
+    return np.concatenate(chunks)[:need].reshape(steps, global_batch)
+
+
+def rank_share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch (the batch size is a multiple of world)."""
+    per_rank = batch.size // world
+    return batch[rank * per_rank : (rank + 1) * per_rank]
 
 
 def loss_pass_batches(lo: int, hi: int, batch_size: int) -> list[np.ndarray]:
@@ -245,7 +267,7 @@ def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
 
 
-def fold_split(
+def fold_indices(
     labels: np.ndarray, n_folds: int, fold: int, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) song indices for one fold. The validation songs are held out inside

@@ -29,17 +29,16 @@ log = logging.getLogger(__name__)
 FORMAT = "sssl-model/1"
 
 
-def export_model(checkpoint_dir: str | Path, shard_dir: str | Path, path: str | Path) -> Path:
-    """Write the artifact from a finished run's checkpoint (state.pt, songs.json, split_ids)."""
+def export_model(checkpoint_dir: str | Path, shards: ShardSet, path: str | Path) -> Path:
+    """Write the artifact from a finished run's checkpoint (state.pt, songs.json, fold_ids)."""
     import yaml
 
-    from sssl_dist.train import load_state
+    from sssl_dist.checkpoint import load_state
 
     ckpt = Path(checkpoint_dir)
     cfg = from_dict(SSSLConfig, yaml.safe_load((ckpt / "config.yaml").read_text()))
     songs = json.loads((ckpt / "songs.json").read_text())
-    train_ids = json.loads((ckpt / "split_ids.json").read_text())["train"]
-    shards = ShardSet(shard_dir)
+    train_ids = json.loads((ckpt / "fold_ids.json").read_text())["train"]
     labels = {s["song_id"]: s[cfg.task] for s in shards.songs}
     ids = [s for s in train_ids if songs.get(s)]
     feats = np.stack([song_features(np.asarray(songs[s]), cfg.theta) for s in ids])
@@ -90,15 +89,20 @@ def load_model(path: str | Path) -> LoadedModel:
 
 @torch.no_grad()
 def predict_song(
-    model: LoadedModel, audio_path: str | Path, batch_size: int = 128
+    model: LoadedModel,
+    audio_path: str | Path,
+    batch_size: int = 128,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Segment probabilities over time and the song-level decision for one file.
 
-    Any length and format; raises AudioError for unreadable files or songs shorter than one
-    segment.
+    Any length and format (only the first `max_seconds` when given); raises AudioError for
+    unreadable files or songs shorter than one segment.
     """
     cfg, fc = model.cfg, model.fc
     y = decode(audio_path, fc, enforce_limits=False)
+    if max_seconds is not None:
+        y = y[: int(max_seconds * fc.sample_rate)]
     mel = log_mel(y, fc)
     duration = y.size / fc.sample_rate
     probs = segment_probabilities(model.net, mel, duration, cfg, fc, batch_size=batch_size)
@@ -127,19 +131,33 @@ def predict_song(
     }
 
 
-def predict_files(model_path: str | Path, files: list[str], out_dir: str | Path) -> int:
-    """Predict every file, writing <stem>.json, <stem>.segments.csv and <stem>.png into out_dir
-    plus predictions.csv; unreadable files are reported and skipped. Returns the failure count."""
+def output_names(files: list[str]) -> list[str]:
+    """One distinct output name per input: the file stem, or, where stems collide
+    (`a/song.mp3`, `b/song.mp3`), the parent folder and the stem (`a__song`), then the input's
+    position when even that collides."""
+    stems = [Path(f).stem or f"file{i}" for i, f in enumerate(files)]
+    names = [
+        stem if stems.count(stem) == 1 else f"{Path(f).parent.name or 'root'}__{stem}"
+        for f, stem in zip(files, stems, strict=True)
+    ]
+    return [name if names.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(names)]
+
+
+def predict_files(
+    model_path: str | Path, files: list[str], out_dir: str | Path, max_seconds: float | None = None
+) -> int:
+    """Predict every file, writing <name>.json, <name>.segments.csv and <name>.png into out_dir
+    (names from `output_names`) plus predictions.csv; unreadable files are reported and
+    skipped. Returns the failure count."""
     from sssl_dist.report import plot_emotion_curve
 
     model = load_model(model_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0
-    for i, f in enumerate(files):
-        stem = Path(f).stem if Path(f).stem else f"file{i}"
+    for f, stem in zip(files, output_names(files), strict=True):
         try:
-            res = predict_song(model, f)
+            res = predict_song(model, f, max_seconds=max_seconds)
         except AudioError as exc:
             failures += 1
             log.error("%s: skipped: %s", f, exc)
@@ -153,6 +171,7 @@ def predict_files(model_path: str | Path, files: list[str], out_dir: str | Path)
         rows.append(
             {
                 "file": f,
+                "output": stem,
                 "decision": res["decision"],
                 "probability": res["probability"],
                 "duration_s": round(res["duration_s"], 2),
@@ -168,7 +187,7 @@ def predict_files(model_path: str | Path, files: list[str], out_dir: str | Path)
         )
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.DictWriter(
-            fh, fieldnames=["file", "decision", "probability", "duration_s", "segments"]
+            fh, fieldnames=["file", "output", "decision", "probability", "duration_s", "segments"]
         )
         w.writeheader()
         w.writerows(rows)

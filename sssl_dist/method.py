@@ -114,15 +114,15 @@ def fit_loss_gmm(
 class Split:
     """The clean/noisy partition of one epoch: X = {w > τ}, U = the rest (§2.1.2)."""
 
-    clean_prob: np.ndarray  # w [N]
-    clean: np.ndarray  # bool [N], True for X
+    clean_prob: np.ndarray  # w [N], p(clean | loss)
+    clean_mask: np.ndarray  # bool [N], w > τ: True for X
     fits: dict[str, GmmFit]  # "all" for the global split, "class <k>" for per-class fits
     class_counts_in_x: list[int]  # |X ∩ class k| for each inherited class k
     warnings: list[str] = field(default_factory=list)
 
     @property
     def clean_fraction(self) -> float:
-        return float(self.clean.mean()) if self.clean.size else 0.0
+        return float(self.clean_mask.mean()) if self.clean_mask.size else 0.0
 
 
 def split_clean_noisy(
@@ -160,15 +160,15 @@ def split_clean_noisy(
                 fits[f"class {k}"] = fit_loss_gmm(losses[members], **kw)
                 w[members] = fits[f"class {k}"].clean_prob
     else:
-        raise ValueError(f"unknown split mode {mode!r}")
+        raise ValueError(f"unknown GMM scope {mode!r}")
 
-    clean = w > tau
-    counts = [int((clean & (labels == k)).sum()) for k in range(num_classes)]
+    clean_mask = w > tau
+    counts = [int((clean_mask & (labels == k)).sum()) for k in range(num_classes)]
     notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
-    n_x = int(clean.sum())
+    n_x = int(clean_mask.sum())
     if n_x == 0:
         notes.append("X is empty: every sample is treated as noisy this epoch")
-    elif n_x == clean.size:
+    elif n_x == clean_mask.size:
         notes.append("U is empty: every sample is treated as clean this epoch")
     present = [k for k in range(num_classes) if (labels == k).any()]
     if n_x:
@@ -177,7 +177,9 @@ def split_clean_noisy(
                 notes.append(f"class {k} is {counts[k]}/{n_x} of X (< {min_class_share:.0%})")
     for note in notes:
         warnings.warn(note, DegenerateSplitWarning, stacklevel=2)
-    return Split(clean_prob=w, clean=clean, fits=fits, class_counts_in_x=counts, warnings=notes)
+    return Split(
+        clean_prob=w, clean_mask=clean_mask, fits=fits, class_counts_in_x=counts, warnings=notes
+    )
 
 
 # --------------------------------------------------------------------------------------------

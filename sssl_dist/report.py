@@ -210,7 +210,7 @@ def write_run_plots(
             out / "confusion.png",
             f"{cfg.method} · {cfg.task} · test songs of {len(runs)} fold(s)",
         )
-    test_ids = runs[first].split_ids["test"][:4]
+    test_ids = runs[first].fold_ids["test"][:4]
     songs = runs[first].songs
     if test_ids:
         fig, axes = plt.subplots(len(test_ids), 1, figsize=(8, 2.3 * len(test_ids)), squeeze=False)
@@ -237,37 +237,3 @@ def write_run_plots(
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=110)
         plt.close(fig)
-
-
-def rebuild_report(run_dir: Path, shard_dir: Path | None = None) -> None:
-    """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
-    import json
-
-    import yaml
-
-    from sssl_dist.config import from_dict
-    from sssl_dist.cv import summarise, write_tables
-    from sssl_dist.train import FoldRun
-
-    run_dir = Path(run_dir)
-    cfg = from_dict(SSSLConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
-    runs = {}
-    for d in sorted(run_dir.glob("fold-*")):
-        read = lambda name, d=d: json.loads((d / name).read_text())  # noqa: E731
-        runs[int(d.name.split("-")[1])] = FoldRun(
-            read("result.json"),
-            read("history.json"),
-            read("songs.json"),
-            read("split_ids.json"),
-            "",
-            "",
-        )
-    if not runs:
-        raise FileNotFoundError(f"no fold-*/ results in {run_dir}")
-    truth = None
-    if shard_dir is not None:
-        from sssl_dist.data import ShardSet
-
-        truth = {s["song_id"]: s.get("truth") for s in ShardSet(shard_dir).songs}
-    write_tables(run_dir, summarise(cfg, runs, float("nan")), runs)
-    write_run_plots(run_dir, cfg, runs, truth)

@@ -8,6 +8,7 @@ loads with `torch.load(weights_only=True)` and executes no code from the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
@@ -124,3 +125,43 @@ def classification_metrics(
         "f1": float(f1),
         "majority_acc": float(np.mean(y_true == majority)),
     }
+
+
+def song_level_results(
+    cfg, songs_by_id: dict[str, dict], probs: dict[str, list], fold_ids: dict[str, list[str]]
+) -> dict[str, Any]:
+    """Eq. 10 features -> SVM trained on the fold's train songs -> val/test metrics, with the
+    majority-vote and majority-class baselines beside them.
+
+    Every song of the fold must have at least one segment: the driver refuses a segment length
+    longer than a song before launch, so a song can never drop out of the SVM or the test set
+    silently (issue 13).
+    """
+    empty = sorted(s for ids in fold_ids.values() for s in ids if not len(probs.get(s, [])))
+    if empty:
+        raise ValueError(
+            f"{len(empty)} song(s) have no segment of {cfg.segment_seconds} s: {empty[:5]}"
+        )
+    feats = {sid: song_features(np.asarray(p), cfg.theta) for sid, p in probs.items()}
+    labels = {sid: songs_by_id[sid][cfg.task] for sid in probs}
+    train_ids = fold_ids["train"]
+    y_train = np.array([labels[s] for s in train_ids])
+    clf = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(
+        np.stack([feats[s] for s in train_ids]), y_train
+    )
+    out: dict[str, Any] = {}
+    for part in ("val", "test"):
+        ids = fold_ids[part]
+        if not ids:
+            continue
+        y = np.array([labels[s] for s in ids])
+        pred = clf.predict(np.stack([feats[s] for s in ids]))
+        vote = np.array([majority_vote(np.asarray(probs[s])) for s in ids])
+        for name, m in classification_metrics(y, pred, cfg.num_classes, y_train).items():
+            out[f"{part}_{name}"] = m
+        vote_m = classification_metrics(y, vote, cfg.num_classes, y_train)
+        out[f"{part}_vote_acc"], out[f"{part}_vote_f1"] = vote_m["acc"], vote_m["f1"]
+        out[f"{part}_songs"] = len(ids)
+        out[f"{part}_true"] = dict(zip(ids, y.tolist(), strict=True))  # for the confusion plot
+        out[f"{part}_pred"] = dict(zip(ids, pred.tolist(), strict=True))
+    return out

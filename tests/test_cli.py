@@ -98,7 +98,7 @@ def test_predict_any_file_and_reports_bad_ones(smoke_demo, tmp_path, caplog):
         ["predict", str(model), str(long_song), str(bad), str(short_song), "--out", str(out)]
     )
     assert code == 1  # one input failed ...
-    assert "broken.mp3: skipped: cannot decode" in caplog.text
+    assert "broken.mp3: skipped: a text file, not audio" in caplog.text
     for stem, seconds in (("long", 200.0), ("short", 7.0)):  # ... the others were processed
         res = json.loads((out / f"{stem}.json").read_text())
         assert len(res["segments"]) == int(np.floor(seconds - 3)) + 1
@@ -109,14 +109,41 @@ def test_predict_any_file_and_reports_bad_ones(smoke_demo, tmp_path, caplog):
     assert len((out / "predictions.csv").read_text().splitlines()) == 3
 
 
+def test_predict_same_stems_do_not_overwrite_and_smoke_is_short(smoke_demo, tmp_path):
+    model = smoke_demo / "sssl" / "model.sssl"
+    a, b = tmp_path / "a" / "song.wav", tmp_path / "b" / "song.wav"
+    for path, freq in ((a, 220.0), (b, 880.0)):
+        path.parent.mkdir()
+        sf.write(path, tone(60.0, 22050, freq=freq), 22050)
+    out = tmp_path / "pred"
+    assert main(["predict", str(model), str(a), str(b), str(a), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert names == ["a__song-0.json", "a__song-2.json", "b__song.json"]
+    assert json.loads((out / "b__song.json").read_text())["file"] == str(b)
+    # --smoke: the first 2 files, the first 30 s of each (28 segments of 3 s), for real.
+    smoke = tmp_path / "smoke"
+    assert (
+        main(["predict", str(model), str(a), str(b), str(a), "--out", str(smoke), "--smoke"]) == 0
+    )
+    results = [json.loads(p.read_text()) for p in smoke.glob("*.json")]
+    assert len(results) == 2 and {len(r["segments"]) for r in results} == {28}
+
+
 def test_report_rebuilds_from_run_dir(smoke_demo, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(smoke_demo / "sssl", run, ignore=shutil.ignore_patterns("*.png", "ray"))
-    assert main(["report", str(run), "--shards", str(smoke_demo / "data" / "shards")]) == 0
+    shards = str(smoke_demo / "data" / "shards")
+    # --smoke: the tables only.
+    (run / "summary.md").unlink()
+    assert main(["report", str(run), "--shards", shards, "--smoke"]) == 0
+    assert (run / "summary.md").is_file() and not list(run.glob("*.png"))
+    assert main(["report", str(run), "--shards", shards]) == 0
     assert (run / "curves.png").is_file() and (run / "gmm_losses.png").is_file()
+    # The plots are written before the tables, so summary.md lists them.
+    assert "curves.png" in (run / "summary.md").read_text()
 
 
-def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session):
+def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session, caplog):
     out = tmp_path / "tune"
     args = [
         "tune",
@@ -145,6 +172,13 @@ def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session):
     before = sorted(p.stat().st_mtime_ns for p in (out / "trials").glob("*.json"))
     assert main(args) == 0
     assert sorted(p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")) == before
+    # An edited space in the same --out is refused with a message, not silently resumed.
+    edited = tmp_path / "edited.yaml"
+    text = (REPO / "tuning/spaces/smoke.yaml").read_text()
+    edited.write_text(text.replace("tau: [0.5, 0.7]", "tau: [0.5, 0.6]"))
+    args[args.index("--space") + 1] = str(edited)
+    assert main(args) == 2
+    assert "different configurations" in caplog.text
 
 
 def test_cluster_launcher_yaml_passes_ray_validation():

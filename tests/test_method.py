@@ -94,8 +94,8 @@ def test_gmm_recovers_planted_split():
     split = split_clean_noisy(
         losses, np.zeros(len(losses), int), num_classes=1, tau=0.5, mode="global"
     )
-    assert split.clean[is_clean == 1].mean() > 0.9
-    assert split.clean[is_clean == 0].mean() < 0.1
+    assert split.clean_mask[is_clean == 1].mean() > 0.9
+    assert split.clean_mask[is_clean == 0].mean() < 0.1
 
 
 def test_per_class_split_keeps_a_hard_class():
@@ -111,7 +111,7 @@ def test_per_class_split_keeps_a_hard_class():
     losses, labels, truth = losses[idx], labels[idx], truth[idx]
     with pytest.warns(DegenerateSplitWarning, match="class 1"):
         glob = split_clean_noisy(losses, labels, num_classes=2, tau=0.5, mode="global")
-    assert glob.class_counts_in_x[1] < 0.05 * glob.clean.sum()
+    assert glob.class_counts_in_x[1] < 0.05 * glob.clean_mask.sum()
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateSplitWarning)
         per = split_clean_noisy(losses, labels, num_classes=2, tau=0.5, mode="per_class")
@@ -125,7 +125,7 @@ def test_edge_all_losses_equal():
         s = split_clean_noisy(
             np.full(10, 0.3), np.zeros(10, int), num_classes=2, tau=0.5, mode="global"
         )
-    assert s.clean.all() and s.clean_fraction == 1.0
+    assert s.clean_mask.all() and s.clean_fraction == 1.0
 
 
 def test_edge_nan_losses_are_noisy_and_excluded():
@@ -144,10 +144,10 @@ def test_edge_empty_x_and_empty_u_warn():
         s = split_clean_noisy(
             losses, np.zeros(150, int), num_classes=1, tau=0.999999999, mode="global"
         )
-    assert not s.clean.any()
+    assert not s.clean_mask.any()
     with pytest.warns(DegenerateSplitWarning, match="U is empty"):
         s = split_clean_noisy(np.array([0.1, 0.1]), np.zeros(2, int), num_classes=1, tau=0.5)
-    assert s.clean.all()
+    assert s.clean_mask.all()
 
 
 class _Mlp(nn.Module):
@@ -217,7 +217,7 @@ def _train(method, data, epochs=60, seed=0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DegenerateSplitWarning)
                 split = split_clean_noisy(losses, y_noisy.numpy(), num_classes=4, tau=cfg.tau)
-            clean_all = torch.from_numpy(split.clean)
+            clean_all = torch.from_numpy(split.clean_mask)
             purity.append(float((y_noisy == y_true)[clean_all].float().mean()))
         model.train()
         for idx in torch.randperm(len(x_tr), generator=g).split(64):
@@ -246,7 +246,7 @@ def test_sssl_beats_inherit_on_noisy_labels():
 
 
 def test_paired_difference_over_shared_folds():
-    from sssl_dist.cv import paired_difference, pct_mean_std
+    from sssl_dist.stats import paired_difference, pct_mean_std
 
     a = {"per_fold": {0: {"test_acc": 0.5}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.7}}}
     b = {"per_fold": {0: {"test_acc": 0.6}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.9}, 3: {}}}

@@ -21,10 +21,11 @@ from sssl_dist.data import (
     SegmentTable,
     ShardSet,
     cut_segment,
-    epoch_order,
-    fold_split,
+    epoch_batches,
+    fold_indices,
     loss_pass_batches,
     rank_block,
+    rank_share,
     segment_count,
     song_folds,
     steps_per_epoch,
@@ -243,13 +244,18 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, ray_session):
     (audio / "empty.mp3").write_bytes(b"")
     (audio / "corrupt.mp3").write_bytes(b"ID3" + bytes(range(256)) * 20)
     (audio / "text.ogg").write_text("this is not audio")
+    (audio / "random.mp3").write_bytes(
+        np.random.default_rng(1).bytes(4096).replace(b"\xff", b"\x00")
+    )
+    (audio / "notes.mp3").write_text("title,artist\nsong,someone\n")
     sf.write(audio / "silent.wav", np.zeros(22050 * 7), 22050)
     nan = np.sin(np.arange(22050 * 7) / 10.0).astype(np.float32)
     nan[500:600] = np.nan
     sf.write(audio / "nan.wav", nan, 22050, subtype="FLOAT")
     write_audio(audio / "short.wav", seconds=3)
     write_audio(audio / "huge.wav", seconds=12)
-    ids = ["good1", "good2", "empty", "corrupt", "text", "silent", "nan", "short", "huge"]
+    ids = ["good1", "good2", "empty", "corrupt", "text", "random", "notes"]
+    ids += ["silent", "nan", "short", "huge"]
     _csv(
         root / "annotations/static_annotations.csv",
         ["musicId", "Arousal(mean)", "Valence(mean)"],
@@ -262,14 +268,17 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, ray_session):
     reasons = {r["song_id"]: r["reason"] for r in manifest["rejects"]}
     assert set(reasons) == set(ids) - {"good1", "good2"}
     assert reasons["empty"].startswith("empty file")
-    assert reasons["corrupt"].startswith("cannot decode")
-    assert reasons["text"].startswith("cannot decode")
+    # Each says what is actually wrong, never "file does not exist" for a file that exists.
+    assert reasons["corrupt"] == "corrupt or truncated MP3 data"
+    assert reasons["text"] == reasons["notes"] == "a text file, not audio"
+    assert reasons["random"].startswith("not a recognised audio format")
+    assert not any("does not exist" in r for r in reasons.values())
     assert reasons["silent"].startswith("silent")
     assert "NaN" in reasons["nan"]
     assert reasons["short"].startswith("too short")
     assert reasons["huge"].startswith("too long")
     on_disk = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
-    assert len(on_disk["rejects"]) == 7
+    assert len(on_disk["rejects"]) == 9
 
 
 def test_nothing_usable_fails_clearly(tmp_path, ray_session):
@@ -327,12 +336,31 @@ def test_rank_partition_exactly_once_and_equal_steps(n, world, batch):
         [np.concatenate(loss_pass_batches(lo, hi, batch)) for lo, hi in blocks]
     )
     assert np.array_equal(np.sort(visited), np.arange(n))  # loss pass: every segment once
-    steps = steps_per_epoch(n, world, batch)
-    orders = [epoch_order(lo, hi, steps, batch, seed=0, epoch=3) for lo, hi in blocks]
-    assert {o.shape for o in orders} == {(steps, batch)}  # same number of full batches
-    for (lo, hi), o in zip(blocks, orders, strict=True):
-        assert o.min() >= lo and o.max() < hi
-        assert len(np.unique(o)) == min(hi - lo, o.size)  # covers the block before repeating
+    global_batch = batch * world
+    steps = steps_per_epoch(n, global_batch)
+    batches = epoch_batches(n, steps, global_batch, seed=0, epoch=3)
+    shares = [[rank_share(b, r, world) for b in batches] for r in range(world)]
+    assert {len(s) for s in shares} == {steps}  # the same number of steps on every rank
+    assert {x.size for s in shares for x in s} == {batch}  # full batches on every rank
+    flat = batches.ravel()
+    assert len(np.unique(flat[:n])) == min(n, flat.size)  # covers every segment before repeating
+
+
+@pytest.mark.parametrize("n,batch", [(101, 8), (7, 4), (1000, 64)])
+def test_two_ranks_train_on_exactly_the_batches_of_one(n, batch):
+    """DESIGN.md: a 2-worker run partitions exactly like a 1-worker run. The global batch is
+    the same, so the union of the two ranks' shares is, step by step, the 1-worker batch."""
+    steps = steps_per_epoch(n, batch)
+    for epoch in range(3):
+        one = epoch_batches(n, steps, batch, seed=5, epoch=epoch)
+        two = epoch_batches(n, steps, batch, seed=5, epoch=epoch)
+        for b1, b2 in zip(one, two, strict=True):
+            union = np.concatenate([rank_share(b2, r, 2) for r in range(2)])
+            assert np.array_equal(union, rank_share(b1, 0, 1))
+    # A different epoch is a different permutation (the order is not frozen).
+    assert not np.array_equal(
+        epoch_batches(n, steps, batch, 5, 0), epoch_batches(n, steps, batch, 5, 1)
+    )
 
 
 def test_folds_by_song_stratified_no_leak():
@@ -340,7 +368,7 @@ def test_folds_by_song_stratified_no_leak():
     folds = song_folds(labels, 10, seed=0)
     assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(100))
     for f in range(10):
-        train, val, test = fold_split(labels, 10, f, 0.1, seed=0)
+        train, val, test = fold_indices(labels, 10, f, 0.1, seed=0)
         assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
         assert len(train) + len(val) + len(test) == 100
         assert np.bincount(labels[test], minlength=4).min() >= 2

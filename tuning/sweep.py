@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sssl_dist.config import SSSLConfig, save_config, to_dict, with_overrides
+from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
 from sssl_dist.cv import HEADLINE
-from sssl_dist.train import mean_std, run_fold
+from sssl_dist.data import ShardSet
+from sssl_dist.fold import run_fold, run_name
+from sssl_dist.stats import mean_std, pct
 
 log = logging.getLogger(__name__)
 SELECT_BY = "val_acc"  # validation songs inside the training folds
@@ -104,12 +106,14 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
 
     cfg = with_overrides(SSSLConfig(**tune_cfg["base"]), tune_cfg["params"])
     fold = tune_cfg["fold"]
+    shards = ShardSet(tune_cfg["shards"])
     run = run_fold(
         cfg,
-        tune_cfg["shards"],
+        shards,
         fold,
         storage_path=tune_cfg["storage"],
-        name=f"{tune_cfg['key'].replace('=', '-').replace(',', '_')}-fold{fold}",
+        # The run identity: a trial resumes only a run of the same settings on the same data.
+        name=run_name(tune_cfg["key"].replace("=", "-").replace(",", "_"), cfg, shards, fold),
         workers=tune_cfg["workers"],
         use_gpu=tune_cfg["use_gpu"],
         cpus_per_worker=tune_cfg["cpus_per_worker"],
@@ -154,8 +158,9 @@ def run_sweep(
         configs, folds = configs[:2], folds[:2]
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    save_config(base, out / "base_config.yaml")
     keys = {config_key(p): p for p in configs}
+    check_same_sweep(out, sweep_identity(base, ShardSet(shard_dir), list(keys), folds))
+    save_config(base, out / "base_config.yaml")
     log.info(
         "sweep: %d configuration(s) x %d fold(s) = %d trials",
         len(keys),
@@ -194,6 +199,38 @@ def run_sweep(
     summary = summarise_trials(out, base, keys)
     write_outputs(out, base, summary)
     return summary
+
+
+SWEEP_FILE = "sweep.json"
+
+
+def sweep_identity(
+    base: SSSLConfig, shards: ShardSet, keys: list[str], folds: list[int]
+) -> dict[str, Any]:
+    """What a sweep directory was started with: resuming it under anything else would mix
+    trials of two sweeps into one table."""
+    return {
+        "base_config": config_digest(base),
+        "shards": shards.digest(),
+        "configurations": sorted(keys),
+        "folds": sorted(folds),
+    }
+
+
+def check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
+    """Record the sweep's identity on its first run; refuse a re-run whose space, base config,
+    folds or shard set differ (Tuner.restore would silently keep the old grid)."""
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        path.write_text(json.dumps(identity, indent=1))
+        return
+    before = json.loads(path.read_text())
+    changed = [k for k in identity if before.get(k) != identity[k]]
+    if changed:
+        raise ValueError(
+            f"{out} holds a sweep started with a different {', '.join(changed)}: "
+            "resuming it would mix two sweeps. Use a new --out, or delete that directory"
+        )
 
 
 def _with_params(keys: dict[str, dict[str, Any]]):
@@ -248,16 +285,19 @@ def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
         base, {k: honest[k] for k in honest if k in to_dict(base) and k != "config"}
     )
     save_config(best, out / "best_config.yaml")
-    pct = lambda r, m: f"{100 * r[f'{m}_mean']:.1f} ± {100 * r[f'{m}_std']:.1f}"  # noqa: E731
+
+    def cell(r: dict[str, Any], metric: str) -> str:
+        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
+
     lines = [
         "# Sweep results",
         "",
         f"Selected by validation-song accuracy (honest): **{honest['config']}** — test accuracy "
-        f"{pct(honest, 'test_acc')} %, F1 {pct(honest, 'test_f1')} % over {honest['folds']} folds "
-        f"(majority class {pct(honest, 'test_majority_acc')} %).",
+        f"{cell(honest, 'test_acc')} %, F1 {cell(honest, 'test_f1')} % over {honest['folds']} "
+        f"folds (majority class {cell(honest, 'test_majority_acc')} %).",
         "",
         f"Best by test accuracy (optimistic, chosen on the test folds themselves): "
-        f"{optimistic['config']} — {pct(optimistic, 'test_acc')} %.",
+        f"{optimistic['config']} — {cell(optimistic, 'test_acc')} %.",
         "",
         "Every configuration, mean ± std over folds (%):",
         "",
@@ -266,9 +306,9 @@ def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
     ]
     for r in sorted(rows, key=lambda r: -r[f"{SELECT_BY}_mean"]):
         lines.append(
-            f"| {r['config']} | {pct(r, 'val_acc')} | {pct(r, 'test_acc')} | "
-            f"{pct(r, 'test_f1')} | {pct(r, 'test_vote_acc')} | "
-            f"{pct(r, 'val_seg_acc_truth')} | {pct(r, 'noise_auc')} |"
+            f"| {r['config']} | {cell(r, 'val_acc')} | {cell(r, 'test_acc')} | "
+            f"{cell(r, 'test_f1')} | {cell(r, 'test_vote_acc')} | "
+            f"{cell(r, 'val_seg_acc_truth')} | {cell(r, 'noise_auc')} |"
         )
     lines += [
         "",
@@ -294,7 +334,7 @@ def paper_tables(rows: list[dict[str, Any]]) -> list[str]:
     def cell(r: dict[str, Any] | None, metric: str) -> str:
         if r is None:
             return "—"
-        return f"{100 * r[f'{metric}_mean']:.1f} ± {100 * r[f'{metric}_std']:.1f}"
+        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
 
     out: list[str] = []
     tasks = sorted({r["task"] for r in rows}) if "task" in rows[0] else [None]

@@ -1,0 +1,125 @@
+"""Checkpoints: what one holds, how it is written, and which one a restarted run resumes from.
+
+Each epoch rank 0 reports a checkpoint directory named after its epoch (`epoch-0003`, and
+`final` after the song-level step) under the run directory `storage_path/name`:
+state.pt (tensors and plain values only: loads with weights_only=True), history.json,
+config.yaml and, for `final`, result.json, songs.json and fold_ids.json.
+
+Why resume from the newest *persisted* checkpoint rather than only `ray.train.get_checkpoint()`:
+in Ray Train V2 `ray.train.report` uploads the checkpoint synchronously and then only queues
+it; the controller registers it when it next polls the worker (every 2 s). A worker killed in
+between leaves a checkpoint on storage that `get_checkpoint()` does not know, so the restart
+went back to an older epoch, or to scratch (issue 13: epochs [0, 1, 0, 1, ...] in CI). Reading
+the run directory makes the restart point depend on what was written, not on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+
+from sssl_dist.config import SSSLConfig, save_config
+
+STATE_FILE = "state.pt"
+FINAL_NAME = "final"
+# Files a checkpoint must hold, complete and parseable, to be resumed from.
+_REQUIRED = (STATE_FILE, "history.json", "config.yaml")
+
+
+def epoch_dir_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
+
+
+def training_state(
+    plain: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, clean_mask: np.ndarray | None
+) -> dict[str, Any]:
+    """What a checkpoint holds: tensors and plain values only (weights_only loadable)."""
+    return {
+        "model": plain.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "torch_rng": torch.get_rng_state(),
+        "clean_mask": torch.from_numpy(clean_mask) if clean_mask is not None else torch.zeros(0),
+    }
+
+
+def save_checkpoint(
+    state: dict[str, Any],
+    extra_json: dict[str, Any],
+    cfg: SSSLConfig,
+    metrics: dict[str, Any],
+    dir_name: str,
+    keep: bool = False,
+) -> None:
+    """Report metrics with a checkpoint (rank 0 writes it; other ranks report metrics only).
+
+    Ray Train copies the directory to storage under `dir_name`, so it is deleted afterwards,
+    except with `keep` (local mode, num_workers=0), where Ray keeps pointing at the directory.
+    """
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    tmp = tempfile.mkdtemp(prefix="sssl-ckpt-")
+    try:
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        for name, data in extra_json.items():
+            Path(tmp, name).write_text(json.dumps(data, default=json_default))
+        save_config(cfg, os.path.join(tmp, "config.yaml"))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=dir_name,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj))
+
+
+def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """Model checkpoints hold tensors and plain values only: weights_only=True loads them."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _readable_epoch(d: Path) -> int | None:
+    """The epoch a checkpoint directory holds, or None if it is incomplete or unreadable (a
+    worker killed while its checkpoint was being copied leaves such a directory)."""
+    if not all((d / f).is_file() for f in _REQUIRED):
+        return None
+    try:
+        json.loads((d / "history.json").read_text())
+        return int(load_state(d)["epoch"])
+    except Exception:  # noqa: BLE001 - truncated pickle/JSON of any kind: not resumable
+        return None
+
+
+def newest_persisted(run_dir: str | Path | None, registered: str | None) -> Path | None:
+    """The checkpoint to resume from: the newest complete one among those in `run_dir` and the
+    one Ray registered (`registered`, a local path, or None). `final` beats any epoch."""
+    candidates = [Path(registered)] if registered else []
+    if run_dir and "://" not in str(run_dir) and Path(run_dir).is_dir():
+        candidates += [p for p in Path(run_dir).iterdir() if p.is_dir()]
+    best, best_key = None, None
+    for d in candidates:
+        epoch = _readable_epoch(d)
+        if epoch is None:
+            continue
+        key = (epoch, d.name == FINAL_NAME or (d / "result.json").is_file())
+        if best_key is None or key > best_key:
+            best, best_key = d, key
+    return best

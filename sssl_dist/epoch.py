@@ -1,0 +1,246 @@
+"""The pieces of one training epoch on one rank: loss pass, GMM split, training, validation.
+
+`train.py` calls them in the order of its numbered steps; `benchmarks/bench_train.py` calls the
+same functions without Ray. Each takes the rank's `Worker` (its data, model and optimiser) as
+one object.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from sssl_dist.collectives import all_reduce_sum
+from sssl_dist.config import FeatureConfig, SSSLConfig
+from sssl_dist.data import (
+    SegmentBatcher,
+    SegmentTable,
+    epoch_batches,
+    loss_pass_batches,
+    rank_block,
+    rank_share,
+    segment_probabilities,
+    steps_per_epoch,
+)
+from sssl_dist.method import (
+    DegenerateSplitWarning,
+    Split,
+    normalise_losses,
+    per_sample_ce,
+    split_clean_noisy,
+)
+from sssl_dist.step import ce_loss, sssl_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """Everything one rank trains with: built once per fold by `train.set_up_rank`."""
+
+    cfg: SSSLConfig
+    rank: int
+    world: int
+    device: torch.device
+    table: SegmentTable  # the fold's training segments (all ranks hold the same table)
+    val_table: SegmentTable  # validation songs' segments
+    batcher: SegmentBatcher
+    val_batcher: SegmentBatcher
+    model: torch.nn.Module  # what gradients flow through (DDP wrapper when world > 1)
+    plain: torch.nn.Module  # the bare network inside it
+    opt: torch.optim.Optimizer
+    fc: FeatureConfig  # the shard set's features (for song-level segmenting)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """This rank's contiguous block of training positions for the loss pass."""
+        return rank_block(len(self.table), self.rank, self.world)
+
+    @property
+    def eval_batch(self) -> int:
+        return self.cfg.batch_size * 2  # no gradients kept: twice the training batch fits
+
+    def autocast(self):
+        """bf16 autocast where the config asks for it, on the worker's device type (CUDA on
+        GPUs; CPU autocast runs the same path in the tests, where no GPU is lent)."""
+        if not self.cfg.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def loss_pass(w: Worker) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1: eval-mode per-sample CE (Eq. 2) for this rank's block, each position once."""
+    w.plain.eval()
+    positions, losses = [], []
+    lo, hi = w.block
+    for idx in loss_pass_batches(lo, hi, w.eval_batch):
+        with w.autocast():
+            logits = w.plain(w.batcher.inputs(idx).to(w.device)).float()
+        losses.append(per_sample_ce(logits, w.batcher.labels(idx).to(w.device)).cpu())
+        positions.append(torch.from_numpy(idx))
+    return torch.cat(positions), torch.cat(losses)
+
+
+def gathered_coverage(positions: np.ndarray, n: int) -> dict[str, int]:
+    """How the gathered positions cover 0..n-1: counts that the exact-once check rests on.
+
+    exact once <=> gathered == unique == n and missing == 0.
+    """
+    valid = positions[(positions >= 0) & (positions < n)]
+    unique = np.unique(valid)
+    return {
+        "gathered": int(positions.size),
+        "unique": int(unique.size),
+        "missing": int(n - unique.size),
+        "out_of_range": int(positions.size - valid.size),
+    }
+
+
+def fit_split(
+    cfg: SSSLConfig, table: SegmentTable, positions: np.ndarray, losses: np.ndarray, epoch: int
+) -> tuple[Split, np.ndarray]:
+    """Step 3a (rank 0): order the gathered losses by position and fit the GMM split.
+
+    Raises if the positions do not cover the training set exactly once: a split fitted on a
+    partial or duplicated loss vector would silently mislabel segments.
+    """
+    cover = gathered_coverage(positions, len(table))
+    if not cover["gathered"] == cover["unique"] == len(table):
+        raise RuntimeError(
+            f"gathered segment positions do not cover the training set exactly once: {cover}"
+        )
+    order = np.argsort(positions)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegenerateSplitWarning)
+        split = split_clean_noisy(
+            losses[order],
+            table.label,
+            num_classes=cfg.num_classes,
+            tau=cfg.tau,
+            mode=cfg.gmm_scope,
+            min_class_share=cfg.min_class_share,
+            max_iter=cfg.gmm_max_iter,
+            tol=cfg.gmm_tol,
+            reg_covar=cfg.gmm_reg_covar,
+            seed=cfg.seed + epoch,
+        )
+    for warning in caught:
+        log.warning("epoch %d split: %s", epoch, warning.message)
+    return split, losses[order]
+
+
+def split_metrics(split: Split, table: SegmentTable, losses: np.ndarray) -> dict[str, Any]:
+    """What each epoch reports about the split, including noise detection against truth."""
+    m: dict[str, Any] = {
+        "n_clean": int(split.clean_mask.sum()),
+        "n_noisy": int((~split.clean_mask).sum()),
+        "clean_fraction": split.clean_fraction,
+        "class_counts_in_x": split.class_counts_in_x,
+        "split_warnings": split.warnings,
+        "gmm": {
+            name: {
+                "means": f.means,
+                "variances": f.variances,
+                "weights": f.weights,
+                "degenerate": f.degenerate,
+                # What this GMM saw, for the report's plot (full vectors stay out of the JSON).
+                "hist": _fit_histogram(name, losses, table),
+            }
+            for name, f in split.fits.items()
+        },
+        "loss_range": [float(np.nanmin(losses)), float(np.nanmax(losses))],
+    }
+    wrong = table.wrong
+    if (wrong >= 0).all() and 0 < wrong.sum() < wrong.size:
+        noisy = ~split.clean_mask
+        m["noise_auc"] = float(roc_auc_score(wrong, 1 - split.clean_prob))
+        m["noise_precision"] = float(wrong[noisy].mean()) if noisy.any() else 0.0
+        m["noise_recall"] = float(noisy[wrong == 1].mean())
+    return m
+
+
+def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int = 30) -> list[int]:
+    """Histogram of the normalised losses one GMM saw ("all", or "class k"), for the report."""
+    members = np.ones(len(table), bool) if name == "all" else table.label == int(name.split()[-1])
+    scaled = normalise_losses(losses[members & np.isfinite(losses)])
+    return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()
+
+
+def train_epoch(w: Worker, clean_mask: np.ndarray | None, epoch: int) -> dict[str, float]:
+    """Step 4: the epoch's optimiser steps, the same count on every rank.
+
+    clean_mask [N] (X = True) selects the SSSL step (Eq. 4-9); None trains with plain CE
+    (warm-up and `inherit`). One global permutation per epoch is cut into global batches, and
+    each rank takes its share of every batch: 1 and 2 workers see exactly the same batches.
+    """
+    cfg = w.cfg
+    w.model.train()
+    # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
+    # steps per epoch, and hence the result, does not depend on the number of workers.
+    per_rank = max(1, cfg.batch_size // w.world)
+    steps = steps_per_epoch(len(w.table), per_rank * w.world)
+    batches = epoch_batches(len(w.table), steps, per_rank * w.world, cfg.seed, epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + w.rank)
+    sums = np.zeros(2)
+    for batch in batches:
+        idx = rank_share(batch, w.rank, w.world)
+        x, y = w.batcher.inputs(idx), w.batcher.labels(idx)
+        if w.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
+        with w.autocast():
+            if clean_mask is None:
+                out = ce_loss(w.model, x, y)
+            else:
+                mask = torch.from_numpy(clean_mask[idx]).to(w.device)
+                out = sssl_loss(w.model, w.plain, x, y, mask, cfg, gen)
+        w.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        w.opt.step()
+        sums += (out.l_mix, out.l_kl)
+    return {"l_mix": sums[0] / steps, "l_kl": sums[1] / steps, "steps": steps}
+
+
+@torch.no_grad()
+def segment_accuracy(w: Worker) -> dict[str, float]:
+    """Validation segment accuracy against inherited labels and, when known, the truth."""
+    w.plain.eval()
+    table = w.val_table
+    lo, hi = rank_block(len(table), w.rank, w.world)
+    counts = np.zeros(3)
+    for idx in loss_pass_batches(lo, hi, w.eval_batch):
+        with w.autocast():
+            pred = w.plain(w.val_batcher.inputs(idx).to(w.device)).argmax(-1).cpu().numpy()
+        counts += (
+            np.sum(pred == table.label[idx]),
+            np.sum(pred == table.true_label[idx]),
+            idx.size,
+        )
+    hit, true_hit, n = all_reduce_sum(counts.tolist())
+    out = {"val_seg_acc": hit / max(n, 1)}
+    if (table.true_label >= 0).all() and n:
+        out["val_seg_acc_truth"] = true_hit / n
+    return out
+
+
+def song_probabilities(
+    w: Worker,
+    mels: dict[str, np.ndarray],
+    songs_by_id: dict[str, dict[str, Any]],
+    song_ids: list[str],
+) -> dict[str, list]:
+    """P_s(E_k) for every segment of each song: {song id: [S, K] as nested lists}."""
+    return {
+        sid: segment_probabilities(
+            w.plain, mels[sid], songs_by_id[sid]["duration_s"], w.cfg, w.fc, w.device, w.eval_batch
+        ).tolist()
+        for sid in song_ids
+    }

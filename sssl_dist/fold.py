@@ -1,0 +1,206 @@
+"""The driver side of one fold: its songs, the checks before launch, one TorchTrainer, its run
+identity and results.
+
+One run identity, `run_name(prefix, cfg, shards, fold)`, names every training run: the fold,
+a digest of the resolved config and a digest of the shard set. `sssl train` (cv.py), `sssl
+tune` (tuning/sweep.py) and the benchmarks all use it, so re-running resumes a run only when
+the settings *and* the data are the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sssl_dist.config import SSSLConfig, config_digest, to_dict
+from sssl_dist.data import SegmentTable, ShardSet, fold_indices, segment_count
+from sssl_dist.train import PROGRESS_FILE, LoopConfig, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldRun:
+    result: dict[str, Any]  # song-level metrics (result.json)
+    history: list[dict[str, Any]]  # per-epoch metrics
+    songs: dict[str, list]  # per-song segment probabilities
+    fold_ids: dict[str, list[str]]  # song ids of train / val / test
+    checkpoint_dir: str  # a local copy of the final checkpoint ("" when read from a report)
+    run_dir: str
+
+    @classmethod
+    def read(cls, directory: str | Path, checkpoint_dir: str = "", run_dir: str = "") -> FoldRun:
+        """From a directory holding result.json, history.json, songs.json and fold_ids.json
+        (a final checkpoint, or a report's fold-K/ directory)."""
+        read = lambda n: json.loads(Path(directory, n).read_text())  # noqa: E731
+        return cls(
+            read("result.json"),
+            read("history.json"),
+            read("songs.json"),
+            read("fold_ids.json"),
+            checkpoint_dir,
+            run_dir,
+        )
+
+
+def run_digest(cfg: SSSLConfig, shards: ShardSet) -> str:
+    """12 hex digits naming (resolved config, shard set)."""
+    blob = f"{config_digest(cfg)}:{shards.digest()}".encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def run_name(prefix: str, cfg: SSSLConfig, shards: ShardSet, fold: int) -> str:
+    """The run identity: prefix, fold, and the digest of config + shard set."""
+    return f"{prefix}-fold{fold}-{run_digest(cfg, shards)}"
+
+
+def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> dict[str, list[str]]:
+    songs = shards.songs  # sorted by id: the folds are the same for every configuration
+    labels = np.array([s[cfg.task] for s in songs])
+    train, val, test = fold_indices(labels, cfg.n_folds, fold, cfg.val_fraction, cfg.seed)
+    ids = [s["song_id"] for s in songs]
+    return {
+        "train": [ids[i] for i in train],
+        "val": [ids[i] for i in val],
+        "test": [ids[i] for i in test],
+    }
+
+
+def check_fold(
+    cfg: SSSLConfig, shards: ShardSet, fold_ids: dict[str, list[str]], workers: int
+) -> int:
+    """Refuse, before any worker starts, what would otherwise fail (or hang) inside the run.
+    Returns the number of training segments.
+
+    - a song shorter than L has no segment: it would vanish from the SVM and the test set;
+    - fewer training segments than ranks would leave a rank with an empty loss-pass block.
+    """
+    by_id = {s["song_id"]: s for s in shards.songs}
+    fold_songs = [by_id[s] for ids in fold_ids.values() for s in ids]
+    short = sorted(
+        (s["duration_s"], s["song_id"])
+        for s in fold_songs
+        if segment_count(s["duration_s"], cfg.segment_seconds, cfg.hop_seconds) == 0
+    )
+    if short:
+        names = ", ".join(f"{sid} ({d:.1f} s)" for d, sid in short[:5])
+        raise ValueError(
+            f"{len(short)} song(s) are shorter than segment_seconds = {cfg.segment_seconds}: "
+            f"{names}{' …' if len(short) > 5 else ''}. They would have no segment and drop out "
+            f"of the song-level decision; use segment_seconds <= {int(short[0][0])}, or re-shard "
+            "without them"
+        )
+    n_train = len(
+        SegmentTable.build(
+            [by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
+        )
+    )
+    ranks = max(workers, 1)
+    if n_train < ranks:
+        raise ValueError(
+            f"{n_train} training segment(s) for {ranks} worker(s): every worker needs at least "
+            "one; use fewer workers or more songs"
+        )
+    if cfg.batch_size % ranks:
+        log.warning(
+            "batch_size %d is not a multiple of %d workers: the global batch is %d",
+            cfg.batch_size,
+            ranks,
+            cfg.batch_size // ranks * ranks,
+        )
+    return n_train
+
+
+def run_fold(
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    fold: int,
+    *,
+    storage_path: str | Path,
+    name: str,
+    workers: int = 2,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    callbacks: list | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    fault: str = "",
+) -> FoldRun:
+    """Train one fold with a TorchTrainer and return its results (copied off the checkpoint).
+
+    Re-running with the same (storage_path, name) resumes from the newest complete checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    fold_ids = fold_song_ids(shards, cfg, fold)
+    check_fold(cfg, shards, fold_ids, workers)
+    storage_path = (
+        str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
+    )
+    run_dir = f"{storage_path}/{name}"
+    tb_dir = f"{run_dir}/tensorboard" if "://" not in run_dir else None
+    loop = LoopConfig(
+        config=to_dict(cfg),
+        shards=str(shards.root.resolve()),
+        fold=fold,
+        fold_ids=fold_ids,
+        run_dir=run_dir,
+        tensorboard_dir=tb_dir,
+        local=workers == 0,
+        fault=fault,
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(loop),
+        torch_config=TorchConfig(
+            backend="nccl" if use_gpu else "gloo", timeout_s=cfg.gloo_timeout_s
+        ),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    result = _fit_with_progress(
+        trainer, Path(run_dir) / PROGRESS_FILE if tb_dir else None, on_epoch
+    )
+    if result.error:
+        raise result.error
+    local = tempfile.mkdtemp(prefix="sssl-ckpt-")
+    result.checkpoint.to_directory(local)
+    return FoldRun.read(local, checkpoint_dir=local, run_dir=run_dir)
+
+
+def _fit_with_progress(trainer, progress: Path | None, on_epoch):
+    """trainer.fit() in a thread while the driver tails rank 0's progress lines."""
+    if progress is None or on_epoch is None:
+        return trainer.fit()
+    seen = len(progress.read_text().splitlines()) if progress.is_file() else 0
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(trainer.fit)
+        while True:
+            done = future.done()
+            lines = progress.read_text().splitlines() if progress.is_file() else []
+            for line in lines[seen:]:
+                on_epoch(json.loads(line))
+            seen = len(lines)
+            if done:
+                return future.result()
+            time.sleep(0.5)
