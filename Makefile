@@ -1,10 +1,13 @@
 # The two commands of the README: `make demo` (main job) and `make test` (the whole suite).
 # Each one sets up .venv first. The CPU build of torch goes in before anything else can pull
-# torch in, because letting pip choose torch freely downloads several GB of CUDA packages.
+# torch in, because letting pip choose torch freely downloads several GB of CUDA packages:
+# .ci/install-torch takes it from PyTorch's CPU wheel index where that answers, and by name
+# otherwise (override with TORCH_SPEC=... and TORCH_INDEX=...).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+export TORCH_SPEC
 
 .PHONY: install demo test lint bench clean
 
@@ -12,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	bash .ci/install-torch $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev,plots]"
 	touch $@
 

@@ -2,7 +2,7 @@
 the wrong labels? Every cell is a full cross-validation through the real system (Ray Train,
 Eq. 10 + SVM), on identical folds for every method, so differences are paired.
 
-For each mislabelled share (corpus excursion fraction) x task x segment length x split mode:
+For each mislabelled share (corpus excursion fraction) x task x segment length x GMM scope:
 song-level accuracy/F1 of inherit, sssl-nokl, sssl (mean ± std over folds), majority-class and
 majority-vote baselines, validation segment accuracy against the true per-second labels, the
 measured share of wrong inherited labels, the smallest class share of X (collapse), the GMM's
@@ -15,13 +15,14 @@ OUT/noise_detection.png. `--summary-only` rebuilds the last three. The committed
 benchmarks/results/.
 
     python benchmarks/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
-        --lengths 1 3 5 --noise 0.1 0.25 0.4 --splits per_class global     # > 1 day on 2 cores
+        --lengths 1 3 5 --noise 0.1 0.25 0.4 --gmm-scopes per_class global     # > 1 day on 2 cores
     python benchmarks/accuracy.py --songs 200 --folds 5 --epochs 8          # ~40 min
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -45,7 +46,9 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["quadrant"])
     p.add_argument("--lengths", nargs="+", type=int, default=[3])
     p.add_argument("--methods", nargs="+", default=["inherit", "sssl-nokl", "sssl"])
-    p.add_argument("--splits", nargs="+", default=["per_class"])
+    p.add_argument(
+        "--gmm-scopes", nargs="+", default=["per_class"], choices=["per_class", "global"]
+    )
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench-accuracy")
@@ -60,15 +63,15 @@ def main() -> None:
 
     out = Path(a.out)
     if a.summary_only:
-        write_summary(out, json.loads((out / "results.json").read_text()), a)
+        write_summary(out, json.loads((out / "results.json").read_text()))
         return
     import ray
 
-    from shards.datasets import load_dataset
-    from shards.synth import SynthConfig, generate_corpus
-    from shards.write import shard_dataset
-    from sssl_dist.config import SSSLConfig
-    from sssl_dist.cv import run_cv
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
+    from sssl_dist.config import SSSLConfig, with_overrides
+    from sssl_dist.cv import run_methods
+    from sssl_dist.fold import run_digest
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,56 +80,65 @@ def main() -> None:
     t0 = time.perf_counter()
     for noise in a.noise:
         data = out / f"data-noise{noise}"
-        generate_corpus(
-            data / "corpus", SynthConfig(n_songs=a.songs, excursion_fraction=noise), progress=False
+        shards = shard_synthetic(
+            data / "corpus",
+            data / "shards",
+            SynthConfig(n_songs=a.songs, excursion_fraction=noise),
+            progress=False,
         )
-        records, _, truth = load_dataset("synthetic", data / "corpus")
-        shard_dataset(records, data / "shards", truth=truth, progress=False)
-        for task in a.tasks:
-            for length in a.lengths:
-                for split in a.splits:
-                    for method in a.methods:
-                        if method == "inherit" and split != a.splits[0]:
-                            continue  # inherit never splits: run it once per cell
-                        key = f"noise={noise} task={task} L={length} split={split} method={method}"
-                        if key in results:
-                            continue  # resumable: finished cells are kept
-                        cfg = SSSLConfig(
-                            method=method,
-                            task=task,
-                            segment_seconds=length,
-                            split=split,
-                            n_folds=a.folds,
-                            epochs=a.epochs,
-                            warmup_epochs=a.warmup,
-                        )
-                        t_cell = time.perf_counter()
-                        s = run_cv(
-                            cfg,
-                            data / "shards",
-                            out / key.replace(" ", "_").replace("=", "-"),
-                            workers=a.workers,
-                        )
-                        results[key] = {
-                            "metrics": s["metrics"],
-                            "per_fold": s["per_fold"],
-                            "minutes": (time.perf_counter() - t_cell) / 60,
-                        }
-                        results_path.write_text(json.dumps(results, default=float))
-                        logging.info(
-                            "%s: test acc %.3f (%.0f min so far)",
-                            key,
-                            s["metrics"]["test_acc"]["mean"],
-                            (time.perf_counter() - t0) / 60,
-                        )
-    write_summary(out, results, a)
+        for task, length, scope in itertools.product(a.tasks, a.lengths, a.gmm_scopes):
+            fields = {
+                "songs": a.songs,
+                "folds": a.folds,
+                "epochs": a.epochs,
+                "warmup": a.warmup,
+                "noise": noise,
+                "task": task,
+                "L": length,
+                "gmm_scope": scope,
+            }
+            # inherit never splits: run it once per cell; finished cells are kept (resumable).
+            todo = [
+                m
+                for m in a.methods
+                if (m != "inherit" or scope == a.gmm_scopes[0])
+                and _key({**fields, "method": m}) not in results
+            ]
+            base = SSSLConfig(
+                task=task,
+                segment_seconds=length,
+                gmm_scope=scope,
+                n_folds=a.folds,
+                epochs=a.epochs,
+                warmup_epochs=a.warmup,
+            )
+            cell_dir = lambda m, f=fields: out / _dir_name({**f, "method": m})  # noqa: E731
+            for method, s, minutes in run_methods(base, shards, cell_dir, todo, workers=a.workers):
+                key = _key({**fields, "method": method})
+                cfg = with_overrides(base, {"method": method})
+                results[key] = {
+                    "metrics": s["metrics"],
+                    "per_fold": s["per_fold"],
+                    "minutes": minutes,
+                    "workers": a.workers,
+                    # The run identity: which config and which shard set produced this cell.
+                    "identity": run_digest(cfg, shards),
+                }
+                results_path.write_text(json.dumps(results, default=float))
+                logging.info(
+                    "%s: test acc %.3f (%.0f min so far)",
+                    key,
+                    s["metrics"]["test_acc"]["mean"],
+                    (time.perf_counter() - t0) / 60,
+                )
+    write_summary(out, results)
 
 
 # What the GMM split achieved, per SSSL epoch (in history.json of every fold).
 EPOCH_KEYS = ("clean_fraction", "noise_auc", "noise_precision", "noise_recall")
 
 
-def write_summary(out: Path, results: dict, a) -> None:
+def write_summary(out: Path, results: dict) -> None:
     """summary.md and two plots from results.json and the cells' fold histories (no training).
 
     What only the histories and shards hold is stored back into results.json ("derived"), so
@@ -136,22 +148,26 @@ def write_summary(out: Path, results: dict, a) -> None:
     for key, c in cells.items():
         results[key]["derived"] = {k: c[k] for k in ("wrong", "min_x_share", "by_epoch")}
     (out / "results.json").write_text(json.dumps(results, default=float))
+    runs = sorted({tuple(c["fields"][k] for k in RUN_FIELDS) for c in cells.values()})
+    setting = "; ".join(
+        f"{songs} songs, {folds}-fold CV, {epochs} epochs ({warmup} warm-up)"
+        for songs, folds, epochs, warmup in runs
+    )
     lines = [
-        f"# Accuracy benchmark: {a.songs} songs, {a.folds}-fold CV, {a.epochs} epochs "
-        f"({a.warmup} warm-up), {a.workers} workers",
+        f"# Accuracy benchmark: {setting}",
         "",
         "wrong = share of all segments whose inherited label differs from the true label "
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | split | method | test acc | test F1 | vote acc | majority "
-        "| seg acc (truth) | noise AUC | prec U | recall U | min X share | min |",
+        "| noise | wrong | task | L | GMM scope | method | test acc | test F1 | vote acc "
+        "| majority | seg acc (truth) | noise AUC | prec U | recall U | min X share | min |",
         "|---" * 16 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
-            f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['split']} | "
+            f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
             f"{f['method']} | {_ms(m, 'test_acc')} | {_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
             f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
@@ -171,15 +187,15 @@ def write_summary(out: Path, results: dict, a) -> None:
         f = c["fields"]
         comparisons = []
         if f["method"] != "inherit":
-            comparisons.append(("inherit", _key(f, method="inherit", split="per_class")))
-        if f["split"] == "global":
-            comparisons.append(("per-class", _key(f, split="per_class")))
+            comparisons.append(("inherit", _key(f, method="inherit", gmm_scope="per_class")))
+        if f["gmm_scope"] == "global":
+            comparisons.append(("per-class", _key(f, gmm_scope="per_class")))
         for name, base in comparisons:
             if base not in results:
                 continue
             d = _paired(results, base, key)
             lines.append(
-                f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} ({f['split']}) "
+                f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} ({f['gmm_scope']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -187,13 +203,13 @@ def write_summary(out: Path, results: dict, a) -> None:
         "",
         "## Noise detection by epoch (1-based, as in the progress lines; mean over folds)",
         "",
-        "| noise | task | L | split | method | epoch | clean fraction | noise AUC | prec U "
+        "| noise | task | L | GMM scope | method | epoch | clean fraction | noise AUC | prec U "
         "| recall U |",
         "|---" * 10 + "|",
     ]
     for c in cells.values():
         f = c["fields"]
-        cell = " | ".join(f[k] for k in ("noise", "task", "L", "split", "method"))
+        cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "method"))
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
             lines.append(f"| {cell} | {e + 1} | {values} |")
@@ -217,7 +233,7 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
     for key, c in sorted(cells.items(), key=by_cell):
         f = c["fields"]
         base = _key(f, method="inherit")
-        if f["method"] != "sssl" or f["split"] != "per_class" or base not in results:
+        if f["method"] != "sssl" or f["gmm_scope"] != "per_class" or base not in results:
             continue
         a, b = cells[base]["metrics"], c["metrics"]
         d = _paired(results, base, key)
@@ -242,7 +258,7 @@ def _cell(out: Path, key: str, r: dict) -> dict:
     if "derived" in r:  # JSON made the epoch keys strings
         d = r["derived"]
         return {**base, **d, "by_epoch": {int(e): row for e, row in d["by_epoch"].items()}}
-    cell_dir = out / key.replace(" ", "_").replace("=", "-")
+    cell_dir = out / _dir_name(f)
     histories = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("fold-*/history.json"))]
     by_epoch: dict[int, dict[str, list[float]]] = {}
     min_x_share = None
@@ -321,7 +337,7 @@ def _plot_noise_detection(out: Path, cells: dict) -> None:
         if not c["by_epoch"] or f["method"] != "sssl":
             continue  # sssl-nokl's split is close to sssl's: one line per cell stays readable
         epochs = sorted(c["by_epoch"])
-        label = f"{f['task']} L={f['L']} s, {100 * c['wrong']:.0f} % wrong, {f['split']}"
+        label = f"{f['task']} L={f['L']} s, {100 * c['wrong']:.0f} % wrong, {f['gmm_scope']}"
         for ax, k in zip(axes, ("noise_auc", "noise_precision", "noise_recall"), strict=True):
             ax.plot(
                 [e + 1 for e in epochs],
@@ -348,19 +364,30 @@ def _series(cells: dict) -> dict:
     for c in cells.values():
         f = c["fields"]
         if f["task"] == "quadrant" and f["L"] == "3":
-            key = (f["task"], f["L"], f["split"], f["method"])
+            key = (f["task"], f["L"], f["gmm_scope"], f["method"])
             series.setdefault(key, []).append((c["wrong"], c["metrics"]))
     return {k: v for k, v in series.items() if len(v) > 1}
 
 
+# A cell's identity: everything its numbers depend on (the worker count does not: the global
+# batch makes results independent of it). Keys and headers come from these fields, never from
+# the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
+KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope", "method")
+RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
+
+
 def _key(fields: dict, **change: str) -> str:
     f = {**fields, **change}
-    return " ".join(f"{k}={f[k]}" for k in ("noise", "task", "L", "split", "method"))
+    return " ".join(f"{k}={f[k]}" for k in KEY_FIELDS)
+
+
+def _dir_name(fields: dict) -> str:
+    return _key(fields).replace(" ", "_").replace("=", "-")
 
 
 def _paired(results: dict, base: str, key: str) -> dict:
     """Test accuracy of cell `key` minus cell `base`, fold by fold (JSON made fold ids strings)."""
-    from sssl_dist.cv import paired_difference
+    from sssl_dist.stats import paired_difference
 
     return paired_difference(_folds(results[base]), _folds(results[key]))
 
@@ -370,7 +397,7 @@ def _wins(d: dict) -> str:
 
 
 def _ms(m: dict, k: str) -> str:
-    from sssl_dist.cv import pct_mean_std
+    from sssl_dist.stats import pct_mean_std
 
     return pct_mean_std(m, k)
 

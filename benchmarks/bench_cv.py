@@ -25,25 +25,24 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:
     import ray
 
-    from shards.datasets import load_dataset
-    from shards.synth import SynthConfig, generate_corpus
-    from shards.write import shard_dataset
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.train import run_fold
+    from sssl_dist.fold import run_fold
     from tuning.sweep import run_sweep
 
     work = Path(tempfile.mkdtemp(prefix="bench-cv-"))
-    generate_corpus(work / "corpus", SynthConfig(n_songs=songs, seed=3), progress=False)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     cores = int(ray.cluster_resources()["CPU"])
-    records, _, truth = load_dataset("synthetic", work / "corpus")
-    shard_dataset(records, work / "shards", truth=truth, progress=False)
+    shards = shard_synthetic(
+        work / "corpus", work / "shards", SynthConfig(n_songs=songs, seed=3), progress=False
+    )
     cfg = SSSLConfig(epochs=epochs, warmup_epochs=1, n_folds=folds)
 
     t0 = time.perf_counter()
     for fold in range(folds):
-        run_fold(cfg, work / "shards", fold, storage_path=work / "seq", name=f"f{fold}", workers=1)
+        run_fold(cfg, shards, fold, storage_path=work / "seq", name=f"f{fold}", workers=1)
     t_seq = time.perf_counter() - t0
 
     space = work / "space.yaml"

@@ -24,46 +24,42 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def bare_epochs(cfg, shard_dir, split_ids) -> list[float]:
+def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     """The same per-epoch work as the trainer, in this process, without Ray or DDP."""
-    from sssl_dist.data import SegmentBatcher, SegmentTable, ShardSet
+    from sssl_dist.data import SegmentBatcher, SegmentTable
+    from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
     from sssl_dist.models import build_model
-    from sssl_dist.train import fit_split, loss_pass, train_epoch
 
     torch.set_num_threads(cfg.torch_threads)
-    shards = ShardSet(shard_dir)
     by_id = {s["song_id"]: s for s in shards.songs}
-    table = SegmentTable.build(
-        [by_id[s] for s in split_ids["train"]], cfg.task, cfg.segment_seconds
-    )
-    batcher = SegmentBatcher(
-        table, shards.load_mels(set(split_ids["train"])), shards.feature_config
-    )
+    table = SegmentTable.build([by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds)
+    no_val = SegmentTable.build([], cfg.task, cfg.segment_seconds)
+    mels, fc = shards.load_mels(set(fold_ids["train"])), shards.feature_config
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    device, times, clean = torch.device("cpu"), [], None
+    w = Worker(
+        cfg=cfg,
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        table=table,
+        val_table=no_val,
+        batcher=SegmentBatcher(table, mels, fc),
+        val_batcher=SegmentBatcher(no_val, mels, fc),
+        model=model,
+        plain=model,
+        opt=opt,
+        fc=fc,
+    )
+    times, clean_mask = [], None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         if epoch >= cfg.warmup_epochs:
-            pos, losses = loss_pass(model, batcher, 0, len(table), cfg.batch_size * 2, device)
+            pos, losses = loss_pass(w)
             split, _ = fit_split(cfg, table, pos.numpy(), losses.numpy(), epoch)
-            clean = split.clean
-        train_epoch(
-            cfg,
-            model,
-            model,
-            opt,
-            batcher,
-            0,
-            len(table),
-            len(table),
-            1,
-            clean if epoch >= cfg.warmup_epochs else None,
-            epoch,
-            device,
-            0,
-        )
+            clean_mask = split.clean_mask
+        train_epoch(w, clean_mask if epoch >= cfg.warmup_epochs else None, epoch)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -71,28 +67,26 @@ def bare_epochs(cfg, shard_dir, split_ids) -> list[float]:
 def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
     import ray
 
-    from shards.datasets import load_dataset
-    from shards.synth import SynthConfig, generate_corpus
-    from shards.write import shard_dataset
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import ShardSet
-    from sssl_dist.train import fold_song_ids, run_fold
+    from sssl_dist.fold import fold_song_ids, run_fold
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    generate_corpus(work / "corpus", SynthConfig(n_songs=songs, seed=5), progress=False)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    records, _, truth = load_dataset("synthetic", work / "corpus")
-    shard_dataset(records, work / "shards", truth=truth, progress=False)
+    shards = shard_synthetic(
+        work / "corpus", work / "shards", SynthConfig(n_songs=songs, seed=5), progress=False
+    )
     cfg = SSSLConfig(epochs=epochs, warmup_epochs=1, n_folds=3, val_fraction=0.0)
-    split_ids = fold_song_ids(ShardSet(work / "shards"), cfg, 0)
+    fold_ids = fold_song_ids(shards, cfg, 0)
 
-    bare = bare_epochs(cfg, work / "shards", split_ids)
+    bare = bare_epochs(cfg, shards, fold_ids)
     runs = {}
     for workers in (1, 2):
         t0 = time.perf_counter()
         run = run_fold(
-            cfg, work / "shards", 0, storage_path=work / "ray", name=f"w{workers}", workers=workers
+            cfg, shards, 0, storage_path=work / "ray", name=f"w{workers}", workers=workers
         )
         runs[workers] = (run.history, time.perf_counter() - t0)
     shutil.rmtree(work, ignore_errors=True)

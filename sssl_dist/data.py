@@ -277,5 +277,12 @@ def fold_indices(
     if val_fraction <= 0:
         return rest, np.array([], dtype=int), test
     n_val = max(len(np.unique(labels)), int(round(val_fraction * len(rest))))
+    counts = np.bincount(labels[rest])
+    if counts[counts > 0].min() < 2:
+        raise ValueError(
+            f"fold {fold}: a class has only {counts[counts > 0].min()} training song(s), too few "
+            "to hold validation songs out stratified; use more songs, fewer folds or "
+            "val_fraction=0"
+        )
     train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed)
     return np.sort(train), np.sort(val), np.sort(test)

@@ -53,8 +53,9 @@ class SmallCNN(nn.Module):
     """A 5x5 stride-2 stem and three 3x3 blocks (16-32-64-64), global mean+max pool.
 
     The strided stem and early pooling keep the convolutions on a small time-frequency plane:
-    this is what makes ~600 segments/s of training possible on 2 CPU cores (12x the same net
-    without the stride). Dropout before the classifier gives R-Drop (Eq. 8) its two sub-models.
+    this is what makes ~700 segments/s of training possible on 2 CPU cores (708 measured,
+    BENCHMARKS.md; 12x the same net without the stride). Dropout before the classifier gives
+    R-Drop (Eq. 8) its two sub-models.
     """
 
     def __init__(self, num_classes: int, dropout: float = 0.5, width: int = 16) -> None:

@@ -38,29 +38,23 @@ def write_audio(path, seconds=6.0, sr=22050, stereo=False, freq=440.0):
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """24 synthetic songs in the 4Q layout with per-second truth."""
-    from shards.synth import SynthConfig, generate_corpus
+def synthetic(tmp_path_factory, ray_session):
+    """24 synthetic songs in the 4Q layout with per-second truth, sharded once."""
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
 
-    root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, SynthConfig(n_songs=24, seed=7, max_duration_s=30.0), progress=False)
-    return root
+    root = tmp_path_factory.mktemp("synthetic")
+    synth = SynthConfig(n_songs=24, seed=7, max_duration_s=30.0)
+    return root / "corpus", shard_synthetic(
+        root / "corpus", root / "shards", synth, songs_per_shard=5, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
-def shard_dir(corpus, tmp_path_factory, ray_session):
-    from shards.datasets import load_dataset
-    from shards.write import shard_dataset
+def corpus(synthetic):
+    return synthetic[0]
 
-    out = tmp_path_factory.mktemp("shards")
-    records, report, truth = load_dataset("synthetic", corpus)
-    shard_dataset(
-        records,
-        out,
-        truth=truth,
-        songs_per_shard=5,
-        dataset="synthetic",
-        load_report=report.to_dict(),
-        progress=False,
-    )
-    return out
+
+@pytest.fixture(scope="session")
+def shard_dir(synthetic):
+    return synthetic[1].root

@@ -26,8 +26,6 @@ from sssl_dist.train import PROGRESS_FILE
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast, but every stage for real: warm-up, then SSSL epochs with GMM splits.
 CFG = SSSLConfig(epochs=3, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60)
-# 1 against 2 workers: the largest difference of the clean fraction in any epoch.
-CLEAN_FRACTION_TOL = 0.15
 
 
 def _odd_fold(shard_dir) -> tuple[SSSLConfig, int]:
@@ -47,8 +45,13 @@ def _odd_fold(shard_dir) -> tuple[SSSLConfig, int]:
 
 @pytest.fixture(scope="module")
 def two_worker_run(shard_dir, tmp_path_factory, ray_session):
+    from dataclasses import replace
+
     store = tmp_path_factory.mktemp("ray_store")
     cfg, fold = _odd_fold(shard_dir)
+    # No warm-up: the first split comes from the initial weights, identical for any number of
+    # workers, so 1 and 2 workers can be compared exactly (test_one_worker_matches_two_workers).
+    cfg = replace(cfg, warmup_epochs=0)
     run = run_fold(cfg, ShardSet(shard_dir), fold, storage_path=store, name="w2", workers=2)
     return run, store, cfg, fold
 
@@ -67,7 +70,7 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
         )
     )
     sssl_epochs = _epochs(run.history)
-    assert len(sssl_epochs) == cfg.epochs - cfg.warmup_epochs
+    assert len(sssl_epochs) == cfg.epochs - cfg.warmup_epochs == cfg.epochs
     blocks = [hi - lo for lo, hi in (rank_block(n_train, r, 2) for r in range(2))]
     for h in sssl_epochs:
         # What rank 0 received: each rank's block size, every position once, none missing.
@@ -97,17 +100,23 @@ def test_uneven_blocks_do_not_hang(two_worker_run):
 
 
 def test_one_worker_matches_two_workers(two_worker_run, shard_dir, tmp_path, ray_session):
-    """The same global batches on 1 and 2 workers (tests/test_shards.py checks that exactly);
-    what still differs is float summation order and per-rank BatchNorm statistics, so the
-    splits agree closely but not bit for bit."""
+    """DESIGN.md: a 2-worker run partitions exactly like a 1-worker run.
+
+    The first split (from the initial weights) goes through loss pass, gather, GMM and broadcast
+    on 1 and on 2 ranks: it must be identical, fit for fit. The batches are identical too
+    (tests/test_shards.py checks that exactly). After the first optimiser step the two runs
+    drift apart through per-rank BatchNorm statistics (SyncBatchNorm refuses CPU tensors) and
+    float summation order, so later epochs are not compared: on 24 barely trained songs that
+    drift moved the clean fraction by up to 0.2 (issue 13's note)."""
     run2, _, cfg, fold = two_worker_run
     run1 = run_fold(cfg, ShardSet(shard_dir), fold, storage_path=tmp_path, name="w1", workers=1)
     h1, h2 = _epochs(run1.history), _epochs(run2.history)
     assert [h["n_train"] for h in h1] == [h["n_train"] for h in h2]
     assert [h["steps"] for h in run1.history] == [h["steps"] for h in run2.history]
     assert h1[0]["gathered"]["per_rank"] == [h1[0]["n_train"]]
-    for a, b in zip(h1, h2, strict=True):
-        assert abs(a["clean_fraction"] - b["clean_fraction"]) < CLEAN_FRACTION_TOL, (a, b)
+    first1, first2 = h1[0], h2[0]
+    for key in ("n_clean", "clean_fraction", "class_counts_in_x", "loss_range", "gmm", "noise_auc"):
+        assert first1[key] == first2[key], key
 
 
 def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_session):
@@ -398,3 +407,23 @@ def test_segment_table_positions_are_stable(shard_dir):
         and len(a) == len(set(a))
         and np.all(np.diff([int(g.split("@")[1]) for g in a[:5]]) == 1)
     )
+
+
+def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
+    """Re-sharding other songs (or changing a setting) gives another run name, so an old run is
+    never resumed for new data; the same data elsewhere keeps its name (content, not path)."""
+    from dataclasses import replace
+
+    from sssl_dist.fold import run_name
+
+    shards = ShardSet(shard_dir)
+    name = run_name("cv", CFG, shards, 0)
+    assert run_name("cv", CFG, shards, 1) != name
+    assert run_name("cv", replace(CFG, tau=0.6), shards, 0) != name
+    manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
+    same, fewer = tmp_path / "same", tmp_path / "fewer"
+    for d, songs in ((same, manifest["songs"]), (fewer, manifest["songs"][:-1])):
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps(dict(manifest, songs=songs)))
+    assert run_name("cv", CFG, ShardSet(same), 0) == name
+    assert run_name("cv", CFG, ShardSet(fewer), 0) != name

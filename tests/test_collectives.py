@@ -1,0 +1,93 @@
+"""The loop's collectives on two real gloo processes (no Ray): the loss gather with uneven
+blocks, and rank 0's status broadcast that releases the other ranks when it fails."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sssl_dist.data import rank_block
+
+N = 11  # odd: the two blocks are uneven (5 and 6)
+
+
+def _losses(n: int) -> np.ndarray:
+    return np.linspace(0.1, 2.0, n).astype(np.float32)
+
+
+def _worker(rank: int, world: int, init: str, out: dict, fail_rank0: bool) -> None:
+    from sssl_dist.collectives import PeerFailure, all_gather_losses, broadcast_status
+
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        lo, hi = rank_block(N, rank, world)
+        pos, losses, sent = all_gather_losses(
+            torch.arange(lo, hi), torch.from_numpy(_losses(N)[lo:hi])
+        )
+        out[rank] = {"pos": pos.tolist(), "losses": losses.tolist(), "sent": sent}
+        try:
+            broadcast_status("ValueError: boom" if fail_rank0 and rank == 0 else None)
+            out[f"status{rank}"] = "ok"
+        except PeerFailure as exc:
+            out[f"status{rank}"] = str(exc)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path, fail_rank0: bool) -> dict:
+    with mp.Manager() as manager:
+        out = manager.dict()
+        init = f"file://{tmp_path / 'rendezvous'}"
+        ctx = mp.spawn(_worker, args=(2, init, out, fail_rank0), nprocs=2, join=False)
+        deadline = time.time() + 120  # a rank left waiting would hang here: fail instead
+        while not ctx.join(timeout=1):
+            assert time.time() < deadline, "a rank is still waiting"
+        return dict(out)
+
+
+@pytest.mark.parametrize("fail_rank0", [False, True])
+def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_path, fail_rank0):
+    from sssl_dist.epoch import gathered_coverage
+
+    out = _run(tmp_path, fail_rank0)
+    for rank in (0, 1):
+        pos, losses = np.array(out[rank]["pos"]), np.array(out[rank]["losses"])
+        assert out[rank]["sent"] == [5, 6]  # the padding of the shorter block was cut off
+        assert gathered_coverage(pos, N) == {
+            "gathered": N,
+            "unique": N,
+            "missing": 0,
+            "out_of_range": 0,
+        }
+        np.testing.assert_allclose(losses[np.argsort(pos)], _losses(N), rtol=1e-6)
+    if fail_rank0:  # rank 1 learns of rank 0's failure instead of waiting for its data
+        assert out["status1"] == "rank 0 failed: ValueError: boom" and out["status0"] == "ok"
+    else:
+        assert out["status0"] == out["status1"] == "ok"
+
+
+def test_fit_split_refuses_a_gather_that_is_not_exactly_once():
+    from sssl_dist.config import SSSLConfig
+    from sssl_dist.data import SegmentTable
+    from sssl_dist.epoch import fit_split, gathered_coverage
+
+    songs = [{"song_id": "a", "duration_s": 13.0, "quadrant": 1}]
+    table = SegmentTable.build(songs, "quadrant", 3)
+    n = len(table)
+    duplicated = np.r_[np.arange(n - 1), 0]  # position 0 twice, the last one missing
+    assert gathered_coverage(duplicated, n) == {
+        "gathered": n,
+        "unique": n - 1,
+        "missing": 1,
+        "out_of_range": 0,
+    }
+    with pytest.raises(RuntimeError, match="exactly once"):
+        fit_split(SSSLConfig(), table, duplicated, _losses(n), epoch=0)
