@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument(
         "--gmm-scopes", nargs="+", default=["per_class"], choices=["per_class", "global"]
     )
+    p.add_argument(
+        "--selections", nargs="+", default=["epoch_loss"], choices=["epoch_loss", "mean_loss"]
+    )
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench-accuracy")
@@ -86,7 +89,8 @@ def main() -> None:
             SynthConfig(n_songs=a.songs, excursion_fraction=noise),
             progress=False,
         )
-        for task, length, scope in itertools.product(a.tasks, a.lengths, a.gmm_scopes):
+        grid = itertools.product(a.tasks, a.lengths, a.gmm_scopes, a.selections)
+        for task, length, scope, selection in grid:
             fields = {
                 "songs": a.songs,
                 "folds": a.folds,
@@ -96,25 +100,28 @@ def main() -> None:
                 "task": task,
                 "L": length,
                 "gmm_scope": scope,
+                "selection": selection,
             }
-            # inherit never splits: run it once per cell; finished cells are kept (resumable).
+            # inherit never splits: run it once per cell, keyed as the paper's per-class split
+            # of this epoch's loss; finished cells are kept (resumable).
+            first = scope == a.gmm_scopes[0] and selection == a.selections[0]
             todo = [
                 m
                 for m in a.methods
-                if (m != "inherit" or scope == a.gmm_scopes[0])
-                and _key({**fields, "method": m}) not in results
+                if (m != "inherit" or first) and _key(_cell_fields(fields, m)) not in results
             ]
             base = SSSLConfig(
                 task=task,
                 segment_seconds=length,
                 gmm_scope=scope,
+                selection=selection,
                 n_folds=a.folds,
                 epochs=a.epochs,
                 warmup_epochs=a.warmup,
             )
-            cell_dir = lambda m, f=fields: out / _dir_name({**f, "method": m})  # noqa: E731
+            cell_dir = lambda m, f=fields: out / _dir_name(_cell_fields(f, m))  # noqa: E731
             for method, s, minutes in run_methods(base, shards, cell_dir, todo, workers=a.workers):
-                key = _key({**fields, "method": method})
+                key = _key(_cell_fields(fields, method))
                 cfg = with_overrides(base, {"method": method})
                 results[key] = {
                     "metrics": s["metrics"],
@@ -160,15 +167,16 @@ def write_summary(out: Path, results: dict) -> None:
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | GMM scope | method | test acc | test F1 | vote acc "
-        "| majority | seg acc (truth) | noise AUC | prec U | recall U | min X share | min |",
-        "|---" * 16 + "|",
+        "| noise | wrong | task | L | GMM scope | selection | method | test acc | test F1 "
+        "| vote acc | majority | seg acc (truth) | noise AUC | prec U | recall U | min X share "
+        "| min |",
+        "|---" * 17 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
             f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
-            f"{f['method']} | {_ms(m, 'test_acc')} | {_ms(m, 'test_f1')} | "
+            f"{f['selection']} | {f['method']} | {_ms(m, 'test_acc')} | {_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
             f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
             f"{_ms(m, 'noise_precision')} | {_ms(m, 'noise_recall')} | "
@@ -187,15 +195,18 @@ def write_summary(out: Path, results: dict) -> None:
         f = c["fields"]
         comparisons = []
         if f["method"] != "inherit":
-            comparisons.append(("inherit", _key(f, method="inherit", gmm_scope="per_class")))
+            comparisons.append(("inherit", _key(_cell_fields(f, "inherit"))))
         if f["gmm_scope"] == "global":
             comparisons.append(("per-class", _key(f, gmm_scope="per_class")))
+        if f["selection"] == "mean_loss":
+            comparisons.append(("epoch_loss", _key(f, selection="epoch_loss")))
         for name, base in comparisons:
             if base not in results:
                 continue
             d = _paired(results, base, key)
             lines.append(
-                f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} ({f['gmm_scope']}) "
+                f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} "
+                f"({f['gmm_scope']}, {f['selection']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -203,13 +214,13 @@ def write_summary(out: Path, results: dict) -> None:
         "",
         "## Noise detection by epoch (1-based, as in the progress lines; mean over folds)",
         "",
-        "| noise | task | L | GMM scope | method | epoch | clean fraction | noise AUC | prec U "
-        "| recall U |",
-        "|---" * 10 + "|",
+        "| noise | task | L | GMM scope | selection | method | epoch | clean fraction | noise AUC "
+        "| prec U | recall U |",
+        "|---" * 11 + "|",
     ]
     for c in cells.values():
         f = c["fields"]
-        cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "method"))
+        cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "selection", "method"))
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
             lines.append(f"| {cell} | {e + 1} | {values} |")
@@ -232,8 +243,9 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
     by_cell = lambda kv: (kv[1]["fields"]["task"], int(kv[1]["fields"]["L"]), kv[1]["wrong"])  # noqa: E731
     for key, c in sorted(cells.items(), key=by_cell):
         f = c["fields"]
-        base = _key(f, method="inherit")
-        if f["method"] != "sssl" or f["gmm_scope"] != "per_class" or base not in results:
+        base = _key(_cell_fields(f, "inherit"))
+        paper_like = f["gmm_scope"] == "per_class" and f["selection"] == "epoch_loss"
+        if f["method"] != "sssl" or not paper_like or base not in results:
             continue
         a, b = cells[base]["metrics"], c["metrics"]
         d = _paired(results, base, key)
@@ -372,13 +384,21 @@ def _series(cells: dict) -> dict:
 # A cell's identity: everything its numbers depend on (the worker count does not: the global
 # batch makes results independent of it). Keys and headers come from these fields, never from
 # the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
-KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope", "method")
+KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
+KEY_FIELDS += ("selection", "method")
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
 
 
 def _key(fields: dict, **change: str) -> str:
     f = {**fields, **change}
     return " ".join(f"{k}={f[k]}" for k in KEY_FIELDS)
+
+
+def _cell_fields(fields: dict, method: str) -> dict:
+    """A method's cell: inherit never splits, so it is keyed as per-class/epoch_loss always."""
+    if method == "inherit":
+        return {**fields, "method": method, "gmm_scope": "per_class", "selection": "epoch_loss"}
+    return {**fields, "method": method}
 
 
 def _dir_name(fields: dict) -> str:

@@ -26,8 +26,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     """The same per-epoch work as the trainer, in this process, without Ray or DDP."""
-    from sssl_dist.data import SegmentBatcher, SegmentTable
+    from sssl_dist.data import SegmentTable
     from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
+    from sssl_dist.method import LossMemory
     from sssl_dist.models import build_model
 
     torch.set_num_threads(cfg.torch_threads)
@@ -38,26 +39,13 @@ def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    w = Worker(
-        cfg=cfg,
-        rank=0,
-        world=1,
-        device=torch.device("cpu"),
-        table=table,
-        val_table=no_val,
-        batcher=SegmentBatcher(table, mels, fc),
-        val_batcher=SegmentBatcher(no_val, mels, fc),
-        model=model,
-        plain=model,
-        opt=opt,
-        fc=fc,
-    )
-    times, clean_mask = [], None
+    w = Worker.build(cfg, table, no_val, mels, fc, model, opt)
+    times, clean_mask, memory = [], None, LossMemory.empty(len(table))
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         if epoch >= cfg.warmup_epochs:
             pos, losses = loss_pass(w)
-            split, _ = fit_split(cfg, table, pos.numpy(), losses.numpy(), epoch)
+            split, _ = fit_split(cfg, table, pos.numpy(), losses.numpy(), epoch, memory)
             clean_mask = split.clean_mask
         train_epoch(w, clean_mask if epoch >= cfg.warmup_epochs else None, epoch)
         times.append(time.perf_counter() - t0)

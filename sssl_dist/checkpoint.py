@@ -27,6 +27,7 @@ import ray.train
 import torch
 
 from sssl_dist.config import SSSLConfig, save_config
+from sssl_dist.method import LossMemory
 
 STATE_FILE = "state.pt"
 FINAL_NAME = "final"
@@ -39,15 +40,22 @@ def epoch_dir_name(epoch: int) -> str:
 
 
 def training_state(
-    plain: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, clean_mask: np.ndarray | None
+    plain: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    clean_mask: np.ndarray | None,
+    memory: LossMemory,
 ) -> dict[str, Any]:
-    """What a checkpoint holds: tensors and plain values only (weights_only loadable)."""
+    """What a checkpoint holds: tensors and plain values only (weights_only loadable). The loss
+    memory is rank 0's (the `mean_loss` selection reads it; empty sums otherwise)."""
     return {
         "model": plain.state_dict(),
         "optimizer": opt.state_dict(),
         "epoch": epoch,
         "torch_rng": torch.get_rng_state(),
         "clean_mask": torch.from_numpy(clean_mask) if clean_mask is not None else torch.zeros(0),
+        "loss_sums": torch.from_numpy(memory.sums),
+        "loss_counts": torch.from_numpy(memory.counts),
     }
 
 

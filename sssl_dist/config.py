@@ -20,6 +20,7 @@ import yaml
 METHODS = ("inherit", "sssl-nokl", "sssl")
 TASKS = ("quadrant", "valence", "arousal")
 GMM_SCOPES = ("per_class", "global")
+SELECTIONS = ("epoch_loss", "mean_loss")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -71,6 +72,11 @@ class SSSLConfig:
     # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus
     # (issue 6); "global" is the paper's own split.
     gmm_scope: Literal["per_class", "global"] = "per_class"
+    # What the GMM is fitted on. "epoch_loss" is the paper's: this epoch's loss pass.
+    # "mean_loss" averages each segment's loss over the SSSL epochs so far (temporal averaging,
+    # as AUM does with margins), so one epoch in which the network memorises a wrong label does
+    # not pull that segment into X (issue 11). The paper's stays the default until measured.
+    selection: Literal["epoch_loss", "mean_loss"] = "epoch_loss"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
@@ -105,6 +111,7 @@ class SSSLConfig:
         _check_choice("method", self.method, METHODS)
         _check_choice("task", self.task, TASKS)
         _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
+        _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("backbone", self.backbone, BACKBONES)
         if not 1 <= self.segment_seconds <= 30:
             raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")

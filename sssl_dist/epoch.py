@@ -31,6 +31,7 @@ from sssl_dist.data import (
 )
 from sssl_dist.method import (
     DegenerateSplitWarning,
+    LossMemory,
     Split,
     normalise_losses,
     per_sample_ce,
@@ -57,6 +58,37 @@ class Worker:
     plain: torch.nn.Module  # the bare network inside it
     opt: torch.optim.Optimizer
     fc: FeatureConfig  # the shard set's features (for song-level segmenting)
+
+    @classmethod
+    def build(
+        cls,
+        cfg: SSSLConfig,
+        table: SegmentTable,
+        val_table: SegmentTable,
+        mels: dict[str, np.ndarray],
+        fc: FeatureConfig,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | None = None,
+    ) -> Worker:
+        """A rank's worker from its tables and mels; `model` may be a DDP wrapper."""
+        return cls(
+            cfg=cfg,
+            rank=rank,
+            world=world,
+            device=device or torch.device("cpu"),
+            table=table,
+            val_table=val_table,
+            batcher=SegmentBatcher(table, mels, fc),
+            val_batcher=SegmentBatcher(val_table, mels, fc),
+            model=model,
+            plain=model.module if hasattr(model, "module") else model,
+            opt=opt,
+            fc=fc,
+        )
 
     @property
     def block(self) -> tuple[int, int]:
@@ -105,9 +137,16 @@ def gathered_coverage(positions: np.ndarray, n: int) -> dict[str, int]:
 
 
 def fit_split(
-    cfg: SSSLConfig, table: SegmentTable, positions: np.ndarray, losses: np.ndarray, epoch: int
+    cfg: SSSLConfig,
+    table: SegmentTable,
+    positions: np.ndarray,
+    losses: np.ndarray,
+    epoch: int,
+    memory: LossMemory | None = None,
 ) -> tuple[Split, np.ndarray]:
-    """Step 3a (rank 0): order the gathered losses by position and fit the GMM split.
+    """Step 3a (rank 0): order the gathered losses by position and fit the GMM split on what
+    `cfg.selection` names: this epoch's losses (the paper), or their mean over the SSSL epochs
+    so far (`memory`, updated here). Returns the split and the vector the GMM saw [N].
 
     Raises if the positions do not cover the training set exactly once: a split fitted on a
     partial or duplicated loss vector would silently mislabel segments.
@@ -118,10 +157,15 @@ def fit_split(
             f"gathered segment positions do not cover the training set exactly once: {cover}"
         )
     order = np.argsort(positions)
+    signal = losses[order]
+    if cfg.selection == "mean_loss":
+        if memory is None:
+            raise ValueError("selection 'mean_loss' needs the loss memory of earlier epochs")
+        signal = memory.add(signal)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateSplitWarning)
         split = split_clean_noisy(
-            losses[order],
+            signal,
             table.label,
             num_classes=cfg.num_classes,
             tau=cfg.tau,
@@ -134,7 +178,7 @@ def fit_split(
         )
     for warning in caught:
         log.warning("epoch %d split: %s", epoch, warning.message)
-    return split, losses[order]
+    return split, signal
 
 
 def split_metrics(split: Split, table: SegmentTable, losses: np.ndarray) -> dict[str, Any]:

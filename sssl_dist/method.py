@@ -111,6 +111,33 @@ def fit_loss_gmm(
 
 
 @dataclass
+class LossMemory:
+    """Temporal averaging of per-sample losses over epochs (issue 11's "mean_loss" selection).
+
+    Our addition to the paper, after AUM (Pleiss et al. 2020, which averages margins over
+    epochs for the same reason): a network that starts to memorise a wrong label lowers that
+    segment's loss in one epoch, but not its mean over all epochs so far. NaN losses are
+    skipped, per sample, so one bad epoch does not poison the mean. sums, counts [N].
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> LossMemory:
+        return cls(np.zeros(n), np.zeros(n, dtype=np.int64))
+
+    def add(self, losses: np.ndarray) -> np.ndarray:
+        """Record this epoch's losses [N] and return the mean so far [N] (NaN where a sample
+        never had a finite loss)."""
+        finite = np.isfinite(losses)
+        self.sums[finite] += losses[finite]
+        self.counts[finite] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+
+
+@dataclass
 class Split:
     """The clean/noisy partition of one epoch: X = {w > τ}, U = the rest (§2.1.2)."""
 

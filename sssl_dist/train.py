@@ -49,7 +49,7 @@ from sssl_dist.collectives import (
     distributed,
 )
 from sssl_dist.config import SSSLConfig, from_dict
-from sssl_dist.data import SegmentBatcher, SegmentTable, ShardSet
+from sssl_dist.data import SegmentTable, ShardSet
 from sssl_dist.epoch import (
     Worker,
     fit_split,
@@ -60,6 +60,7 @@ from sssl_dist.epoch import (
     split_metrics,
     train_epoch,
 )
+from sssl_dist.method import LossMemory
 from sssl_dist.models import build_model
 from sssl_dist.song import song_level_results
 
@@ -89,6 +90,7 @@ class Progress:
     start_epoch: int = 0
     history: list[dict[str, Any]] | None = None
     clean_mask: np.ndarray | None = None
+    memory: LossMemory | None = None  # rank 0's per-segment loss sums (selection: mean_loss)
 
 
 def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
@@ -96,6 +98,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     w, mels, by_id = set_up_rank(loop)
     progress = restore(w, loop)
     history, clean_mask = progress.history or [], progress.clean_mask
+    memory = progress.memory or LossMemory.empty(len(w.table))
     cfg = w.cfg
     for epoch in range(progress.start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + w.rank)  # dropout; resumable
@@ -103,7 +106,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "fold": loop.fold, "n_train": len(w.table)}
         sssl_epoch = cfg.method != "inherit" and epoch >= cfg.warmup_epochs
         if sssl_epoch:  # steps 1-3
-            clean_mask = split_epoch(w, loop, epoch, metrics)
+            clean_mask = split_epoch(w, loop, epoch, metrics, memory)
         t_train = time.perf_counter()
         metrics.update(train_epoch(w, clean_mask if sssl_epoch else None, epoch))  # step 4
         t_val = time.perf_counter()
@@ -113,14 +116,14 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         history.append(metrics)
         _log_epoch(loop, metrics)
         save_checkpoint(
-            training_state(w.plain, w.opt, epoch, clean_mask),
+            training_state(w.plain, w.opt, epoch, clean_mask, memory),
             {"history.json": history},
             cfg,
             _scalars(metrics),
             epoch_dir_name(epoch),
             loop.local,
         )
-    finish_fold(w, loop, mels, by_id, history, clean_mask)
+    finish_fold(w, loop, mels, by_id, history, clean_mask, memory)
 
 
 def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[str, dict]]:
@@ -143,9 +146,9 @@ def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[s
     mels = shards.load_mels({s for ids in loop.fold_ids.values() for s in ids})
     fc = shards.feature_config
 
-    plain = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    model = ray.train.torch.prepare_model(plain)  # moves to device; DDP when world > 1
-    plain = model.module if hasattr(model, "module") else model
+    model = ray.train.torch.prepare_model(  # moves to device; DDP when world > 1
+        build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    )
     opt = (
         torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adam"
@@ -153,19 +156,8 @@ def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[s
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     )
-    worker = Worker(
-        cfg=cfg,
-        rank=rank,
-        world=world,
-        device=device,
-        table=table,
-        val_table=val_table,
-        batcher=SegmentBatcher(table, mels, fc),
-        val_batcher=SegmentBatcher(val_table, mels, fc),
-        model=model,
-        plain=plain,
-        opt=opt,
-        fc=fc,
+    worker = Worker.build(
+        cfg, table, val_table, mels, fc, model, opt, rank=rank, world=world, device=device
     )
     return worker, mels, by_id
 
@@ -188,11 +180,15 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
         start_epoch=int(state["epoch"]) + 1,
         history=json.loads(Path(found, "history.json").read_text()),
         clean_mask=mask.numpy() if mask.numel() else None,
+        memory=LossMemory(state["loss_sums"].numpy(), state["loss_counts"].numpy()),
     )
 
 
-def split_epoch(w: Worker, loop: LoopConfig, epoch: int, metrics: dict[str, Any]) -> np.ndarray:
-    """Steps 1-3: this epoch's clean mask [N] (X = True), the same on every rank."""
+def split_epoch(
+    w: Worker, loop: LoopConfig, epoch: int, metrics: dict[str, Any], memory: LossMemory
+) -> np.ndarray:
+    """Steps 1-3: this epoch's clean mask [N] (X = True), the same on every rank. `memory` is
+    rank 0's per-segment loss history (what the `mean_loss` selection fits on)."""
     t0 = time.perf_counter()
     # 1. loss pass over this rank's block (eval mode, Eq. 2)
     positions, losses = loss_pass(w)
@@ -212,7 +208,7 @@ def split_epoch(w: Worker, loop: LoopConfig, epoch: int, metrics: dict[str, Any]
         try:
             if loop.fault == "gmm":
                 raise RuntimeError("injected fault in the GMM step (test)")
-            split, ordered = fit_split(w.cfg, w.table, all_pos, all_losses, epoch)
+            split, ordered = fit_split(w.cfg, w.table, all_pos, all_losses, epoch, memory)
             clean_prob = split.clean_prob
             metrics.update(split_metrics(split, w.table, ordered))
             metrics["gathered"] = {"per_rank": sent, **gathered_coverage(all_pos, len(w.table))}
@@ -241,6 +237,7 @@ def finish_fold(
     by_id: dict[str, dict],
     history: list[dict[str, Any]],
     clean_mask: np.ndarray | None,
+    memory: LossMemory,
 ) -> None:
     """Segment probabilities for every song of the fold (shared by all ranks), then Eq. 10 +
     SVM on rank 0, reported with the final checkpoint."""
@@ -257,7 +254,7 @@ def finish_fold(
             last = history[-1]
             final.update({k: v for k, v in last.items() if k.startswith(("val_seg", "noise_"))})
     save_checkpoint(
-        training_state(w.plain, w.opt, cfg.epochs - 1, clean_mask),
+        training_state(w.plain, w.opt, cfg.epochs - 1, clean_mask, memory),
         {
             "history.json": history,
             "result.json": final,

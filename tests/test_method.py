@@ -256,3 +256,27 @@ def test_paired_difference_over_shared_folds():
     assert d["t"] == pytest.approx(0.1 / (0.1 / np.sqrt(3)))
     assert pct_mean_std({"x": {"mean": 0.61, "std": 0.089}}, "x") == "61.0 ± 8.9"
     assert pct_mean_std({}, "x") == "—"
+
+
+def test_mean_loss_selection_survives_memorisation():
+    """Planted memorisation: the noisy samples' losses start high and fall towards the clean
+    ones epoch by epoch, as when a network learns the wrong labels. This epoch's loss (the
+    paper's selection) then loses the noisy samples; their mean over epochs keeps them."""
+    from sssl_dist.method import LossMemory
+
+    rng = np.random.default_rng(0)
+    n, noisy = 3000, np.arange(3000) < 900
+    memory = LossMemory.empty(n)
+    auc_epoch, auc_mean = [], []
+    for t in range(7):
+        losses = rng.normal(0.3, 0.1, n).clip(0.01)
+        losses[noisy] = rng.normal(2.0 * 0.5**t + 0.3, 0.15, noisy.sum()).clip(0.01)
+        losses[5] = np.nan  # a sample whose loss could not be computed this epoch
+        mean = memory.add(losses)
+        for signal, aucs in ((losses, auc_epoch), (mean, auc_mean)):
+            split = split_clean_noisy(signal, np.zeros(n, int), num_classes=1, tau=0.5)
+            aucs.append(roc_auc_score(noisy, 1 - split.clean_prob))
+    assert auc_epoch[0] > 0.99 and auc_mean[0] > 0.99  # the first epoch: the same vector
+    assert auc_epoch[-1] < 0.8 < 0.97 < auc_mean[-1], (auc_epoch, auc_mean)
+    assert memory.counts[5] == 0 and np.isnan(mean[5]) and memory.counts[6] == 7
+    np.testing.assert_allclose(mean[6], memory.sums[6] / 7)

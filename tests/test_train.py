@@ -194,10 +194,11 @@ def _complete_checkpoints(run_dir: Path) -> list[int]:
 def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_path, ray_session):
     """A worker is SIGKILLed the moment the first checkpoint is complete on disk: before the
     Train controller has polled it (every 2 s), so Ray's own get_checkpoint() does not know it
-    yet. The restart must still resume from it (issue 13: it restarted from scratch)."""
+    yet. The restart must still resume from it (issue 13: it restarted from scratch). With the
+    `mean_loss` selection, rank 0's loss memory must survive the restart too."""
     from dataclasses import replace
 
-    cfg = replace(CFG, epochs=5, max_failures=2)
+    cfg = replace(CFG, epochs=5, max_failures=2, selection="mean_loss")
     run_dir = tmp_path / "kill"
     progress = run_dir / PROGRESS_FILE
     killed: list[int] = []
@@ -226,6 +227,9 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     first_after_kill = epochs[restarts[0]] if restarts else epochs[-1]
     assert first_after_kill >= killed[0] + 1, f"did not resume after epoch {killed[0]}: {epochs}"
     assert run.result["test_songs"] == len(run.fold_ids["test"])
+    # Every segment's loss was averaged over exactly the SSSL epochs: none lost, none twice.
+    counts = load_state(run.checkpoint_dir)["loss_counts"].numpy()
+    assert (counts == cfg.epochs - cfg.warmup_epochs).all(), np.unique(counts)
 
 
 def test_rank0_failure_in_the_gmm_step_ends_the_run_promptly(shard_dir, tmp_path, ray_session):
