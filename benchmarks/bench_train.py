@@ -44,8 +44,8 @@ def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         if epoch >= cfg.warmup_epochs:
-            pos, losses = loss_pass(w)
-            split, _ = fit_split(cfg, table, pos.numpy(), losses.numpy(), epoch, memory)
+            losses = loss_pass(w)
+            split, _ = fit_split(cfg, table, losses.numpy(), [len(table)], epoch, memory)
             clean_mask = split.clean_mask
         train_epoch(w, clean_mask if epoch >= cfg.warmup_epochs else None, epoch)
         times.append(time.perf_counter() - t0)

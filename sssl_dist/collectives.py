@@ -29,30 +29,35 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_gather_losses(
-    positions: torch.Tensor, losses: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Step 2: every rank's (positions [n_r], losses [n_r]) -> the full vectors on every rank,
-    plus the number of losses each rank sent (what the exact-once check and its test read).
+def gather_losses(losses: torch.Tensor) -> tuple[np.ndarray | None, list[int]]:
+    """Step 2: every rank's block of losses [n_r], in position order, to rank 0 only.
 
-    Blocks differ in size by at most one, so each rank pads to the largest and the padding is
-    cut off with the gathered sizes.
+    Rank 0 gets the full vector [N] (float32) and the number each rank sent; other ranks get
+    None. Positions do not travel: ranks own contiguous blocks in rank order, so rank 0 puts
+    the blocks end to end, after checking each rank sent exactly its block (`fit_split`).
+    Losses travel as float16 (2 bytes, not 16 with float64 positions): the GMM fits
+    min-max-normalised losses, where float16's 3 significant digits are plenty. Blocks differ
+    by at most one, so each rank pads to the largest and rank 0 cuts the padding off.
     """
     if not distributed():
-        return positions.numpy(), losses.numpy(), [positions.numel()]
-    world, dev = dist.get_world_size(), comm_device()
-    size = torch.tensor([positions.numel()], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    packed = torch.zeros(max(counts), 2, dtype=torch.float64)
-    packed[: positions.numel(), 0] = positions.double()  # exact for positions < 2^53
-    packed[: positions.numel(), 1] = losses.double()
+        return losses.float().numpy(), [losses.numel()]
+    world, rank, dev = dist.get_world_size(), dist.get_rank(), comm_device()
+    size = torch.tensor([losses.numel()], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(size) for _ in range(world)] if rank == 0 else None
+    dist.gather(size, sizes, dst=0)
+    # The padded length must be the same on every rank: one more tiny collective to agree.
+    longest = size.clone()
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    packed = torch.zeros(int(longest.item()), dtype=torch.float16)
+    packed[: losses.numel()] = losses.to(torch.float16)
     packed = packed.to(dev)
-    gathered = [torch.zeros_like(packed) for _ in range(world)]
-    dist.all_gather(gathered, packed)
-    full = torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)]).cpu()
-    return full[:, 0].long().numpy(), full[:, 1].float().numpy(), counts
+    parts = [torch.zeros_like(packed) for _ in range(world)] if rank == 0 else None
+    dist.gather(packed, parts, dst=0)
+    if rank != 0:
+        return None, []
+    counts = [int(s.item()) for s in sizes]
+    full = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).cpu()
+    return full.float().numpy(), counts
 
 
 def broadcast_status(error: str | None) -> None:
@@ -71,13 +76,18 @@ def broadcast_status(error: str | None) -> None:
         raise PeerFailure(f"rank 0 failed: {box[0]}")
 
 
-def broadcast_array(array: np.ndarray | None, n: int) -> np.ndarray:
-    """Step 3b: rank 0's float vector [n] to every rank (other ranks pass None)."""
-    buf = torch.from_numpy(array.astype(np.float32)) if array is not None else torch.zeros(n)
+def broadcast_mask(mask: np.ndarray | None, n: int) -> np.ndarray:
+    """Step 3b: rank 0's clean mask [n] (bool) to every rank (other ranks pass None). One byte
+    a segment: the other ranks need X/U, not the clean probabilities."""
+    buf = (
+        torch.from_numpy(mask.astype(np.uint8))
+        if mask is not None
+        else torch.zeros(n, dtype=torch.uint8)
+    )
     if distributed():
         buf = buf.to(comm_device())
         dist.broadcast(buf, src=0)
-    return buf.cpu().numpy()
+    return buf.cpu().numpy().astype(bool)
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

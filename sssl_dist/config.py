@@ -81,6 +81,9 @@ class SSSLConfig:
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
     gmm_reg_covar: float = 5e-4  # DivideMix
+    # Above this many losses EM runs on a strided subsample and the posteriors are computed for
+    # all (issue 12: the full fit took 13 s at 10^7). Our choice; below it nothing changes.
+    gmm_max_fit: int = 1_000_000
 
     # --- optimisation ----------------------------------------------------------------------
     warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice

@@ -15,6 +15,9 @@ import importlib.metadata
 import io
 import json
 import math
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from filelock import FileLock
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from sssl_dist.config import FeatureConfig
 from sssl_dist.records import task_label_of_quadrant
 
 MANIFEST_NAME = "manifest.json"
+MEL_CACHE = "mel_cache"  # folder beside the shards holding the memory-mapped mels
 
 
 def library_versions() -> dict[str, str]:
@@ -56,12 +61,13 @@ class ShardSet:
         )
 
     def digest(self) -> str:
-        """Short hash of what training reads from this shard set: song ids, durations, labels,
-        truth and the feature settings. Re-sharding other songs (or the same songs with other
+        """Short hash of what training reads from this shard set: song ids, durations, frames,
+        labels, truth, the feature settings and the shard files' sizes. Re-sharding other songs (or the same songs with other
         features) changes it, so a run is never resumed on different data."""
-        keys = ("song_id", "duration_s", "quadrant", "valence", "arousal", "truth")
+        keys = ("song_id", "duration_s", "frames", "quadrant", "valence", "arousal", "truth")
         songs = [{k: s.get(k) for k in keys} for s in self.songs]
-        blob = json.dumps([songs, self.manifest["feature_config"]], sort_keys=True).encode()
+        tars = sorted((sh["file"], sh.get("bytes")) for sh in self.manifest["shards"])
+        blob = json.dumps([songs, self.manifest["feature_config"], tars], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
@@ -69,16 +75,30 @@ class ShardSet:
         return all(s.get("truth") for s in self.songs)
 
     def load_mels(self, song_ids: set[str] | None = None) -> dict[str, np.ndarray]:
-        """song id -> float16 mel [n_mels, frames], opening only the shards that hold them."""
-        wanted = song_ids if song_ids is not None else {s["song_id"] for s in self.songs}
+        """song id -> float16 mel [n_mels, frames], read-only.
+
+        The arrays are views into this node's one memory-mapped copy of the shard set
+        (`mel_cache`): every rank and every concurrent fold on a node shares the same pages
+        through the OS page cache, so host memory does not grow with ranks or folds (issue 12).
+        """
+        store, index = self.mel_cache()
+        wanted = song_ids if song_ids is not None else set(index)
+        missing = wanted - set(index)
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
+            )
+        return {sid: store[:, index[sid][0] : index[sid][0] + index[sid][1]] for sid in wanted}
+
+    def read_tars(self, song_ids: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(song id, mel) for the wanted songs, opening only the shards that hold them."""
         urls = [
             str(self.root / sh["file"])
             for sh in self.manifest["shards"]
-            if wanted.intersection(sh["songs"])
+            if song_ids.intersection(sh["songs"])
         ]
-        mels: dict[str, np.ndarray] = {}
-        # We choose the shards per rank ourselves (only those holding this rank's songs), so
-        # WebDataset's own node/worker splitting is switched off (identity splitters).
+        # We choose the shards ourselves, so WebDataset's own node/worker splitting is switched
+        # off (identity splitters).
         dataset = wds.WebDataset(
             urls,
             shardshuffle=False,
@@ -88,14 +108,66 @@ class ShardSet:
         )
         for sample in dataset:
             meta = json.loads(sample["json"])
-            if meta["song_id"] in wanted:
-                mels[meta["song_id"]] = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
-        missing = wanted - set(mels)
+            if meta["song_id"] in song_ids:
+                yield meta["song_id"], np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+
+    def mel_cache(self) -> tuple[np.ndarray, dict[str, list[int]]]:
+        """(store [n_mels, all frames] float16, memory-mapped; {song id: [offset, frames]}).
+
+        Built once per shard set and node, on first use: the songs' mels end to end in one .npy
+        file next to the shards (or in the node's temp directory when the shard directory is
+        read-only), written under a file lock to a temporary name and renamed, so concurrent
+        ranks and trials build it once and never read half a file. Keyed by the shard-set
+        digest: re-sharding builds a new one.
+        """
+        folder = self._cache_folder()
+        store, index_path = folder / "mels.npy", folder / "index.json"
+        if not index_path.is_file():
+            with FileLock(str(folder / ".lock")):
+                if not index_path.is_file():
+                    self._build_mel_cache(store, index_path)
+        return np.load(store, mmap_mode="r"), json.loads(index_path.read_text())
+
+    def _cache_folder(self) -> Path:
+        for base in (self.root / MEL_CACHE, Path(tempfile.gettempdir()) / "sssl-mel-cache"):
+            folder = base / self.digest()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".probe-{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+                return folder
+            except OSError:
+                continue  # read-only shard directory: use the node's temp directory
+        raise OSError(f"no writable place for the mel cache of {self.root}")
+
+    def _build_mel_cache(self, store: Path, index_path: Path) -> None:
+        n_mels = self.feature_config.n_mels
+        index, offset = {}, 0
+        for song in self.songs:
+            index[song["song_id"]] = [offset, int(song["frames"])]
+            offset += int(song["frames"])
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_mels, offset))
+        seen = set()
+        for sid, mel in self.read_tars(set(index)):
+            lo, n = index[sid]
+            if mel.shape != (n_mels, n):
+                raise RuntimeError(f"{sid}: mel shape {mel.shape} != manifest ({n_mels}, {n})")
+            out[:, lo : lo + n] = mel
+            seen.add(sid)
+        out.flush()
+        del out
+        missing = set(index) - seen
         if missing:
+            tmp.unlink()
             raise RuntimeError(
                 f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
             )
-        return mels
+        os.replace(tmp, store)
+        tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)  # written last: its presence means the cache is whole
 
 
 def _all_urls(urls):

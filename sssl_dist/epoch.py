@@ -108,56 +108,49 @@ class Worker:
 
 
 @torch.no_grad()
-def loss_pass(w: Worker) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 1: eval-mode per-sample CE (Eq. 2) for this rank's block, each position once."""
+def loss_pass(w: Worker) -> torch.Tensor:
+    """Step 1: eval-mode per-sample CE (Eq. 2) for this rank's block [lo, hi), each position
+    once and in position order (the gather relies on that order)."""
     w.plain.eval()
-    positions, losses = [], []
+    losses = []
     lo, hi = w.block
     for idx in loss_pass_batches(lo, hi, w.eval_batch):
         with w.autocast():
             logits = w.plain(w.batcher.inputs(idx).to(w.device)).float()
         losses.append(per_sample_ce(logits, w.batcher.labels(idx).to(w.device)).cpu())
-        positions.append(torch.from_numpy(idx))
-    return torch.cat(positions), torch.cat(losses)
+    return torch.cat(losses) if losses else torch.zeros(0)
 
 
-def gathered_coverage(positions: np.ndarray, n: int) -> dict[str, int]:
-    """How the gathered positions cover 0..n-1: counts that the exact-once check rests on.
-
-    exact once <=> gathered == unique == n and missing == 0.
-    """
-    valid = positions[(positions >= 0) & (positions < n)]
-    unique = np.unique(valid)
-    return {
-        "gathered": int(positions.size),
-        "unique": int(unique.size),
-        "missing": int(n - unique.size),
-        "out_of_range": int(positions.size - valid.size),
-    }
+def gather_coverage(sent: list[int], n: int) -> dict[str, Any]:
+    """How the gathered blocks cover positions 0..n-1: what each rank sent against the block
+    it owns. Exact once <=> per_rank == expected (then gathered == n)."""
+    world = len(sent)
+    expected = [hi - lo for lo, hi in (rank_block(n, r, world) for r in range(world))]
+    return {"per_rank": sent, "expected": expected, "gathered": int(sum(sent)), "n": n}
 
 
 def fit_split(
     cfg: SSSLConfig,
     table: SegmentTable,
-    positions: np.ndarray,
     losses: np.ndarray,
+    sent: list[int],
     epoch: int,
     memory: LossMemory | None = None,
 ) -> tuple[Split, np.ndarray]:
-    """Step 3a (rank 0): order the gathered losses by position and fit the GMM split on what
-    `cfg.selection` names: this epoch's losses (the paper), or their mean over the SSSL epochs
-    so far (`memory`, updated here). Returns the split and the vector the GMM saw [N].
+    """Step 3a (rank 0): fit the GMM split on what `cfg.selection` names: this epoch's losses
+    [N] in position order (the paper), or their mean over the SSSL epochs so far (`memory`,
+    updated here). `sent` is what each rank contributed. Returns the split and the vector the
+    GMM saw [N].
 
-    Raises if the positions do not cover the training set exactly once: a split fitted on a
-    partial or duplicated loss vector would silently mislabel segments.
+    Raises unless every rank sent exactly its own block: a split fitted on a partial or
+    shifted loss vector would silently mislabel segments.
     """
-    cover = gathered_coverage(positions, len(table))
-    if not cover["gathered"] == cover["unique"] == len(table):
+    cover = gather_coverage(sent, len(table))
+    if cover["per_rank"] != cover["expected"] or losses.size != len(table):
         raise RuntimeError(
-            f"gathered segment positions do not cover the training set exactly once: {cover}"
+            f"the gathered losses do not cover the training set exactly once: {cover}"
         )
-    order = np.argsort(positions)
-    signal = losses[order]
+    signal = np.asarray(losses, dtype=np.float64)
     if cfg.selection == "mean_loss":
         if memory is None:
             raise ValueError("selection 'mean_loss' needs the loss memory of earlier epochs")
@@ -174,6 +167,7 @@ def fit_split(
             max_iter=cfg.gmm_max_iter,
             tol=cfg.gmm_tol,
             reg_covar=cfg.gmm_reg_covar,
+            max_fit=cfg.gmm_max_fit,
             seed=cfg.seed + epoch,
         )
     for warning in caught:

@@ -5,13 +5,13 @@
   -> finish the fold.
 Splitting an SSSL epoch (after warm-up; never for `inherit`) is:
   1. loss pass: eval mode, per-sample CE (Eq. 2) of every training segment of this rank's block;
-  2. all-gather (segment position, loss) so the full loss vector exists, each segment once;
-  3. one GMM fit on rank 0; rank 0 broadcasts ok/error first, then the clean probabilities;
+  2. gather every rank's block of losses to rank 0 (float16; positions follow from the blocks);
+  3. one GMM fit on rank 0; rank 0 broadcasts ok/error first, then the clean mask;
 and training the epoch is
   4. the SSSL step (Eq. 4-9) under DDP: one global permutation per epoch, each rank taking its
      share of every global batch, so all ranks take the same number of steps.
 
-Why rank 0 and not an actor owned by the driver: after the all-gather rank 0 already holds the
+Why rank 0 and not an actor owned by the driver: after the gather rank 0 already holds the
 vector, so the fit costs no extra transfer and the split is broadcast on the process group
 that is already open; a driver-side actor would add two object-store round trips per epoch and
 a second failure domain (issue 12 revisits this). The history of splits lives in rank 0's
@@ -42,18 +42,18 @@ from sssl_dist.checkpoint import (
     training_state,
 )
 from sssl_dist.collectives import (
-    all_gather_losses,
     all_gather_object,
-    broadcast_array,
+    broadcast_mask,
     broadcast_status,
     distributed,
+    gather_losses,
 )
 from sssl_dist.config import SSSLConfig, from_dict
 from sssl_dist.data import SegmentTable, ShardSet
 from sssl_dist.epoch import (
     Worker,
     fit_split,
-    gathered_coverage,
+    gather_coverage,
     loss_pass,
     segment_accuracy,
     song_probabilities,
@@ -190,35 +190,35 @@ def split_epoch(
     """Steps 1-3: this epoch's clean mask [N] (X = True), the same on every rank. `memory` is
     rank 0's per-segment loss history (what the `mean_loss` selection fits on)."""
     t0 = time.perf_counter()
-    # 1. loss pass over this rank's block (eval mode, Eq. 2)
-    positions, losses = loss_pass(w)
+    # 1. loss pass over this rank's block (eval mode, Eq. 2), in position order
+    losses = loss_pass(w)
     t1 = time.perf_counter()
     # Ranks whose blocks hold longer songs finish later: wait here, timed apart, so the gather's
     # own cost is not confused with that imbalance.
     if distributed():
         torch.distributed.barrier()
     t_wait = time.perf_counter()
-    # 2. all-gather (position, loss): the full loss vector, every segment once
-    all_pos, all_losses, sent = all_gather_losses(positions, losses)
+    # 2. gather the blocks to rank 0 only (float16, positions implied by the rank blocks)
+    all_losses, sent = gather_losses(losses)
     t_gather = time.perf_counter()
-    # 3. one GMM fit on rank 0; its ok/error status goes out before the weights, so a failure
+    # 3. one GMM fit on rank 0; its ok/error status goes out before the mask, so a failure
     #    here ends every rank at once instead of leaving them waiting in the broadcast.
-    clean_prob, error = None, None
+    mask, error = None, None
     if w.rank == 0:
         try:
             if loop.fault == "gmm":
                 raise RuntimeError("injected fault in the GMM step (test)")
-            split, ordered = fit_split(w.cfg, w.table, all_pos, all_losses, epoch, memory)
-            clean_prob = split.clean_prob
-            metrics.update(split_metrics(split, w.table, ordered))
-            metrics["gathered"] = {"per_rank": sent, **gathered_coverage(all_pos, len(w.table))}
+            split, signal = fit_split(w.cfg, w.table, all_losses, sent, epoch, memory)
+            mask = split.clean_mask
+            metrics.update(split_metrics(split, w.table, signal))
+            metrics["gathered"] = gather_coverage(sent, len(w.table))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             broadcast_status(error)
             raise
     broadcast_status(error)
     t_gmm = time.perf_counter()
-    clean_mask = broadcast_array(clean_prob, len(w.table)) > w.cfg.tau
+    clean_mask = broadcast_mask(mask, len(w.table))
     t2 = time.perf_counter()
     metrics.update(
         time_loss_pass=t1 - t0,

@@ -22,17 +22,17 @@ def _losses(n: int) -> np.ndarray:
 
 
 def _worker(rank: int, world: int, init: str, out: dict, fail_rank0: bool) -> None:
-    from sssl_dist.collectives import PeerFailure, all_gather_losses, broadcast_status
+    from sssl_dist.collectives import PeerFailure, broadcast_mask, broadcast_status, gather_losses
 
     dist.init_process_group(
         "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=60)
     )
     try:
         lo, hi = rank_block(N, rank, world)
-        pos, losses, sent = all_gather_losses(
-            torch.arange(lo, hi), torch.from_numpy(_losses(N)[lo:hi])
-        )
-        out[rank] = {"pos": pos.tolist(), "losses": losses.tolist(), "sent": sent}
+        losses, sent = gather_losses(torch.from_numpy(_losses(N)[lo:hi]))
+        out[rank] = {"losses": None if losses is None else losses.tolist(), "sent": sent}
+        mask = broadcast_mask(_losses(N) < 1.0 if rank == 0 else None, N)
+        out[f"mask{rank}"] = mask.tolist()
         try:
             broadcast_status("ValueError: boom" if fail_rank0 and rank == 0 else None)
             out[f"status{rank}"] = "ok"
@@ -55,19 +55,17 @@ def _run(tmp_path, fail_rank0: bool) -> dict:
 
 @pytest.mark.parametrize("fail_rank0", [False, True])
 def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_path, fail_rank0):
-    from sssl_dist.epoch import gathered_coverage
+    from sssl_dist.epoch import gather_coverage
 
     out = _run(tmp_path, fail_rank0)
-    for rank in (0, 1):
-        pos, losses = np.array(out[rank]["pos"]), np.array(out[rank]["losses"])
-        assert out[rank]["sent"] == [5, 6]  # the padding of the shorter block was cut off
-        assert gathered_coverage(pos, N) == {
-            "gathered": N,
-            "unique": N,
-            "missing": 0,
-            "out_of_range": 0,
-        }
-        np.testing.assert_allclose(losses[np.argsort(pos)], _losses(N), rtol=1e-6)
+    # Rank 0 alone receives the losses: each rank's block once, end to end, in position order.
+    assert out[1]["losses"] is None and out[1]["sent"] == []
+    assert out[0]["sent"] == [5, 6]  # the padding of the shorter block was cut off
+    cover = gather_coverage(out[0]["sent"], N)
+    assert cover["per_rank"] == cover["expected"] and cover["gathered"] == N
+    # float16 on the wire: 3 significant digits.
+    np.testing.assert_allclose(out[0]["losses"], _losses(N), rtol=1e-3)
+    assert out["mask0"] == out["mask1"] == (_losses(N) < 1.0).tolist()
     if fail_rank0:  # rank 1 learns of rank 0's failure instead of waiting for its data
         assert out["status1"] == "rank 0 failed: ValueError: boom" and out["status0"] == "ok"
     else:
@@ -77,17 +75,14 @@ def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_pat
 def test_fit_split_refuses_a_gather_that_is_not_exactly_once():
     from sssl_dist.config import SSSLConfig
     from sssl_dist.data import SegmentTable
-    from sssl_dist.epoch import fit_split, gathered_coverage
+    from sssl_dist.epoch import fit_split
 
     songs = [{"song_id": "a", "duration_s": 13.0, "quadrant": 1}]
     table = SegmentTable.build(songs, "quadrant", 3)
-    n = len(table)
-    duplicated = np.r_[np.arange(n - 1), 0]  # position 0 twice, the last one missing
-    assert gathered_coverage(duplicated, n) == {
-        "gathered": n,
-        "unique": n - 1,
-        "missing": 1,
-        "out_of_range": 0,
-    }
-    with pytest.raises(RuntimeError, match="exactly once"):
-        fit_split(SSSLConfig(), table, duplicated, _losses(n), epoch=0)
+    n = len(table)  # 11: blocks of 5 and 6 on two ranks
+    split, _ = fit_split(SSSLConfig(), table, _losses(n), [5, 6], epoch=0)
+    assert split.clean_mask.size == n
+    # Rank blocks in the wrong order, or a rank short of its block: refused.
+    for sent in ([6, 5], [5, 5], [11, 0]):
+        with pytest.raises(RuntimeError, match="exactly once"):
+            fit_split(SSSLConfig(), table, _losses(sum(sent)), sent, epoch=0)

@@ -280,3 +280,30 @@ def test_mean_loss_selection_survives_memorisation():
     assert auc_epoch[-1] < 0.8 < 0.97 < auc_mean[-1], (auc_epoch, auc_mean)
     assert memory.counts[5] == 0 and np.isnan(mean[5]) and memory.counts[6] == 7
     np.testing.assert_allclose(mean[6], memory.sums[6] / 7)
+
+
+def test_clean_posterior_is_the_gmm_posterior_and_subsampled_fits_agree():
+    """The numpy posterior equals scikit-learn's predict_proba; a fit on a strided subsample
+    (issue 12: above gmm_max_fit losses) gives nearly the same split as the full fit."""
+    from sklearn.mixture import GaussianMixture
+
+    from sssl_dist.method import clean_posterior
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0.2, 0.05, 7000), rng.normal(0.7, 0.1, 3000)])
+    gmm = GaussianMixture(2, random_state=0).fit(x.reshape(-1, 1))
+    order = np.argsort(gmm.means_.ravel())
+    ours = clean_posterior(
+        x, gmm.means_.ravel()[order], gmm.covariances_.ravel()[order], gmm.weights_[order]
+    )
+    np.testing.assert_allclose(ours, gmm.predict_proba(x.reshape(-1, 1))[:, order[0]], atol=1e-9)
+
+    labels = rng.integers(0, 4, x.size)
+    is_noisy = np.r_[np.zeros(7000), np.ones(3000)]
+    full = split_clean_noisy(x, labels, num_classes=4, tau=0.5)
+    sub = split_clean_noisy(x, labels, num_classes=4, tau=0.5, max_fit=1000)  # 250 per class
+    assert (full.clean_mask != sub.clean_mask).mean() < 0.01
+    assert roc_auc_score(is_noisy, 1 - sub.clean_prob) > 0.99
+    # Below the cap nothing is subsampled: the same split, bit for bit.
+    same = split_clean_noisy(x, labels, num_classes=4, tau=0.5, max_fit=x.size)
+    np.testing.assert_array_equal(same.clean_prob, full.clean_prob)

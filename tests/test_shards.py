@@ -372,3 +372,38 @@ def test_folds_by_song_stratified_no_leak():
         assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
         assert len(train) + len(val) + len(test) == 100
         assert np.bincount(labels[test], minlength=4).min() >= 2
+
+
+def _load_in_child(root: str, queue) -> None:
+    from sssl_dist.data import ShardSet
+
+    mels = ShardSet(root).load_mels()
+    first = sorted(mels)[0]
+    queue.put((mels[first].filename, float(np.asarray(mels[first], dtype=np.float64).sum())))
+
+
+def test_mels_are_one_memory_mapped_copy_per_node(shard_dir, tmp_path):
+    """Every rank and every concurrent fold on a node reads the same memory-mapped file, built
+    once even when two processes ask for it at the same moment (issue 12: one copy per node)."""
+    import multiprocessing as mp
+    import shutil
+
+    root = tmp_path / "shards"
+    shutil.copytree(shard_dir, root, ignore=shutil.ignore_patterns("mel_cache"))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_load_in_child, args=(str(root), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    seen = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert seen[0] == seen[1]  # the same file, the same values
+    files = [p for p in (root / "mel_cache").rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == [".lock", "index.json", "mels.npy"]  # no leftovers
+    ss = ShardSet(root)
+    mels = ss.load_mels()
+    assert {m.filename for m in mels.values()} == {seen[0][0]}
+    assert all(not m.flags.writeable for m in mels.values())  # read-only for every reader
+    for sid, mel in ss.read_tars(set(mels)):  # the copy is exactly the shards' content
+        np.testing.assert_array_equal(np.asarray(mels[sid]), mel)

@@ -73,13 +73,12 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
     assert len(sssl_epochs) == cfg.epochs - cfg.warmup_epochs == cfg.epochs
     blocks = [hi - lo for lo, hi in (rank_block(n_train, r, 2) for r in range(2))]
     for h in sssl_epochs:
-        # What rank 0 received: each rank's block size, every position once, none missing.
+        # What rank 0 received: each rank exactly its own block, every position once.
         assert h["gathered"] == {
             "per_rank": blocks,
+            "expected": blocks,
             "gathered": n_train,
-            "unique": n_train,
-            "missing": 0,
-            "out_of_range": 0,
+            "n": n_train,
         }
         assert h["n_train"] == n_train and h["n_clean"] + h["n_noisy"] == n_train
         assert "noise_auc" in h  # ground truth known: noise detection measured
@@ -128,7 +127,7 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     run = run_fold(cfg, ShardSet(shard_dir), 1, storage_path=tmp_path, name="local", workers=0)
     assert len(run.history) == cfg.epochs
     assert all(np.isfinite(h["l_mix"]) for h in run.history)
-    assert _epochs(run.history)[0]["gathered"]["missing"] == 0
+    assert _epochs(run.history)[0]["gathered"]["gathered"] == run.history[0]["n_train"]
     assert run.result["test_songs"] == len(run.fold_ids["test"])
 
 
@@ -299,7 +298,8 @@ assert len([n for n in ray.nodes() if n["Alive"]]) == 2
 cfg = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60)
 run = run_fold(cfg, ShardSet({str(shard_dir)!r}), 0, storage_path={str(tmp_path)!r}, name="2node",
                workers=2)
-print("RESULT", run.result["test_songs"], run.history[-1]["gathered"]["missing"] == 0)
+g = run.history[-1]["gathered"]
+print("RESULT", run.result["test_songs"], g["per_rank"] == g["expected"])
 ray.shutdown(); cluster.shutdown()
 """
     proc = _run_script(code)
