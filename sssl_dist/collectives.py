@@ -40,7 +40,8 @@ def gather_losses(losses: torch.Tensor) -> tuple[np.ndarray | None, list[int]]:
     by at most one, so each rank pads to the largest and rank 0 cuts the padding off.
     """
     if not distributed():
-        return losses.float().numpy(), [losses.numel()]
+        # The same float16 rounding as on the wire: the split must not depend on world size.
+        return losses.to(torch.float16).float().numpy(), [losses.numel()]
     world, rank, dev = dist.get_world_size(), dist.get_rank(), comm_device()
     size = torch.tensor([losses.numel()], dtype=torch.int64, device=dev)
     sizes = [torch.zeros_like(size) for _ in range(world)] if rank == 0 else None

@@ -62,8 +62,9 @@ class ShardSet:
 
     def digest(self) -> str:
         """Short hash of what training reads from this shard set: song ids, durations, frames,
-        labels, truth, the feature settings and the shard files' sizes. Re-sharding other songs (or the same songs with other
-        features) changes it, so a run is never resumed on different data."""
+        labels, truth, the feature settings and the shard files' sizes. Re-sharding other songs
+        (or the same songs with other features) changes it, so a run is never resumed on
+        different data."""
         keys = ("song_id", "duration_s", "frames", "quadrant", "valence", "arousal", "truth")
         songs = [{k: s.get(k) for k in keys} for s in self.songs]
         tars = sorted((sh["file"], sh.get("bytes")) for sh in self.manifest["shards"])
