@@ -205,6 +205,9 @@ def split_clean_noisy(
     """
     losses = np.asarray(losses, dtype=np.float64)
     labels = np.asarray(labels)
+    # One pass over the labels (10^7 at scale), not one per use.
+    members_of = [labels == k for k in range(num_classes)]
+    sizes = [int(m.sum()) for m in members_of]
     kw = dict(max_iter=max_iter, tol=tol, reg_covar=reg_covar, max_fit=max_fit, seed=seed)
     fits: dict[str, GmmFit] = {}
     if mode == "global":
@@ -212,24 +215,23 @@ def split_clean_noisy(
         w = fits["all"].clean_prob
     elif mode == "per_class":
         w, n = np.zeros_like(losses), max(losses.size, 1)
-        for k in range(num_classes):
-            members = labels == k
-            if members.any():
-                cap = None if max_fit is None else max(2, max_fit * int(members.sum()) // n)
+        for k, members in enumerate(members_of):
+            if sizes[k]:
+                cap = None if max_fit is None else max(2, max_fit * sizes[k] // n)
                 fits[f"class {k}"] = fit_loss_gmm(losses[members], **{**kw, "max_fit": cap})
                 w[members] = fits[f"class {k}"].clean_prob
     else:
         raise ValueError(f"unknown GMM scope {mode!r}")
 
     clean_mask = w > tau
-    counts = [int((clean_mask & (labels == k)).sum()) for k in range(num_classes)]
+    counts = [int(np.count_nonzero(clean_mask[m])) for m in members_of]
     notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
     n_x = int(clean_mask.sum())
     if n_x == 0:
         notes.append("X is empty: every sample is treated as noisy this epoch")
     elif n_x == clean_mask.size:
         notes.append("U is empty: every sample is treated as clean this epoch")
-    present = [k for k in range(num_classes) if (labels == k).any()]
+    present = [k for k in range(num_classes) if sizes[k]]
     if n_x:
         for k in present:
             if counts[k] / n_x < min_class_share:
