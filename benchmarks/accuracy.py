@@ -313,8 +313,8 @@ def _plot_accuracy_vs_noise(out: Path, cells: dict) -> None:
     if not series:
         return  # one noise level so far: nothing to draw against the wrong-label share
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, ((_task, _length, split, method), pts) in enumerate(sorted(series.items())):
-        pts.sort()
+    for i, ((_task, _length, scope, selection, method), pts) in enumerate(sorted(series.items())):
+        pts.sort(key=lambda p: p[0])  # by wrong-label share
         x = [100 * p[0] + 0.3 * i for p in pts]  # a small shift so error bars do not overlap
         for ax, k in zip(axes, ("test_acc", "val_seg_acc_truth"), strict=True):
             ax.errorbar(
@@ -323,7 +323,7 @@ def _plot_accuracy_vs_noise(out: Path, cells: dict) -> None:
                 yerr=[100 * p[1][k]["std"] for p in pts],
                 marker="o",
                 capsize=3,
-                label=f"{method} ({split})" if method != "inherit" else "inherit",
+                label=f"{method} ({scope}, {selection})" if method != "inherit" else "inherit",
             )
     for ax, title in zip(
         axes, ("song-level test accuracy", "segment accuracy vs truth"), strict=True
@@ -371,12 +371,12 @@ def _plot_noise_detection(out: Path, cells: dict) -> None:
 
 
 def _series(cells: dict) -> dict:
-    """(task, L, split, method) -> [(wrong share, metrics)] over noise levels, quadrant L=3."""
+    """(task, L, scope, selection, method) -> [(wrong share, metrics)], quadrant L=3."""
     series: dict = {}
     for c in cells.values():
         f = c["fields"]
         if f["task"] == "quadrant" and f["L"] == "3":
-            key = (f["task"], f["L"], f["gmm_scope"], f["method"])
+            key = (f["task"], f["L"], f["gmm_scope"], f["selection"], f["method"])
             series.setdefault(key, []).append((c["wrong"], c["metrics"]))
     return {k: v for k, v in series.items() if len(v) > 1}
 
