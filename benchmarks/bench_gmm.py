@@ -9,9 +9,13 @@
    what the loop did before: an all-gather of (float64 position, float64 loss) to every rank
    and a full fit.
 
+3. What the driver-side split service (`gmm_site: driver`, split_service.py) adds to the step:
+   the same fit, with its metrics, in this process against through the service actor (losses
+   in, mask and metrics back through Ray's object store).
+
 Input: a realistic two-mode loss vector (70 % clean), 4 classes.
 
-    python benchmarks/bench_gmm.py              # both parts, ~2 min on 2 cores
+    python benchmarks/bench_gmm.py              # all parts, ~3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -129,6 +133,45 @@ def distributed_step(n: int) -> dict[str, dict[str, float]]:
     return times
 
 
+def service_round_trip(n: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of the split with its metrics at n losses: in this process (gmm_site:
+    rank0) and through a SplitService actor (gmm_site: driver)."""
+    import ray
+
+    from sssl_dist.data import SegmentTable
+    from sssl_dist.epoch import fit_split_with_metrics
+    from sssl_dist.split_service import SplitService, start_split_service
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    rng = np.random.default_rng(0)
+    x, labels = losses(n, rng).astype(np.float16), rng.integers(0, 4, n)
+    table = SegmentTable(
+        song_ids=["s"], song_of=np.zeros(n, np.int64), start=np.arange(n), label=labels,
+        true_label=np.full(n, -1), length_s=3,
+    )  # fmt: skip
+    cfg = SSSLConfig()
+    times: dict[str, list[float]] = {"rank0": [], "driver": []}
+    local = SplitService(cfg, table)
+    actor, _ = start_split_service(cfg, table, "bench")
+    ray.get(actor.splits.remote())  # started
+    for epoch in range(repeats):
+        t0 = time.perf_counter()
+        fit_split_with_metrics(cfg, table, x, [n], epoch, local.memory)
+        times["rank0"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ray.get(actor.fit.remote(epoch, x, [n]))
+        times["driver"].append(time.perf_counter() - t0)
+    ray.kill(actor)
+    out = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"3. the split with its metrics at n = {n:.0e}: where the GMM is fitted")
+    print(
+        f"  rank 0 {out['rank0']:.2f} s, driver's split service {out['driver']:.2f} s "
+        f"(+{out['driver'] - out['rank0']:.2f} s for the object-store round trip)"
+    )
+    return out
+
+
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -137,3 +180,4 @@ if __name__ == "__main__":
     a = p.parse_args()
     fit_times(a.max_exp)
     distributed_step(a.step_n)
+    service_round_trip(a.step_n)

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,19 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
 
     bare = bare_epochs(cfg, shards, fold_ids)
     runs = {}
-    for workers in (1, 2):
+    # 1 and 2 workers with the default GMM site (the driver's split service); 2 workers again
+    # with the fit on rank 0, for the cost of the driver side.
+    for key, workers, site in ((1, 1, "driver"), (2, 2, "driver"), ("rank0", 2, "rank0")):
         t0 = time.perf_counter()
         run = run_fold(
-            cfg, shards, 0, storage_path=work / "ray", name=f"w{workers}", workers=workers
+            replace(cfg, gmm_site=site),
+            shards,
+            0,
+            storage_path=work / "ray",
+            name=f"w{workers}-{site}",
+            workers=workers,
         )
-        runs[workers] = (run.history, time.perf_counter() - t0)
+        runs[key] = (run.history, time.perf_counter() - t0)
     shutil.rmtree(work, ignore_errors=True)
 
     def sssl_epochs(history):  # epochs after warm-up, skipping the first (allocator warm-up)
@@ -93,6 +101,12 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
     fit_share = float(np.mean([h["time_gmm"] / h["time_epoch"] for h in sssl_epochs(h2)]))
     wait_share = float(np.mean([h["time_rank_wait"] / h["time_epoch"] for h in sssl_epochs(h2)]))
     fixed1 = fit1 - sum(h["time_epoch"] for h in h1)
+    # The driver side's cost: its gather + GMM + broadcast against rank 0's, per 2-worker epoch.
+    step = {
+        key: float(np.median([h["time_gather_gmm"] for h in sssl_epochs(runs[key][0])]))
+        for key in (2, "rank0")
+    }
+    driver_cost = (step[2] - step["rank0"]) / e2
     n_train = h1[0]["n_train"]
     print(
         f"Ray Train, {n_train} training segments, SmallCNN, {epochs} epochs "
@@ -107,6 +121,10 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         f"gather + GMM + broadcast {gmm_share:.1%} (GMM fit alone {fit_share:.1%}), "
         f"waiting for the slower rank before the gather {wait_share:.1%}"
     )
+    print(
+        f"  gather + GMM + broadcast: driver's split service {step[2] * 1e3:.0f} ms, rank 0 "
+        f"{step['rank0'] * 1e3:.0f} ms -> the driver side costs {driver_cost:+.1%} of an epoch"
+    )
     print(f"  fixed cost of one TorchTrainer.fit (start, final predict, shutdown): {fixed1:.1f} s")
     return {
         "bare_epoch_s": e_bare,
@@ -119,6 +137,7 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         "gmm_fit_share": fit_share,
         "rank_wait_share": wait_share,
         "fixed_fit_s": fixed1,
+        "driver_gmm_cost": driver_cost,
     }
 
 

@@ -21,6 +21,7 @@ METHODS = ("inherit", "sssl-nokl", "sssl")
 TASKS = ("quadrant", "valence", "arousal")
 GMM_SCOPES = ("per_class", "global")
 SELECTIONS = ("epoch_loss", "mean_loss")
+GMM_SITES = ("driver", "rank0")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -84,6 +85,10 @@ class SSSLConfig:
     # Above this many losses EM runs on a strided subsample and the posteriors are computed for
     # all (issue 12: the full fit took 13 s at 10^7). Our choice; below it nothing changes.
     gmm_max_fit: int = 1_000_000
+    # Where the GMM is fitted each SSSL epoch. "driver": a service the driver owns (the design
+    # card's "driver-side GMM"), which keeps the split history through worker restarts.
+    # "rank0": on rank 0 itself, with no object-store round trip. Same split either way.
+    gmm_site: Literal["driver", "rank0"] = "driver"
 
     # --- optimisation ----------------------------------------------------------------------
     warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice
@@ -115,6 +120,7 @@ class SSSLConfig:
         _check_choice("task", self.task, TASKS)
         _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
         _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("gmm_site", self.gmm_site, GMM_SITES)
         _check_choice("backbone", self.backbone, BACKBONES)
         if not 1 <= self.segment_seconds <= 30:
             raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")

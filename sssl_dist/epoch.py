@@ -175,6 +175,22 @@ def fit_split(
     return split, signal
 
 
+def fit_split_with_metrics(
+    cfg: SSSLConfig,
+    table: SegmentTable,
+    losses: np.ndarray,
+    sent: list[int],
+    epoch: int,
+    memory: LossMemory | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 3a wherever it runs (the driver's split service or rank 0): the clean mask [N] and
+    what the epoch reports about the split, the gather's coverage included."""
+    split, signal = fit_split(cfg, table, losses, sent, epoch, memory)
+    metrics = split_metrics(split, table, signal)
+    metrics["gathered"] = gather_coverage(sent, len(table))
+    return split.clean_mask, metrics
+
+
 def split_metrics(split: Split, table: SegmentTable, losses: np.ndarray) -> dict[str, Any]:
     """What each epoch reports about the split, including noise detection against truth."""
     m: dict[str, Any] = {

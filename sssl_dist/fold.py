@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from sssl_dist.config import SSSLConfig, config_digest, to_dict
 from sssl_dist.data import SegmentTable, ShardSet, fold_indices, segment_count
+from sssl_dist.split_service import start_split_service
 from sssl_dist.train import PROGRESS_FILE, LoopConfig, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class FoldRun:
     fold_ids: dict[str, list[str]]  # song ids of train / val / test
     checkpoint_dir: str  # a local copy of the final checkpoint ("" when read from a report)
     run_dir: str
+    # The driver's split service history, {epoch, n_clean} per SSSL epoch (gmm_site: driver).
+    splits: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def read(cls, directory: str | Path, checkpoint_dir: str = "", run_dir: str = "") -> FoldRun:
@@ -78,9 +81,9 @@ def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> dict[str, lis
 
 def check_fold(
     cfg: SSSLConfig, shards: ShardSet, fold_ids: dict[str, list[str]], workers: int
-) -> int:
+) -> SegmentTable:
     """Refuse, before any worker starts, what would otherwise fail (or hang) inside the run.
-    Returns the number of training segments.
+    Returns the fold's training segments.
 
     - a song shorter than L has no segment: it would vanish from the SVM and the test set;
     - fewer training segments than ranks would leave a rank with an empty loss-pass block.
@@ -100,11 +103,10 @@ def check_fold(
             f"of the song-level decision; use segment_seconds <= {int(short[0][0])}, or re-shard "
             "without them"
         )
-    n_train = len(
-        SegmentTable.build(
-            [by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
-        )
+    table = SegmentTable.build(
+        [by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
     )
+    n_train = len(table)
     ranks = max(workers, 1)
     if n_train < ranks:
         raise ValueError(
@@ -118,7 +120,7 @@ def check_fold(
             ranks,
             cfg.batch_size // ranks * ranks,
         )
-    return n_train
+    return table
 
 
 def run_fold(
@@ -142,8 +144,10 @@ def run_fold(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    import ray
+
     fold_ids = fold_song_ids(shards, cfg, fold)
-    check_fold(cfg, shards, fold_ids, workers)
+    table = check_fold(cfg, shards, fold_ids, workers)
     storage_path = (
         str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
     )
@@ -159,6 +163,11 @@ def run_fold(
         local=workers == 0,
         fault=fault,
     )
+    service = None
+    if cfg.gmm_site == "driver" and cfg.method != "inherit":
+        # Owned by this driver, so it outlives worker restarts (split_service.py).
+        service, service_name = start_split_service(cfg, table, name)
+        loop = replace(loop, split_service=service_name)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(loop),
@@ -178,14 +187,21 @@ def run_fold(
             callbacks=callbacks,
         ),
     )
-    result = _fit_with_progress(
-        trainer, Path(run_dir) / PROGRESS_FILE if tb_dir else None, on_epoch
-    )
+    try:
+        result = _fit_with_progress(
+            trainer, Path(run_dir) / PROGRESS_FILE if tb_dir else None, on_epoch
+        )
+        splits = ray.get(service.splits.remote()) if service else []
+    finally:
+        if service:
+            ray.kill(service)
     if result.error:
         raise result.error
     local = tempfile.mkdtemp(prefix="sssl-ckpt-")
     result.checkpoint.to_directory(local)
-    return FoldRun.read(local, checkpoint_dir=local, run_dir=run_dir)
+    run = FoldRun.read(local, checkpoint_dir=local, run_dir=run_dir)
+    run.splits = splits
+    return run
 
 
 def _fit_with_progress(trainer, progress: Path | None, on_epoch):

@@ -6,16 +6,15 @@
 Splitting an SSSL epoch (after warm-up; never for `inherit`) is:
   1. loss pass: eval mode, per-sample CE (Eq. 2) of every training segment of this rank's block;
   2. gather every rank's block of losses to rank 0 (float16; positions follow from the blocks);
-  3. one GMM fit on rank 0; rank 0 broadcasts ok/error first, then the clean mask;
+  3. one GMM fit, by the driver's split service (split_service.py; `gmm_site: driver`) or on
+     rank 0 (`gmm_site: rank0`); rank 0 broadcasts ok/error first, then the clean mask;
 and training the epoch is
   4. the SSSL step (Eq. 4-9) under DDP: one global permutation per epoch, each rank taking its
      share of every global batch, so all ranks take the same number of steps.
 
-Why rank 0 and not an actor owned by the driver: after the gather rank 0 already holds the
-vector, so the fit costs no extra transfer and the split is broadcast on the process group
-that is already open; a driver-side actor would add two object-store round trips per epoch and
-a second failure domain (issue 12 revisits this). The history of splits lives in rank 0's
-per-epoch reports and checkpoints.
+Either way the gather goes to rank 0 and the mask leaves from rank 0 on the process group that
+is already open; the driver side adds one object-store round trip per epoch (its measured cost
+is in BENCHMARKS.md) and keeps the split history where a worker failure cannot reach it.
 
 The driver side (`run_fold`) is in fold.py; the epoch pieces in epoch.py; collectives in
 collectives.py; checkpoint input/output in checkpoint.py.
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import ray.train
 import torch
 
@@ -52,17 +52,16 @@ from sssl_dist.config import SSSLConfig, from_dict
 from sssl_dist.data import SegmentTable, ShardSet
 from sssl_dist.epoch import (
     Worker,
-    fit_split,
-    gather_coverage,
+    fit_split_with_metrics,
     loss_pass,
     segment_accuracy,
     song_probabilities,
-    split_metrics,
     train_epoch,
 )
 from sssl_dist.method import LossMemory
 from sssl_dist.models import build_model
 from sssl_dist.song import song_level_results
+from sssl_dist.split_service import NAMESPACE
 
 PROGRESS_FILE = "progress.jsonl"
 
@@ -81,6 +80,9 @@ class LoopConfig:
     # Tests only: raise inside this step on rank 0 ("gmm"), to prove that a failure there
     # ends the run promptly instead of leaving the other ranks waiting.
     fault: str = ""
+    # The name of the fold's split service (namespace split_service.NAMESPACE); "" fits the GMM
+    # on rank 0.
+    split_service: str = ""
 
 
 @dataclass
@@ -99,6 +101,9 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     progress = restore(w, loop)
     history, clean_mask = progress.history or [], progress.clean_mask
     memory = progress.memory or LossMemory.empty(len(w.table))
+    if loop.split_service and w.rank == 0:
+        # The service may hold splits of epochs this (re)started run trains again.
+        ray.get(_service(loop).resume.remote(progress.start_epoch, progress.memory))
     cfg = w.cfg
     for epoch in range(progress.start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + w.rank)  # dropout; resumable
@@ -201,17 +206,15 @@ def split_epoch(
     # 2. gather the blocks to rank 0 only (float16, positions implied by the rank blocks)
     all_losses, sent = gather_losses(losses)
     t_gather = time.perf_counter()
-    # 3. one GMM fit on rank 0; its ok/error status goes out before the mask, so a failure
-    #    here ends every rank at once instead of leaving them waiting in the broadcast.
+    # 3. one GMM fit (driver's service or rank 0); rank 0's ok/error status goes out before the
+    #    mask, so a failure here ends every rank at once instead of leaving them waiting.
     mask, error = None, None
     if w.rank == 0:
         try:
             if loop.fault == "gmm":
                 raise RuntimeError("injected fault in the GMM step (test)")
-            split, signal = fit_split(w.cfg, w.table, all_losses, sent, epoch, memory)
-            mask = split.clean_mask
-            metrics.update(split_metrics(split, w.table, signal))
-            metrics["gathered"] = gather_coverage(sent, len(w.table))
+            mask, split_info = fit_at_site(w, loop, all_losses, sent, epoch, memory)
+            metrics.update(split_info)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             broadcast_status(error)
@@ -228,6 +231,28 @@ def split_epoch(
         time_gather_gmm=t2 - t_wait,  # gather + GMM fit + broadcast, without the wait
     )
     return clean_mask
+
+
+def fit_at_site(
+    w: Worker,
+    loop: LoopConfig,
+    losses: np.ndarray,
+    sent: list[int],
+    epoch: int,
+    memory: LossMemory,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step 3a on rank 0: the clean mask and split metrics, from the driver's split service or
+    fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
+    if not loop.split_service:
+        return fit_split_with_metrics(w.cfg, w.table, losses, sent, epoch, memory)
+    mask, metrics, kept = ray.get(_service(loop).fit.remote(epoch, losses, sent))
+    if kept is not None:
+        memory.sums[:], memory.counts[:] = kept.sums, kept.counts
+    return mask, metrics
+
+
+def _service(loop: LoopConfig):
+    return ray.get_actor(loop.split_service, namespace=NAMESPACE)
 
 
 def finish_fold(

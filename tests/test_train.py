@@ -86,6 +86,8 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
     # Every song of the fold is scored: none drops out of the song-level decision.
     assert run.result["test_songs"] == len(run.fold_ids["test"])
     assert run.result["val_songs"] == len(run.fold_ids["val"])
+    # The driver's split service fitted every SSSL epoch once, and ranks trained on its splits.
+    assert run.splits == [{"epoch": h["epoch"], "n_clean": h["n_clean"]} for h in sssl_epochs]
 
 
 def test_uneven_blocks_do_not_hang(two_worker_run):
@@ -106,9 +108,23 @@ def test_one_worker_matches_two_workers(two_worker_run, shard_dir, tmp_path, ray
     (tests/test_shards.py checks that exactly). After the first optimiser step the two runs
     drift apart through per-rank BatchNorm statistics (SyncBatchNorm refuses CPU tensors) and
     float summation order, so later epochs are not compared: on 24 barely trained songs that
-    drift moved the clean fraction by up to 0.2 (issue 13's note)."""
+    drift moved the clean fraction by up to 0.2 (issue 13's note).
+
+    The two runs also fit on different GMM sites (2 workers: the driver's split service, the
+    default; 1 worker: rank 0), so the first split being identical shows the sites agree."""
+    from dataclasses import replace
+
     run2, _, cfg, fold = two_worker_run
-    run1 = run_fold(cfg, ShardSet(shard_dir), fold, storage_path=tmp_path, name="w1", workers=1)
+    assert cfg.gmm_site == "driver" and run2.splits, "premise: the 2-worker run used the service"
+    run1 = run_fold(
+        replace(cfg, gmm_site="rank0"),
+        ShardSet(shard_dir),
+        fold,
+        storage_path=tmp_path,
+        name="w1",
+        workers=1,
+    )
+    assert run1.splits == []  # no service started
     h1, h2 = _epochs(run1.history), _epochs(run2.history)
     assert [h["n_train"] for h in h1] == [h["n_train"] for h in h2]
     assert [h["steps"] for h in run1.history] == [h["steps"] for h in run2.history]
@@ -194,7 +210,9 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     """A worker is SIGKILLed the moment the first checkpoint is complete on disk: before the
     Train controller has polled it (every 2 s), so Ray's own get_checkpoint() does not know it
     yet. The restart must still resume from it (issue 13: it restarted from scratch). With the
-    `mean_loss` selection, rank 0's loss memory must survive the restart too."""
+    `mean_loss` selection, the loss memory must survive the restart too, and the driver's split
+    service must keep its split history: every SSSL epoch exactly once, re-fitted epochs not
+    counted twice."""
     from dataclasses import replace
 
     cfg = replace(CFG, epochs=5, max_failures=2, selection="mean_loss")
@@ -229,6 +247,8 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     # Every segment's loss was averaged over exactly the SSSL epochs: none lost, none twice.
     counts = load_state(run.checkpoint_dir)["loss_counts"].numpy()
     assert (counts == cfg.epochs - cfg.warmup_epochs).all(), np.unique(counts)
+    assert [s["epoch"] for s in run.splits] == list(range(cfg.warmup_epochs, cfg.epochs))
+    assert [s["n_clean"] for s in run.splits] == [h["n_clean"] for h in _epochs(run.history)]
 
 
 def test_rank0_failure_in_the_gmm_step_ends_the_run_promptly(shard_dir, tmp_path, ray_session):
@@ -266,7 +286,7 @@ def test_fold_is_refused_before_launch_when_songs_are_too_short_or_ranks_too_man
         check_fold(too_long, shards, fold_ids, workers=2)
     with pytest.raises(ValueError, match="shorter than segment_seconds"):  # before any worker
         run_fold(too_long, shards, 0, storage_path="/nonexistent", name="x", workers=2)
-    n_train = check_fold(CFG, shards, fold_song_ids(shards, CFG, 0), workers=2)
+    n_train = len(check_fold(CFG, shards, fold_song_ids(shards, CFG, 0), workers=2))
     with pytest.raises(ValueError, match="every worker needs at least one"):
         check_fold(CFG, shards, fold_song_ids(shards, CFG, 0), workers=n_train + 1)
 
