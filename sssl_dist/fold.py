@@ -141,10 +141,9 @@ def run_fold(
 
     Re-running with the same (storage_path, name) resumes from the newest complete checkpoint.
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    import ray
 
     fold_ids = fold_song_ids(shards, cfg, fold)
     table = check_fold(cfg, shards, fold_ids, workers)
