@@ -34,6 +34,9 @@ HEADLINE = (
     "test_f1",
     "test_majority_acc",
     "test_vote_acc",
+    "test_brier",
+    "test_ece",
+    "test_feature_shift",
     "val_acc",
     "val_seg_acc_truth",
     "noise_auc",
@@ -230,7 +233,10 @@ def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -
         "",
         "test_* are song-level on the test fold (SVM on Eq. 10 features); "
         "test_majority_acc always answers the training folds' most frequent class; "
-        "test_vote_acc is the majority vote of segment decisions (Sarkar et al.).",
+        "test_vote_acc is the majority vote of segment decisions (Sarkar et al.). "
+        "test_brier and test_ece: calibration of the SVM's song probabilities (0 = perfect); "
+        "test_feature_shift: how far test songs' Eq. 10 features lie from the training songs' "
+        "(mean |mean difference| / training std), which the SVM never saw out of sample.",
         "",
         "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
     ]

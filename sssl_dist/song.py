@@ -127,6 +127,36 @@ def classification_metrics(
     }
 
 
+def brier_score(probs: np.ndarray, y: np.ndarray) -> float:
+    """Multi-class Brier score (Brier 1950): mean over songs of sum_k (p_k - [y = k])^2.
+    0 is perfect; always answering 1/K scores 1 - 1/K."""
+    onehot = np.eye(probs.shape[1])[y]
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class probability (Guo et al. 2017): the gap between confidence and
+    accuracy in 10 equal-width confidence bins, weighted by the share of songs in each bin."""
+    conf, hit = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(hit[which == b].mean() - conf[which == b].mean()) * np.mean(which == b)
+            for b in np.unique(which)
+        )
+    )
+
+
+def feature_shift(train: np.ndarray, other: np.ndarray) -> float:
+    """How far `other` songs' Eq. 10 features lie from the training songs' that the SVM learned
+    from: the mean over features of |mean difference| / training std (standardised mean
+    difference; 0 = same centre). In-sample segment predictions make training songs look more
+    confident than unseen ones (the stacking mismatch of issue 11)."""
+    std = train.std(axis=0)
+    keep = std > 1e-12
+    return float(np.mean(np.abs(train.mean(0) - other.mean(0))[keep] / std[keep]))
+
+
 def song_level_results(
     cfg, songs_by_id: dict[str, dict], probs: dict[str, list], fold_ids: dict[str, list[str]]
 ) -> dict[str, Any]:
@@ -155,12 +185,18 @@ def song_level_results(
         if not ids:
             continue
         y = np.array([labels[s] for s in ids])
-        pred = clf.predict(np.stack([feats[s] for s in ids]))
+        x = np.stack([feats[s] for s in ids])
+        pred = clf.predict(x)
+        p = clf.predict_proba(x, cfg.num_classes)
         vote = np.array([majority_vote(np.asarray(probs[s])) for s in ids])
         for name, m in classification_metrics(y, pred, cfg.num_classes, y_train).items():
             out[f"{part}_{name}"] = m
         vote_m = classification_metrics(y, vote, cfg.num_classes, y_train)
         out[f"{part}_vote_acc"], out[f"{part}_vote_f1"] = vote_m["acc"], vote_m["f1"]
+        # Do the song probabilities mean what they say (what `sssl predict` prints)?
+        out[f"{part}_brier"] = brier_score(p, y)
+        out[f"{part}_ece"] = expected_calibration_error(p, y)
+        out[f"{part}_feature_shift"] = feature_shift(clf.train_features, x)
         out[f"{part}_songs"] = len(ids)
         out[f"{part}_true"] = dict(zip(ids, y.tolist(), strict=True))  # for the confusion plot
         out[f"{part}_pred"] = dict(zip(ids, pred.tolist(), strict=True))

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.song import SongClassifier, majority_vote, song_features, song_level_results
+from sssl_dist.song import (
+    SongClassifier,
+    brier_score,
+    expected_calibration_error,
+    feature_shift,
+    majority_vote,
+    song_features,
+    song_level_results,
+)
 
 # 4 segments, 2 classes.
 PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
@@ -85,6 +93,23 @@ def test_song_level_results_score_every_song_and_refuse_empty_ones():
     assert out["test_songs"] == 6 and out["val_songs"] == 2
     assert out["test_acc"] == 1.0 and out["test_vote_acc"] == 1.0
     assert out["test_majority_acc"] == 0.5  # the training songs are balanced: class 0 answered
+    assert 0 <= out["test_brier"] < 0.5 and 0 <= out["test_ece"] <= 1
+    assert out["test_feature_shift"] >= 0
     probs["s20"] = []  # a song with no segment must not vanish from the test set silently
     with pytest.raises(ValueError, match="no segment"):
         song_level_results(cfg, songs, probs, ids)
+
+
+def test_calibration_and_feature_shift_by_hand():
+    y = np.array([0, 1, 1, 0])
+    sure_right = np.eye(2)[y]
+    assert brier_score(sure_right, y) == 0.0
+    assert brier_score(np.full((4, 2), 0.5), y) == pytest.approx(0.5)  # 1 - 1/K
+    # Always 90 % sure, right half the time: ECE = |0.5 - 0.9| = 0.4.
+    half = np.array([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    assert expected_calibration_error(half, np.array([0, 1, 1, 0])) == pytest.approx(0.4)
+    assert expected_calibration_error(sure_right, y) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (500, 3))
+    assert feature_shift(train, rng.normal(0, 1, (500, 3))) < 0.2
+    assert feature_shift(train, rng.normal(1, 1, (500, 3))) == pytest.approx(1.0, abs=0.2)
