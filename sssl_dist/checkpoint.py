@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,27 @@ FINAL_NAME = "final"
 _REQUIRED = (STATE_FILE, "history.json", "config.yaml")
 
 
+@dataclass
+class BestEpoch:
+    """The epoch with the highest validation segment accuracy so far, and a copy of its
+    weights (eval_epoch: best_val). Ties go to the later epoch, which has trained longer."""
+
+    epoch: int = -1
+    score: float = float("-inf")
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, score: float, model: torch.nn.Module) -> None:
+        if score >= self.score:
+            self.epoch, self.score = epoch, score
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BestEpoch:
+        if "best_model" not in state:
+            return cls()
+        return cls(int(state["best_epoch"]), float(state["best_score"]), state["best_model"])
+
+
 def epoch_dir_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
@@ -45,10 +67,15 @@ def training_state(
     epoch: int,
     clean_mask: np.ndarray | None,
     memory: LossMemory,
+    best: BestEpoch | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds: tensors and plain values only (weights_only loadable). The loss
-    memory is rank 0's (the `mean_loss` selection reads it; empty sums otherwise)."""
-    return {
+    memory is rank 0's (the `mean_loss` selection reads it; empty sums otherwise); `best` the
+    best validation epoch so far (eval_epoch: best_val)."""
+    kept = {}
+    if best is not None and best.state is not None:
+        kept = {"best_model": best.state, "best_epoch": best.epoch, "best_score": best.score}
+    return kept | {
         "model": plain.state_dict(),
         "optimizer": opt.state_dict(),
         "epoch": epoch,

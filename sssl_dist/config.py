@@ -22,6 +22,7 @@ TASKS = ("quadrant", "valence", "arousal")
 GMM_SCOPES = ("per_class", "global")
 SELECTIONS = ("epoch_loss", "mean_loss")
 GMM_SITES = ("driver", "rank0")
+EVAL_EPOCHS = ("last", "best_val")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -99,6 +100,12 @@ class SSSLConfig:
     weight_decay: float = 5e-4  # DivideMix
     momentum: float = 0.9  # used by SGD only
 
+    # Which epoch's network makes the fold's segment predictions, song decision and exported
+    # model. "last": the final epoch (the paper's, which is silent). "best_val": the epoch with
+    # the highest segment accuracy on the validation songs (inherited labels: no truth is used),
+    # because the network can get worse as it memorises wrong labels (issue 11).
+    eval_epoch: Literal["last", "best_val"] = "last"
+
     # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
     theta: float = 0.5  # θ of f7 in Eq. 10; paper: "low sensitivity ... empirical"; our choice
     svm_c: float = 1.0  # scikit-learn default
@@ -121,6 +128,7 @@ class SSSLConfig:
         _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("gmm_site", self.gmm_site, GMM_SITES)
+        _check_choice("eval_epoch", self.eval_epoch, EVAL_EPOCHS)
         _check_choice("backbone", self.backbone, BACKBONES)
         if not 1 <= self.segment_seconds <= 30:
             raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")

@@ -118,7 +118,9 @@ def run_cv(
     summary["exported_model"] = {
         "path": "model.sssl",
         "fold": best,
-        "why": "the fold with the best validation-song accuracy",
+        "epoch": runs[best].result.get("evaluated_epoch"),
+        "why": "the fold with the best validation-song accuracy, at the epoch its eval_epoch "
+        "setting chose",
     }
     write_report(out, cfg, summary, runs, _truth(shards))
     return summary

@@ -35,6 +35,7 @@ import torch
 
 from sssl_dist.checkpoint import (
     FINAL_NAME,
+    BestEpoch,
     epoch_dir_name,
     load_state,
     newest_persisted,
@@ -93,6 +94,7 @@ class Progress:
     history: list[dict[str, Any]] | None = None
     clean_mask: np.ndarray | None = None
     memory: LossMemory | None = None  # rank 0's per-segment loss sums (selection: mean_loss)
+    best: BestEpoch | None = None  # the best validation epoch so far (eval_epoch: best_val)
 
 
 def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
@@ -101,6 +103,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     progress = restore(w, loop)
     history, clean_mask = progress.history or [], progress.clean_mask
     memory = progress.memory or LossMemory.empty(len(w.table))
+    best = progress.best or BestEpoch()
     if loop.split_service and w.rank == 0:
         # The service may hold splits of epochs this (re)started run trains again.
         ray.get(_service(loop).resume.remote(progress.start_epoch, progress.memory))
@@ -117,18 +120,20 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         t_val = time.perf_counter()
         if len(w.val_table):
             metrics.update(segment_accuracy(w))
+            if cfg.eval_epoch == "best_val":
+                best.offer(epoch, metrics["val_seg_acc"], w.plain)
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _log_epoch(loop, metrics)
         save_checkpoint(
-            training_state(w.plain, w.opt, epoch, clean_mask, memory),
+            training_state(w.plain, w.opt, epoch, clean_mask, memory, best),
             {"history.json": history},
             cfg,
             _scalars(metrics),
             epoch_dir_name(epoch),
             loop.local,
         )
-    finish_fold(w, loop, mels, by_id, history, clean_mask, memory)
+    finish_fold(w, loop, mels, by_id, history, clean_mask, memory, best)
 
 
 def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[str, dict]]:
@@ -186,6 +191,7 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
         history=json.loads(Path(found, "history.json").read_text()),
         clean_mask=mask.numpy() if mask.numel() else None,
         memory=LossMemory(state["loss_sums"].numpy(), state["loss_counts"].numpy()),
+        best=BestEpoch.from_state(state),
     )
 
 
@@ -263,23 +269,36 @@ def finish_fold(
     history: list[dict[str, Any]],
     clean_mask: np.ndarray | None,
     memory: LossMemory,
+    best: BestEpoch,
 ) -> None:
     """Segment probabilities for every song of the fold (shared by all ranks), then Eq. 10 +
-    SVM on rank 0, reported with the final checkpoint."""
+    SVM on rank 0, reported with the final checkpoint. The network is the last epoch's, or
+    with `eval_epoch: best_val` the best validation epoch's (then also the exported one)."""
     cfg = w.cfg
+    evaluated = cfg.epochs - 1
+    if cfg.eval_epoch == "best_val" and best.state is not None:
+        w.plain.load_state_dict(best.state)
+        evaluated = best.epoch
     all_ids = sorted(s for ids in loop.fold_ids.values() for s in ids)
     mine = all_ids[w.rank :: w.world]
     probs: dict[str, list] = {}
     for part in all_gather_object(song_probabilities(w, mels, by_id, mine)):
         probs.update(part)
-    final: dict[str, Any] = {"epoch": cfg.epochs, "fold": loop.fold, "final": True}
+    final: dict[str, Any] = {
+        "epoch": cfg.epochs,
+        "fold": loop.fold,
+        "final": True,
+        "evaluated_epoch": evaluated,
+    }
     if w.rank == 0:
         final.update(song_level_results(cfg, by_id, probs, loop.fold_ids))
         if history:
-            last = history[-1]
-            final.update({k: v for k, v in last.items() if k.startswith(("val_seg", "noise_"))})
+            # Segment figures of the evaluated epoch; the split's (noise_*) of the last one.
+            chosen = next(h for h in history if h["epoch"] == evaluated)
+            final.update({k: v for k, v in chosen.items() if k.startswith("val_seg")})
+            final.update({k: v for k, v in history[-1].items() if k.startswith("noise_")})
     save_checkpoint(
-        training_state(w.plain, w.opt, cfg.epochs - 1, clean_mask, memory),
+        training_state(w.plain, w.opt, cfg.epochs - 1, clean_mask, memory, best),
         {
             "history.json": history,
             "result.json": final,

@@ -136,12 +136,22 @@ def test_one_worker_matches_two_workers(two_worker_run, shard_dir, tmp_path, ray
 
 def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_session):
     """Local mode (num_workers=0) runs the same loop in-process; with bf16 on, the autocast path
-    that GPUs take runs here on the CPU, so only the device itself is untested without a GPU."""
+    that GPUs take runs here on the CPU, so only the device itself is untested without a GPU.
+    The run also evaluates the best validation epoch (eval_epoch: best_val): the song decision
+    and the final checkpoint's model are that epoch's."""
     from dataclasses import replace
 
-    cfg = replace(CFG, bf16=True)
+    cfg = replace(CFG, bf16=True, eval_epoch="best_val")
     run = run_fold(cfg, ShardSet(shard_dir), 1, storage_path=tmp_path, name="local", workers=0)
     assert len(run.history) == cfg.epochs
+    scores = [h["val_seg_acc"] for h in run.history]
+    best = max(e for e, s in enumerate(scores) if s == max(scores))  # ties: the later epoch
+    assert run.result["evaluated_epoch"] == best
+    assert run.result["val_seg_acc"] == scores[best]
+    state = load_state(run.checkpoint_dir)
+    assert state["best_epoch"] == best
+    for name, tensor in state["model"].items():
+        assert torch.equal(tensor, state["best_model"][name]), name
     assert all(np.isfinite(h["l_mix"]) for h in run.history)
     assert _epochs(run.history)[0]["gathered"]["gathered"] == run.history[0]["n_train"]
     assert run.result["test_songs"] == len(run.fold_ids["test"])
