@@ -182,7 +182,9 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     if found is None:
         return Progress()
     state = load_state(found)
-    w.plain.load_state_dict(state["model"])
+    # A final checkpoint of `eval_epoch: best_val` holds the evaluated weights as "model" and
+    # the last epoch's, which training state continues from, as "last_model".
+    w.plain.load_state_dict(state.get("last_model", state["model"]))
     w.opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     mask = state["clean_mask"]
@@ -273,32 +275,26 @@ def finish_fold(
 ) -> None:
     """Segment probabilities for every song of the fold (shared by all ranks), then Eq. 10 +
     SVM on rank 0, reported with the final checkpoint. The network is the last epoch's, or
-    with `eval_epoch: best_val` the best validation epoch's (then also the exported one)."""
+    with `eval_epoch: best_val` the best validation epoch's (then also the exported one); the
+    last epoch's figures are then reported beside it as last_epoch_* (same training run, so
+    the two are paired)."""
     cfg = w.cfg
-    evaluated = cfg.epochs - 1
+    last = cfg.epochs - 1
+    final: dict[str, Any] = {"epoch": cfg.epochs, "fold": loop.fold, "final": True}
+    probs, results = _evaluate(w, loop, mels, by_id, history, last)
+    last_weights = None
     if cfg.eval_epoch == "best_val" and best.state is not None:
-        w.plain.load_state_dict(best.state)
-        evaluated = best.epoch
-    all_ids = sorted(s for ids in loop.fold_ids.values() for s in ids)
-    mine = all_ids[w.rank :: w.world]
-    probs: dict[str, list] = {}
-    for part in all_gather_object(song_probabilities(w, mels, by_id, mine)):
-        probs.update(part)
-    final: dict[str, Any] = {
-        "epoch": cfg.epochs,
-        "fold": loop.fold,
-        "final": True,
-        "evaluated_epoch": evaluated,
-    }
-    if w.rank == 0:
-        final.update(song_level_results(cfg, by_id, probs, loop.fold_ids))
-        if history:
-            # Segment figures of the evaluated epoch; the split's (noise_*) of the last one.
-            chosen = next(h for h in history if h["epoch"] == evaluated)
-            final.update({k: v for k, v in chosen.items() if k.startswith("val_seg")})
-            final.update({k: v for k, v in history[-1].items() if k.startswith("noise_")})
+        final.update({f"last_epoch_{k}": v for k, v in results.items() if _is_number(v)})
+        if best.epoch != last:
+            last_weights = {k: v.detach().clone() for k, v in w.plain.state_dict().items()}
+            w.plain.load_state_dict(best.state)
+            probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
+    final.update(results, evaluated_epoch=best.epoch if last_weights else last)
+    state = training_state(w.plain, w.opt, last, clean_mask, memory, best)
+    if last_weights is not None:  # what a re-run resumes training state from
+        state["last_model"] = last_weights
     save_checkpoint(
-        training_state(w.plain, w.opt, cfg.epochs - 1, clean_mask, memory, best),
+        state,
         {
             "history.json": history,
             "result.json": final,
@@ -310,6 +306,35 @@ def finish_fold(
         FINAL_NAME,
         loop.local,
     )
+
+
+def _evaluate(
+    w: Worker,
+    loop: LoopConfig,
+    mels: dict[str, np.ndarray],
+    by_id: dict[str, dict],
+    history: list[dict[str, Any]],
+    epoch: int,
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """The fold's segment probabilities under the network now in `w` (ranks share the songs),
+    and on rank 0 the song-level results with `epoch`'s segment figures (the split's noise_*
+    figures are the last epoch's)."""
+    mine = sorted(s for ids in loop.fold_ids.values() for s in ids)[w.rank :: w.world]
+    probs: dict[str, list] = {}
+    for part in all_gather_object(song_probabilities(w, mels, by_id, mine)):
+        probs.update(part)
+    results: dict[str, Any] = {}
+    if w.rank == 0:
+        results.update(song_level_results(w.cfg, by_id, probs, loop.fold_ids))
+        if history:
+            chosen = next(h for h in history if h["epoch"] == epoch)
+            results.update({k: v for k, v in chosen.items() if k.startswith("val_seg")})
+            results.update({k: v for k, v in history[-1].items() if k.startswith("noise_")})
+    return probs, results
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

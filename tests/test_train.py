@@ -148,6 +148,9 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     best = max(e for e, s in enumerate(scores) if s == max(scores))  # ties: the later epoch
     assert run.result["evaluated_epoch"] == best
     assert run.result["val_seg_acc"] == scores[best]
+    # The last epoch's figures beside them, from the same run.
+    assert run.result["last_epoch_val_seg_acc"] == scores[-1]
+    assert run.result["last_epoch_test_songs"] == run.result["test_songs"]
     state = load_state(run.checkpoint_dir)
     assert state["best_epoch"] == best
     for name, tensor in state["model"].items():
