@@ -52,6 +52,13 @@ def main() -> None:
     p.add_argument(
         "--selections", nargs="+", default=["epoch_loss"], choices=["epoch_loss", "mean_loss"]
     )
+    p.add_argument(
+        "--eval-epochs",
+        nargs="+",
+        default=["last"],
+        choices=["last", "best_val"],
+        help="which epoch is evaluated; best_val cells also report the last epoch (paired)",
+    )
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench-accuracy")
@@ -66,7 +73,7 @@ def main() -> None:
 
     out = Path(a.out)
     if a.summary_only:
-        write_summary(out, json.loads((out / "results.json").read_text()))
+        write_summary(out, _migrate(json.loads((out / "results.json").read_text())))
         return
     import ray
 
@@ -79,7 +86,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = _migrate(json.loads(results_path.read_text())) if results_path.is_file() else {}
     t0 = time.perf_counter()
     for noise in a.noise:
         data = out / f"data-noise{noise}"
@@ -89,8 +96,8 @@ def main() -> None:
             SynthConfig(n_songs=a.songs, excursion_fraction=noise),
             progress=False,
         )
-        grid = itertools.product(a.tasks, a.lengths, a.gmm_scopes, a.selections)
-        for task, length, scope, selection in grid:
+        grid = itertools.product(a.tasks, a.lengths, a.gmm_scopes, a.selections, a.eval_epochs)
+        for task, length, scope, selection, evaluated in grid:
             fields = {
                 "songs": a.songs,
                 "folds": a.folds,
@@ -101,6 +108,7 @@ def main() -> None:
                 "L": length,
                 "gmm_scope": scope,
                 "selection": selection,
+                "eval": evaluated,
             }
             # inherit never splits: run it once per cell, keyed as the paper's per-class split
             # of this epoch's loss; finished cells are kept (resumable).
@@ -115,6 +123,7 @@ def main() -> None:
                 segment_seconds=length,
                 gmm_scope=scope,
                 selection=selection,
+                eval_epoch=evaluated,
                 n_folds=a.folds,
                 epochs=a.epochs,
                 warmup_epochs=a.warmup,
@@ -167,22 +176,24 @@ def write_summary(out: Path, results: dict) -> None:
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | GMM scope | selection | method | test acc | test F1 "
+        "| noise | wrong | task | L | GMM scope | selection | eval | method | test acc | test F1 "
         "| vote acc | majority | seg acc (truth) | noise AUC | prec U | recall U | min X share "
         "| min |",
-        "|---" * 17 + "|",
+        "|---" * 18 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
             f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
-            f"{f['selection']} | {f['method']} | {_ms(m, 'test_acc')} | {_ms(m, 'test_f1')} | "
+            f"{f['selection']} | {f['eval']} | {f['method']} | {_ms(m, 'test_acc')} | "
+            f"{_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
             f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
             f"{_ms(m, 'noise_precision')} | {_ms(m, 'noise_recall')} | "
             f"{_num(c['min_x_share'])} | {_num(c['minutes'], 0)} |"
         )
     lines += _side_by_side(cells, results)
+    lines += _best_against_last(cells, results)
     lines += [
         "",
         "## Paired over identical folds",
@@ -206,7 +217,7 @@ def write_summary(out: Path, results: dict) -> None:
             d = _paired(results, base, key)
             lines.append(
                 f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} "
-                f"({f['gmm_scope']}, {f['selection']}) "
+                f"({f['gmm_scope']}, {f['selection']}, eval {f['eval']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -221,12 +232,69 @@ def write_summary(out: Path, results: dict) -> None:
     for c in cells.values():
         f = c["fields"]
         cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "selection", "method"))
+        cell += f" ({f['eval']})" if f["eval"] != "last" else ""
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
             lines.append(f"| {cell} | {e + 1} | {values} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plots(out, cells)
+
+
+# Song- and segment-level figures compared at the best validation epoch and the last one.
+BEST_VS_LAST = (
+    ("test_acc", "test acc"),
+    ("val_seg_acc_truth", "seg acc (truth)"),
+    ("test_brier", "Brier"),
+    ("test_ece", "ECE"),
+    ("test_feature_shift", "feature shift"),
+)
+
+
+def _best_against_last(cells: dict, results: dict) -> list[str]:
+    """eval=best_val cells: each figure at the evaluated (best validation) epoch against the last
+    epoch of the same run, paired over folds (the run reports both)."""
+    rows = [k for k, c in cells.items() if c["fields"].get("eval") == "best_val"]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Evaluated epoch: best on validation songs against the last (same runs, paired)",
+        "",
+        "Each cell: last → best (best - last; t over folds). Brier, ECE: lower is better; feature "
+        "shift: train-to-test distance of the SVM's Eq. 10 features (lower: fewer surprises).",
+        "",
+        "| noise | task | L | selection | method | evaluated epoch (1-based) | "
+        + " | ".join(name for _, name in BEST_VS_LAST)
+        + " |",
+        "|---" * (6 + len(BEST_VS_LAST)) + "|",
+    ]
+    from sssl_dist.stats import paired_difference
+
+    for key in rows:
+        f, per_fold = cells[key]["fields"], _folds(results[key])["per_fold"]
+        chosen = np.mean([r["evaluated_epoch"] for r in per_fold.values()]) + 1
+        cells_txt = []
+        for metric, _ in BEST_VS_LAST:
+            if not all(f"last_epoch_{metric}" in r and metric in r for r in per_fold.values()):
+                cells_txt.append("—")
+                continue
+            best = {"per_fold": {i: {"v": r[metric]} for i, r in per_fold.items()}}
+            last = {"per_fold": {i: {"v": r[f"last_epoch_{metric}"]} for i, r in per_fold.items()}}
+            d = paired_difference(last, best, "v")
+            scale = 100 if metric.endswith(("acc", "acc_truth")) else 1  # accuracies in %
+            lv = scale * np.mean([r["v"] for r in last["per_fold"].values()])
+            bv = scale * np.mean([r["v"] for r in best["per_fold"].values()])
+            digits = 1 if scale == 100 else 3
+            cells_txt.append(
+                f"{lv:.{digits}f} → {bv:.{digits}f} ({scale * d['mean']:+.{digits}f}; "
+                f"t {d['t']:.2f})"
+            )
+        lines.append(
+            f"| {f['noise']} | {f['task']} | {f['L']} | {f['selection']} | {f['method']} | "
+            f"{chosen:.1f} | " + " | ".join(cells_txt) + " |"
+        )
+    return lines
 
 
 def _side_by_side(cells: dict, results: dict) -> list[str]:
@@ -244,7 +312,9 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
     for key, c in sorted(cells.items(), key=by_cell):
         f = c["fields"]
         base = _key(_cell_fields(f, "inherit"))
-        paper_like = f["gmm_scope"] == "per_class" and f["selection"] == "epoch_loss"
+        paper_like = (
+            f["gmm_scope"] == "per_class" and f["selection"] == "epoch_loss" and f["eval"] == "last"
+        )
         if f["method"] != "sssl" or not paper_like or base not in results:
             continue
         a, b = cells[base]["metrics"], c["metrics"]
@@ -385,8 +455,16 @@ def _series(cells: dict) -> dict:
 # batch makes results independent of it). Keys and headers come from these fields, never from
 # the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
-KEY_FIELDS += ("selection", "method")
+KEY_FIELDS += ("selection", "eval", "method")
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
+
+
+def _migrate(results: dict) -> dict:
+    """Keys written before the `eval` field existed were all evaluated at the last epoch."""
+    return {
+        (k if " eval=" in k else k.replace(" method=", " eval=last method=")): v
+        for k, v in results.items()
+    }
 
 
 def _key(fields: dict, **change: str) -> str:
