@@ -129,7 +129,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     shards = ShardSet(a.shards)
     _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
-    summary = run_cv(cfg, shards, out, folds=folds, workers=a.workers, use_gpu=a.gpu)
+    summary = run_cv(
+        cfg, shards, out, folds=folds, workers=a.workers, use_gpu=a.gpu, parallel=a.parallel
+    )
     m = summary["metrics"]
     log.info(
         "%s on %d fold(s): test acc %.3f ± %.3f, F1 %.3f ± %.3f (majority class %.3f); report: %s",
@@ -344,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     training_args(s)
     s.add_argument("--fold", type=int, help="run this fold only")
     s.add_argument("--folds", default="all", help="'all' or a comma list, e.g. 0,3,7")
+    s.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="folds side by side (each a Ray task; with --workers 0 each trains in one process)",
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser(

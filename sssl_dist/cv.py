@@ -1,8 +1,9 @@
 """Cross-validation: run the folds of one configuration and write (or rebuild) its report
 directory; compare methods on identical folds.
 
-Folds run one after another here (each fold is itself data-parallel over the workers);
-`tuning/` runs folds side by side as Ray Tune trials.
+Folds run one after another here (each fold is itself data-parallel over the workers), or
+with `parallel` > 1 side by side (parallel.py); `tuning/` runs folds side by side as Ray Tune
+trials. All three train a fold with `run_fold`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sssl_dist.config import SSSLConfig, from_dict, save_config, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, run_fold, run_name
+from sssl_dist.parallel import run_folds_parallel
 from sssl_dist.stats import mean_std, pct_mean_std
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,10 @@ def run_cv(
     workers: int = 2,
     use_gpu: bool = False,
     name: str | None = None,
+    parallel: int = 1,
 ) -> dict[str, Any]:
-    """Train and evaluate `folds` (default: all) and write the report directory `out_dir`."""
+    """Train and evaluate `folds` (default: all) and write the report directory `out_dir`.
+    `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -81,37 +85,36 @@ def run_cv(
     name = name or out.name
     runs: dict[int, FoldRun] = {}
     t0 = time.perf_counter()
-    for i, fold in enumerate(folds):
-        label = f"[{cfg.method} fold {fold} ({i + 1}/{len(folds)})]"
-        log.info("%s training on %d worker(s)", label, max(workers, 1))
-        runs[fold] = run_fold(
+    # The run identity (config + shard-set digest): re-running resumes only a run of the same
+    # settings on the same data.
+    names = {fold: run_name(name, cfg, shards, fold) for fold in folds}
+    label = lambda fold: f"[{cfg.method} fold {fold} ({folds.index(fold) + 1}/{len(folds)})]"  # noqa: E731
+    if parallel > 1:
+        log.info(
+            "%d folds, up to %d side by side, %s",
+            len(folds),
+            parallel,
+            "each in one process (local mode)"
+            if workers == 0
+            else f"each on {workers} Ray Train worker(s)",
+        )
+        show = {fold: progress_printer(label(fold), cfg.epochs) for fold in folds}
+        finished = run_folds_parallel(
             cfg,
             shards,
-            fold,
-            storage_path=out / "ray",
-            # The run identity (config + shard-set digest): re-running resumes only a run of
-            # the same settings on the same data.
-            name=run_name(name, cfg, shards, fold),
+            folds,
+            storage_path=out.resolve() / "ray",
+            names=names,
+            parallel=parallel,
             workers=workers,
             use_gpu=use_gpu,
-            on_epoch=progress_printer(label, cfg.epochs),
+            on_epoch=lambda fold, m: show[fold](m),
         )
-        r = runs[fold].result
-        log.info(
-            "%s done: test acc %.3f, F1 %.3f (majority class %.3f)",
-            label,
-            r.get("test_acc", float("nan")),
-            r.get("test_f1", float("nan")),
-            r.get("test_majority_acc", float("nan")),
-        )
-        fold_dir = out / f"fold-{fold}"
-        fold_dir.mkdir(exist_ok=True)
-        for f in FOLD_FILES:
-            shutil.copy(Path(runs[fold].checkpoint_dir, f), fold_dir / f)
-        export_model(runs[fold].checkpoint_dir, shards, fold_dir / "model.sssl")
-        # Everything needed is now in fold_dir; the local checkpoint copy is not (Ray keeps
-        # the checkpoint itself under storage_path).
-        shutil.rmtree(runs[fold].checkpoint_dir, ignore_errors=True)
+    else:
+        finished = _one_by_one(cfg, shards, folds, out, names, label, workers, use_gpu)
+    for fold, run in finished:
+        runs[fold] = run
+        _save_fold(out / f"fold-{fold}", run, shards, label(fold))
     summary = summarise(cfg, runs, time.perf_counter() - t0)
     best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
     shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
@@ -124,6 +127,54 @@ def run_cv(
     }
     write_report(out, cfg, summary, runs, _truth(shards))
     return summary
+
+
+def _one_by_one(
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    folds: list[int],
+    out: Path,
+    names: dict[int, str],
+    label: Callable[[int], str],
+    workers: int,
+    use_gpu: bool,
+) -> Iterator[tuple[int, FoldRun]]:
+    """The folds one after another, each data-parallel over `workers`."""
+    for fold in folds:
+        log.info("%s training on %d worker(s)", label(fold), max(workers, 1))
+        yield (
+            fold,
+            run_fold(
+                cfg,
+                shards,
+                fold,
+                storage_path=out / "ray",
+                name=names[fold],
+                workers=workers,
+                use_gpu=use_gpu,
+                on_epoch=progress_printer(label(fold), cfg.epochs),
+            ),
+        )
+
+
+def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
+    """A finished fold into the report: its files, its exported model, one log line."""
+    r = run.result
+    log.info(
+        "%s done: test acc %.3f, F1 %.3f (majority class %.3f)",
+        label,
+        r.get("test_acc", float("nan")),
+        r.get("test_f1", float("nan")),
+        r.get("test_majority_acc", float("nan")),
+    )
+    fold_dir.mkdir(exist_ok=True)
+    for f in FOLD_FILES:
+        shutil.copy(Path(run.checkpoint_dir, f), fold_dir / f)
+    export_model(run.checkpoint_dir, shards, fold_dir / "model.sssl")
+    # Everything needed is now in fold_dir. A local copy of the checkpoint is deleted; the
+    # persisted one under the run directory (what parallel folds hand back) is Ray's.
+    if not Path(run.checkpoint_dir).is_relative_to(run.run_dir):
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
 
 
 def run_methods(

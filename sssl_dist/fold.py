@@ -203,19 +203,32 @@ def run_fold(
     return run
 
 
+class ProgressTail:
+    """Rank 0's progress lines of one run (progress.jsonl), read as they are appended: each
+    `poll` hands the lines written since the last one to `on_epoch`."""
+
+    def __init__(self, path: Path, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        self.path, self.on_epoch = path, on_epoch
+        # A resumed run's earlier lines were shown by the run that wrote them.
+        self.seen = len(path.read_text().splitlines()) if path.is_file() else 0
+
+    def poll(self) -> None:
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        for line in lines[self.seen :]:
+            self.on_epoch(json.loads(line))
+        self.seen = len(lines)
+
+
 def _fit_with_progress(trainer, progress: Path | None, on_epoch):
     """trainer.fit() in a thread while the driver tails rank 0's progress lines."""
     if progress is None or on_epoch is None:
         return trainer.fit()
-    seen = len(progress.read_text().splitlines()) if progress.is_file() else 0
+    tail = ProgressTail(progress, on_epoch)
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(trainer.fit)
         while True:
             done = future.done()
-            lines = progress.read_text().splitlines() if progress.is_file() else []
-            for line in lines[seen:]:
-                on_epoch(json.loads(line))
-            seen = len(lines)
+            tail.poll()
             if done:
                 return future.result()
             time.sleep(0.5)

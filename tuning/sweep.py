@@ -180,7 +180,10 @@ def run_sweep(
     }
     # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
     # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
-    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
+    # In local mode (workers=0) the trial trains in its own process: it reserves that CPU.
+    trainable = tune.with_resources(
+        _with_params(keys), {"CPU": 1 if workers == 0 else 0, "memory": 2**20}
+    )
     tune_dir, name = out / "tune", "sweep"
     if tune.Tuner.can_restore(tune_dir / name):
         log.info("resuming the interrupted sweep in %s", tune_dir / name)

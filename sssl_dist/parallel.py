@@ -1,0 +1,97 @@
+"""Folds side by side: `sssl train --parallel N` (issue 12).
+
+Each fold is one Ray task that calls `run_fold`, the same per-fold path that `sssl train` takes
+one fold at a time and that every `sssl tune` trial takes; at most N run at once. Ray hands a
+finished task's process to the next task, so with local-mode folds (`--workers 0`: the fold
+trains inside the task's own process) the process start-up and the imports are paid once per
+slot, not once per fold (the start-up cost per fold is measured in benchmarks/bench_cv.py).
+
+Resources, as for a Tune trial: a fold with Ray Train workers reserves nothing itself (its
+workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU it trains on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sssl_dist.checkpoint import FINAL_NAME
+from sssl_dist.config import SSSLConfig
+from sssl_dist.data import ShardSet
+from sssl_dist.fold import FoldRun, ProgressTail, run_fold
+from sssl_dist.train import PROGRESS_FILE
+
+
+def run_folds_parallel(
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    folds: list[int],
+    *,
+    storage_path: Path,
+    names: dict[int, str],
+    parallel: int,
+    workers: int = 0,
+    use_gpu: bool = False,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Iterator[tuple[int, FoldRun]]:
+    """Train `folds` at most `parallel` at a time; yield (fold, run) as each one finishes.
+
+    `storage_path` must be a filesystem path that the driver can read (on a cluster: shared
+    storage, as Ray Train needs for more than one node): each run's `checkpoint_dir` is its
+    persisted final checkpoint there. The first failing fold cancels the rest and raises.
+    """
+    import ray
+
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
+    task = ray.remote(_train_fold).options(
+        num_cpus=1 if workers == 0 else 0, num_gpus=1 if workers == 0 and use_gpu else 0
+    )
+    tails = {
+        f: ProgressTail(storage_path / names[f] / PROGRESS_FILE, _for_fold(on_epoch, f))
+        for f in folds
+    }
+    queue, pending = list(folds), {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < parallel:
+                fold = queue.pop(0)
+                ref = task.remote(
+                    cfg, str(shards.root), fold, str(storage_path), names[fold], workers, use_gpu
+                )
+                pending[ref] = fold
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for tail in tails.values():
+                tail.poll()
+            for ref in done:
+                fold = pending.pop(ref)
+                yield fold, ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+def _train_fold(
+    cfg: SSSLConfig, shard_dir: str, fold: int, storage: str, name: str, workers: int, gpu: bool
+) -> FoldRun:
+    """One fold in a Ray task; workers=0 trains in this process (Ray Train local mode)."""
+    run = run_fold(
+        cfg, ShardSet(shard_dir), fold, storage_path=storage, name=name, workers=workers,
+        use_gpu=gpu,
+    )  # fmt: skip
+    # The local copy lives on this task's node; the driver reads the one under the run
+    # directory. Ray Train persists it there, except in local mode, which keeps checkpoints
+    # where they were written: then this task puts it there.
+    final = Path(run.run_dir) / FINAL_NAME
+    if workers == 0:
+        shutil.rmtree(final, ignore_errors=True)  # an earlier run's
+        shutil.copytree(run.checkpoint_dir, final)
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    run.checkpoint_dir = str(final)
+    return run
+
+
+def _for_fold(on_epoch, fold: int):
+    return (lambda m: on_epoch(fold, m)) if on_epoch else (lambda m: None)
