@@ -228,7 +228,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     summaries = {
         method: summary
         for method, summary, _ in run_methods(
-            base, shards, lambda m: out / m, METHODS, folds=folds, workers=a.workers
+            base,
+            shards,
+            lambda m: out / m,
+            METHODS,
+            folds=folds,
+            workers=a.workers,
+            parallel=a.parallel,
         )
     }
     log.info("step 4/4: comparison")
@@ -240,7 +246,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
             f"# Main job: {songs} synthetic songs, task {base.task}, L = {base.segment_seconds} s",
             "",
             f"{len(folds)} fold(s) of {n_folds}, {base.epochs} epochs, "
-            f"{a.workers} Ray Train workers, "
+            f"{a.workers} Ray Train workers per fold, {a.parallel} fold(s) at a time, "
             f"{minutes:.1f} min on this machine."
             + (" Smoke run: numbers mean nothing." if a.smoke else ""),
             "",
@@ -397,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=6, help="epochs per run")
     s.add_argument("--warmup", type=int, default=2, help="warm-up epochs (plain CE)")
     s.add_argument("--task", default="quadrant", choices=("quadrant", "valence", "arousal"))
-    s.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    s.add_argument("--workers", type=int, default=2, help="Ray Train workers per fold")
+    s.add_argument(
+        "--parallel", type=int, default=1, help="folds side by side (see `sssl train --help`)"
+    )
     s.add_argument("--seed", type=int, default=0, help="corpus seed")
     s.add_argument("--smoke", action="store_true", help="16 songs, 1 fold, 2 epochs")
     s.set_defaults(func=cmd_demo)

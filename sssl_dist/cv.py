@@ -185,6 +185,7 @@ def run_methods(
     *,
     folds: list[int] | None = None,
     workers: int = 2,
+    parallel: int = 1,
 ) -> Iterator[tuple[str, dict[str, Any], float]]:
     """The methods x folds comparison: each method's cross-validation on identical folds (same
     seed, same songs), so differences are paired. Yields (method, summary, minutes) as each
@@ -193,7 +194,9 @@ def run_methods(
         log.info("method %s (%d)", method, i + 1)
         t0 = time.perf_counter()
         cfg = with_overrides(base, {"method": method})
-        summary = run_cv(cfg, shards, out_of(method), folds=folds, workers=workers)
+        summary = run_cv(
+            cfg, shards, out_of(method), folds=folds, workers=workers, parallel=parallel
+        )
         yield method, summary, (time.perf_counter() - t0) / 60
 
 
