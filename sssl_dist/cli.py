@@ -130,7 +130,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
     summary = run_cv(
-        cfg, shards, out, folds=folds, workers=a.workers, use_gpu=a.gpu, parallel=a.parallel
+        cfg,
+        shards,
+        out,
+        folds=folds,
+        workers=a.workers,
+        use_gpu=a.gpu,
+        parallel=a.parallel,
+        final=a.final,
     )
     m = summary["metrics"]
     log.info(
@@ -357,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="folds side by side (each a Ray task; with --workers 0 each trains in one process)",
+    )
+    s.add_argument(
+        "--final",
+        action="store_true",
+        help="after cross-validation, refit on all songs and export that model",
     )
     s.set_defaults(func=cmd_train)
 

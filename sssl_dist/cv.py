@@ -22,7 +22,7 @@ import yaml
 from sssl_dist.config import SSSLConfig, from_dict, save_config, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
-from sssl_dist.fold import FoldRun, run_fold, run_name
+from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
 from sssl_dist.parallel import run_folds_parallel
 from sssl_dist.stats import mean_std, pct_mean_std
 
@@ -75,9 +75,11 @@ def run_cv(
     use_gpu: bool = False,
     name: str | None = None,
     parallel: int = 1,
+    final: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate `folds` (default: all) and write the report directory `out_dir`.
-    `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same."""
+    `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
+    `final` adds a refit on all songs, which becomes the exported model."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -116,17 +118,58 @@ def run_cv(
         runs[fold] = run
         _save_fold(out / f"fold-{fold}", run, shards, label(fold))
     summary = summarise(cfg, runs, time.perf_counter() - t0)
-    best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
-    shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
-    summary["exported_model"] = {
-        "path": "model.sssl",
-        "fold": best,
-        "epoch": runs[best].result.get("evaluated_epoch"),
-        "why": "the fold with the best validation-song accuracy, at the epoch its eval_epoch "
-        "setting chose",
-    }
+    if final:
+        summary["exported_model"] = _refit(cfg, shards, out, name, workers, use_gpu)
+    else:
+        best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
+        shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
+        summary["exported_model"] = {
+            "path": "model.sssl",
+            "fold": best,
+            "epoch": runs[best].result.get("evaluated_epoch"),
+            "why": "the fold with the best validation-song accuracy, at the epoch its "
+            "eval_epoch setting chose (train with --final to export a refit on all songs)",
+        }
+    summary["seconds"] = time.perf_counter() - t0
     write_report(out, cfg, summary, runs, _truth(shards))
     return summary
+
+
+def _refit(
+    cfg: SSSLConfig, shards: ShardSet, out: Path, name: str, workers: int, use_gpu: bool
+) -> dict[str, Any]:
+    """`--final`: after cross-validation has given the estimate, one more run learns from every
+    song (less the validation songs) and becomes the exported model. Its files go to refit/."""
+    fold_ids = refit_song_ids(shards, cfg)
+    label = f"[{cfg.method} final refit]"
+    log.info(
+        "%s %d training and %d validation songs, on %d worker(s)",
+        label,
+        len(fold_ids["train"]),
+        len(fold_ids["val"]),
+        max(workers, 1),
+    )
+    run = run_fold(
+        cfg,
+        shards,
+        -1,
+        storage_path=out / "ray",
+        name=f"{name}-refit-{run_digest(cfg, shards)}",
+        workers=workers,
+        use_gpu=use_gpu,
+        on_epoch=progress_printer(label, cfg.epochs),
+        fold_ids=fold_ids,
+    )
+    _save_fold(out / "refit", run, shards, label)
+    shutil.copy(out / "refit" / "model.sssl", out / "model.sssl")
+    return {
+        "path": "model.sssl",
+        "fold": "refit",
+        "epoch": run.result.get("evaluated_epoch"),
+        "songs": {part: len(ids) for part, ids in fold_ids.items()},
+        "why": "--final: a refit on all songs except the validation songs, after "
+        "cross-validation gave the estimate (the refit itself has no test songs)",
+    }
 
 
 def _one_by_one(
@@ -160,12 +203,14 @@ def _one_by_one(
 def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
     """A finished fold into the report: its files, its exported model, one log line."""
     r = run.result
+    part = "test" if "test_acc" in r else "val"  # the final refit has no test songs
     log.info(
-        "%s done: test acc %.3f, F1 %.3f (majority class %.3f)",
+        "%s done: %s acc %.3f, F1 %.3f (majority class %.3f)",
         label,
-        r.get("test_acc", float("nan")),
-        r.get("test_f1", float("nan")),
-        r.get("test_majority_acc", float("nan")),
+        part,
+        r.get(f"{part}_acc", float("nan")),
+        r.get(f"{part}_f1", float("nan")),
+        r.get(f"{part}_majority_acc", float("nan")),
     )
     fold_dir.mkdir(exist_ok=True)
     for f in FOLD_FILES:
@@ -296,6 +341,15 @@ def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -
         "",
         "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
     ]
+    exported = summary.get("exported_model")
+    if exported:
+        epoch = exported.get("epoch")
+        lines += [
+            "",
+            f"Exported {exported['path']}: fold {exported['fold']}"
+            + (f", epoch {epoch + 1} (1-based)" if isinstance(epoch, int) else "")
+            + f". Why: {exported['why']}.",
+        ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 

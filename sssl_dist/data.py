@@ -347,15 +347,24 @@ def fold_indices(
     the training songs, stratified, for honest model selection."""
     test = song_folds(labels, n_folds, seed)[fold]
     rest = np.setdiff1d(np.arange(len(labels)), test)
+    train, val = hold_out_validation(labels, rest, val_fraction, seed, f"fold {fold}")
+    return train, val, test
+
+
+def hold_out_validation(
+    labels: np.ndarray, songs: np.ndarray, val_fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: `val_fraction` of `songs` (at least one per class) held out,
+    stratified by label. `what` names the song set in the error message."""
     if val_fraction <= 0:
-        return rest, np.array([], dtype=int), test
-    n_val = max(len(np.unique(labels)), int(round(val_fraction * len(rest))))
-    counts = np.bincount(labels[rest])
+        return songs, np.array([], dtype=int)
+    n_val = max(len(np.unique(labels)), int(round(val_fraction * len(songs))))
+    counts = np.bincount(labels[songs])
     if counts[counts > 0].min() < 2:
         raise ValueError(
-            f"fold {fold}: a class has only {counts[counts > 0].min()} training song(s), too few "
+            f"{what}: a class has only {counts[counts > 0].min()} training song(s), too few "
             "to hold validation songs out stratified; use more songs, fewer folds or "
             "val_fraction=0"
         )
-    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed)
-    return np.sort(train), np.sort(val), np.sort(test)
+    train, val = train_test_split(songs, test_size=n_val, stratify=labels[songs], random_state=seed)
+    return np.sort(train), np.sort(val)

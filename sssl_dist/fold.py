@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import SSSLConfig, config_digest, to_dict
-from sssl_dist.data import SegmentTable, ShardSet, fold_indices, segment_count
+from sssl_dist.data import (
+    SegmentTable,
+    ShardSet,
+    fold_indices,
+    hold_out_validation,
+    segment_count,
+)
 from sssl_dist.split_service import start_split_service
 from sssl_dist.train import PROGRESS_FILE, LoopConfig, train_loop_per_worker
 
@@ -77,6 +83,19 @@ def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> dict[str, lis
         "val": [ids[i] for i in val],
         "test": [ids[i] for i in test],
     }
+
+
+def refit_song_ids(shards: ShardSet, cfg: SSSLConfig) -> dict[str, list[str]]:
+    """The final refit (`sssl train --final`): every song trains, except the validation songs
+    held out as in a fold (for `eval_epoch: best_val` and the SVM's validation figures); no
+    test songs, since cross-validation already gave the estimate."""
+    songs = shards.songs
+    labels = np.array([s[cfg.task] for s in songs])
+    train, val = hold_out_validation(
+        labels, np.arange(len(songs)), cfg.val_fraction, cfg.seed, "the final refit"
+    )
+    ids = [s["song_id"] for s in songs]
+    return {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "test": []}
 
 
 def check_fold(
@@ -136,8 +155,10 @@ def run_fold(
     callbacks: list | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     fault: str = "",
+    fold_ids: dict[str, list[str]] | None = None,
 ) -> FoldRun:
     """Train one fold with a TorchTrainer and return its results (copied off the checkpoint).
+    `fold_ids` replaces the fold's songs (the final refit's, `refit_song_ids`).
 
     Re-running with the same (storage_path, name) resumes from the newest complete checkpoint.
     """
@@ -145,7 +166,7 @@ def run_fold(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    fold_ids = fold_song_ids(shards, cfg, fold)
+    fold_ids = fold_ids or fold_song_ids(shards, cfg, fold)
     table = check_fold(cfg, shards, fold_ids, workers)
     storage_path = (
         str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)

@@ -467,21 +467,29 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
 
 
 def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path, ray_session):
-    """`sssl train --parallel 2 --workers 0`: two local-mode folds side by side as Ray tasks,
-    through run_fold like every other path; the report has what a sequential one has, and a
-    fold's result equals the same fold trained on its own (same seed, same code)."""
+    """`sssl train --parallel 2 --workers 0 --final`: two local-mode folds side by side as Ray
+    tasks, through run_fold like every other path; the report has what a sequential one has,
+    and a fold's result equals the same fold trained on its own (same seed, same code). Then
+    the final refit learns from every song and is the exported model."""
     from dataclasses import replace
 
     from sssl_dist.cv import run_cv
 
     cfg = replace(CFG, epochs=2)
     shards = ShardSet(shard_dir)
-    summary = run_cv(cfg, shards, tmp_path / "par", folds=[0, 1], workers=0, parallel=2)
+    out = tmp_path / "par"
+    summary = run_cv(cfg, shards, out, folds=[0, 1], workers=0, parallel=2, final=True)
     assert summary["folds"] == [0, 1]
+    # The refit: every song, no test songs, exported, and the report says so.
+    refit_ids = json.loads((out / "refit" / "fold_ids.json").read_text())
+    assert refit_ids["test"] == [] and refit_ids["val"]
+    assert sorted(refit_ids["train"] + refit_ids["val"]) == [s["song_id"] for s in shards.songs]
+    assert (out / "model.sssl").read_bytes() == (out / "refit" / "model.sssl").read_bytes()
+    assert summary["exported_model"]["fold"] == "refit"
+    assert "Exported model.sssl: fold refit" in (out / "summary.md").read_text()
     for fold in (0, 1):
         for name in ("result.json", "history.json", "songs.json", "fold_ids.json", "model.sssl"):
             assert (tmp_path / "par" / f"fold-{fold}" / name).is_file(), (fold, name)
-    assert (tmp_path / "par" / "model.sssl").is_file()
     alone = run_fold(cfg, shards, 0, storage_path=tmp_path / "seq", name="alone", workers=0)
     par0 = json.loads((tmp_path / "par" / "fold-0" / "result.json").read_text())
     for key in ("test_acc", "val_acc", "val_seg_acc", "noise_auc", "test_pred"):
