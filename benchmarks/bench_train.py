@@ -33,7 +33,7 @@ def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     from sssl_dist.models import build_model
 
     torch.set_num_threads(cfg.torch_threads)
-    by_id = {s["song_id"]: s for s in shards.songs}
+    by_id = shards.by_id
     table = SegmentTable.build([by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds)
     no_val = SegmentTable.build([], cfg.task, cfg.segment_seconds)
     mels, fc = shards.load_mels(set(fold_ids["train"])), shards.feature_config

@@ -60,6 +60,11 @@ class ShardSet:
             self.manifest["songs"], key=lambda s: s["song_id"]
         )
 
+    @property
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        """The manifest's song records by song id."""
+        return {s["song_id"]: s for s in self.songs}
+
     def digest(self) -> str:
         """Short hash of what training reads from this shard set: song ids, durations, frames,
         labels, truth, the feature settings and the shard files' sizes. Re-sharding other songs

@@ -107,7 +107,7 @@ def check_fold(
     - a song shorter than L has no segment: it would vanish from the SVM and the test set;
     - fewer training segments than ranks would leave a rank with an empty loss-pass block.
     """
-    by_id = {s["song_id"]: s for s in shards.songs}
+    by_id = shards.by_id
     fold_songs = [by_id[s] for ids in fold_ids.values() for s in ids]
     short = sorted(
         (s["duration_s"], s["song_id"])

@@ -146,7 +146,7 @@ def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[s
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also syncs)
 
     shards = ShardSet(loop.shards)
-    by_id = {s["song_id"]: s for s in shards.songs}
+    by_id = shards.by_id
     build = lambda part: SegmentTable.build(  # noqa: E731
         [by_id[s] for s in loop.fold_ids[part]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
     )
