@@ -138,7 +138,11 @@ def _readable_epoch(d: Path) -> int | None:
         return None
     try:
         json.loads((d / "history.json").read_text())
-        return int(load_state(d)["epoch"])
+        # Memory-mapped: the zip's index and the pickle are read and checked, the tensors are
+        # not copied (a VGG16 checkpoint with its optimiser is over 1 GB, and a restart looks at
+        # every candidate).
+        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
     except Exception:  # noqa: BLE001 - truncated pickle/JSON of any kind: not resumable
         return None
 

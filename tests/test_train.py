@@ -496,3 +496,20 @@ def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path,
         assert par0[key] == alone.result[key], key
     # The persisted checkpoints the report was built from are still Ray's, under ray/.
     assert list((tmp_path / "par" / "ray").glob("*/final/state.pt"))
+
+
+def test_a_truncated_checkpoint_is_never_resumed_from(tmp_path):
+    """A worker killed while its checkpoint was being written leaves a truncated state.pt: the
+    restart must pass over it (it is checked memory-mapped, without loading the tensors)."""
+    from sssl_dist.checkpoint import STATE_FILE, newest_persisted
+
+    for epoch in (1, 2):
+        d = tmp_path / f"epoch-{epoch:04d}"
+        d.mkdir()
+        torch.save({"epoch": epoch, "model": {"w": torch.zeros(256, 256)}}, d / STATE_FILE)
+        (d / "history.json").write_text("[]")
+        (d / "config.yaml").write_text("seed: 0\n")
+    assert newest_persisted(tmp_path, None) == tmp_path / "epoch-0002"
+    newest = tmp_path / "epoch-0002" / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:-64])
+    assert newest_persisted(tmp_path, None) == tmp_path / "epoch-0001"
