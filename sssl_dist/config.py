@@ -23,6 +23,7 @@ GMM_SCOPES = ("per_class", "global")
 SELECTIONS = ("epoch_loss", "mean_loss")
 GMM_SITES = ("driver", "rank0")
 EVAL_EPOCHS = ("last", "best_val")
+SVM_FEATURES = ("in_sample", "cross_fit")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -110,6 +111,13 @@ class SSSLConfig:
     theta: float = 0.5  # θ of f7 in Eq. 10; paper: "low sensitivity ... empirical"; our choice
     svm_c: float = 1.0  # scikit-learn default
     svm_kernel: Literal["rbf", "linear"] = "rbf"  # scikit-learn default
+    # What the SVM learns from. "in_sample" (the paper): Eq. 10 features of the training songs
+    # from the network that trained on them, more confident than an unseen song's. "cross_fit":
+    # each training song's features come from a network trained without it (the training songs
+    # split into `cross_fit_parts` song-grouped parts, one extra run per part), the stacking
+    # practice of Wolpert 1992 and cleanlab's out-of-sample rule (issue 11).
+    svm_features: Literal["in_sample", "cross_fit"] = "in_sample"
+    cross_fit_parts: int = 2
 
     # --- evaluation ------------------------------------------------------------------------
     n_folds: int = 10  # paper §4.3: ten-fold cross-validation
@@ -129,6 +137,9 @@ class SSSLConfig:
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("gmm_site", self.gmm_site, GMM_SITES)
         _check_choice("eval_epoch", self.eval_epoch, EVAL_EPOCHS)
+        _check_choice("svm_features", self.svm_features, SVM_FEATURES)
+        if self.cross_fit_parts < 2:
+            raise ValueError(f"cross_fit_parts must be at least 2, got {self.cross_fit_parts}")
         _check_choice("backbone", self.backbone, BACKBONES)
         if not 1 <= self.segment_seconds <= 30:
             raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")

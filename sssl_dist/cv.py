@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sssl_dist.config import SSSLConfig, from_dict, save_config, with_overrides
+from sssl_dist.crossfit import SVM_SONGS_FILE
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
@@ -213,13 +214,13 @@ def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> No
         r.get(f"{part}_majority_acc", float("nan")),
     )
     fold_dir.mkdir(exist_ok=True)
-    for f in FOLD_FILES:
-        shutil.copy(Path(run.checkpoint_dir, f), fold_dir / f)
+    for f in (*FOLD_FILES, SVM_SONGS_FILE):
+        if f in FOLD_FILES or Path(run.checkpoint_dir, f).is_file():
+            shutil.copy(Path(run.checkpoint_dir, f), fold_dir / f)
     export_model(run.checkpoint_dir, shards, fold_dir / "model.sssl")
-    # Everything needed is now in fold_dir. A local copy of the checkpoint is deleted; the
-    # persisted one under the run directory (what parallel folds hand back) is Ray's.
-    if not Path(run.checkpoint_dir).is_relative_to(run.run_dir):
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    # Everything needed is now in fold_dir; the checkpoint copy is not (Ray keeps the
+    # checkpoint itself under the run directory).
+    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
 
 
 def run_methods(

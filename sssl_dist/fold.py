@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import SSSLConfig, config_digest, to_dict
+from sssl_dist.crossfit import apply_cross_fit, cross_fit_probabilities
 from sssl_dist.data import (
     SegmentTable,
     ShardSet,
@@ -221,6 +222,18 @@ def run_fold(
     result.checkpoint.to_directory(local)
     run = FoldRun.read(local, checkpoint_dir=local, run_dir=run_dir)
     run.splits = splits
+    if cfg.svm_features == "cross_fit":
+        train_probs = cross_fit_probabilities(
+            cfg,
+            shards,
+            fold,
+            fold_ids,
+            storage_path=storage_path,
+            name=name,
+            workers=workers,
+            use_gpu=use_gpu,
+        )
+        apply_cross_fit(run, cfg, shards, train_probs)
     return run
 
 

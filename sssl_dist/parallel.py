@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sssl_dist.checkpoint import FINAL_NAME
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 from sssl_dist.fold import FoldRun, ProgressTail, run_fold
 from sssl_dist.train import PROGRESS_FILE
+
+DRIVER_COPY = "fold-files"  # under a run directory: a finished fold's files for the driver
 
 
 def run_folds_parallel(
@@ -39,8 +40,8 @@ def run_folds_parallel(
     """Train `folds` at most `parallel` at a time; yield (fold, run) as each one finishes.
 
     `storage_path` must be a filesystem path that the driver can read (on a cluster: shared
-    storage, as Ray Train needs for more than one node): each run's `checkpoint_dir` is its
-    persisted final checkpoint there. The first failing fold cancels the rest and raises.
+    storage, as Ray Train needs for more than one node): each run's `checkpoint_dir` is a copy
+    of its fold files there. The first failing fold cancels the rest and raises.
     """
     import ray
 
@@ -81,15 +82,14 @@ def _train_fold(
         cfg, ShardSet(shard_dir), fold, storage_path=storage, name=name, workers=workers,
         use_gpu=gpu,
     )  # fmt: skip
-    # The local copy lives on this task's node; the driver reads the one under the run
-    # directory. Ray Train persists it there, except in local mode, which keeps checkpoints
-    # where they were written: then this task puts it there.
-    final = Path(run.run_dir) / FINAL_NAME
-    if workers == 0:
-        shutil.rmtree(final, ignore_errors=True)  # an earlier run's
-        shutil.copytree(run.checkpoint_dir, final)
+    # The local copy of the fold's files lives on this task's node: move it under the run
+    # directory, where the driver reads it (Ray's own persisted checkpoint lacks what the driver
+    # side added, such as cross-fitted results, and local mode persists none).
+    copy = Path(run.run_dir) / DRIVER_COPY
+    shutil.rmtree(copy, ignore_errors=True)  # an earlier run's
+    shutil.copytree(run.checkpoint_dir, copy)
     shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-    run.checkpoint_dir = str(final)
+    run.checkpoint_dir = str(copy)
     return run
 
 

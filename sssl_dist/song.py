@@ -158,10 +158,16 @@ def feature_shift(train: np.ndarray, other: np.ndarray) -> float:
 
 
 def song_level_results(
-    cfg, songs_by_id: dict[str, dict], probs: dict[str, list], fold_ids: dict[str, list[str]]
+    cfg,
+    songs_by_id: dict[str, dict],
+    probs: dict[str, list],
+    fold_ids: dict[str, list[str]],
+    train_probs: dict[str, list] | None = None,
 ) -> dict[str, Any]:
     """Eq. 10 features -> SVM trained on the fold's train songs -> val/test metrics, with the
-    majority-vote and majority-class baselines beside them.
+    majority-vote and majority-class baselines beside them. `train_probs` (cross-fitted,
+    out-of-sample segment probabilities of the training songs) replaces what the SVM learns
+    from; `probs` still gives the validation and test songs' features.
 
     Every song of the fold must have at least one segment: the driver refuses a segment length
     longer than a song before launch, so a song can never drop out of the SVM or the test set
@@ -176,8 +182,10 @@ def song_level_results(
     labels = {sid: songs_by_id[sid][cfg.task] for sid in probs}
     train_ids = fold_ids["train"]
     y_train = np.array([labels[s] for s in train_ids])
+    learn_from = probs if train_probs is None else train_probs
     clf = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(
-        np.stack([feats[s] for s in train_ids]), y_train
+        np.stack([song_features(np.asarray(learn_from[s]), cfg.theta) for s in train_ids]),
+        y_train,
     )
     out: dict[str, Any] = {}
     for part in ("val", "test"):

@@ -113,3 +113,22 @@ def test_calibration_and_feature_shift_by_hand():
     train = rng.normal(0, 1, (500, 3))
     assert feature_shift(train, rng.normal(0, 1, (500, 3))) < 0.2
     assert feature_shift(train, rng.normal(1, 1, (500, 3))) == pytest.approx(1.0, abs=0.2)
+
+
+def test_song_level_results_learn_from_cross_fitted_train_probs():
+    """train_probs replaces what the SVM learns from, and only that: here the cross-fitted
+    probabilities of the training songs say the opposite of the in-sample ones, so the test
+    decisions flip."""
+    cfg = SSSLConfig(task="valence")
+    rng = np.random.default_rng(1)
+    songs, probs, ids = {}, {}, {"train": [], "val": [], "test": []}
+    for i in range(24):
+        label = i % 2
+        sid = f"s{i:02d}"
+        songs[sid] = {"valence": label}
+        p1 = np.clip(rng.normal(0.8 if label else 0.2, 0.05, 6), 0, 1)
+        probs[sid] = np.stack([1 - p1, p1], 1).tolist()
+        ids["train" if i < 18 else "test"].append(sid)
+    swapped = {s: np.asarray(probs[s])[:, ::-1].tolist() for s in ids["train"]}
+    assert song_level_results(cfg, songs, probs, ids)["test_acc"] == 1.0
+    assert song_level_results(cfg, songs, probs, ids, swapped)["test_acc"] == 0.0

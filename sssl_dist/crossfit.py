@@ -1,0 +1,102 @@
+"""Out-of-sample song features for the SVM: cross-fitting inside a fold (issue 11, item 3).
+
+The paper's SVM learns from Eq. 10 features of the training songs, computed by the network that
+trained on exactly those songs, and is then applied to unseen songs, whose segment
+probabilities are less confident: the classic stacking mismatch (Wolpert 1992, "Stacked
+generalization"; cleanlab's rule that scores fed to a second model must be out-of-sample).
+With `svm_features: cross_fit` the fold's training songs are split into `cross_fit_parts`
+song-grouped, label-stratified parts; for each part one extra run trains on the other parts and
+predicts that part. The SVM then learns from those out-of-sample features, and the fold's own
+network still gives the validation and test songs' features. The paper's in-sample figures are
+kept beside the new ones as in_sample_*, from the same fold, so the two are paired.
+
+Cost: `cross_fit_parts` extra runs per fold, each on (parts - 1) / parts of the training songs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sssl_dist.config import SSSLConfig
+from sssl_dist.data import ShardSet, song_folds
+from sssl_dist.song import song_level_results
+
+log = logging.getLogger(__name__)
+SVM_SONGS_FILE = "svm_songs.json"  # the training songs' probabilities the SVM learned from
+
+
+def cross_fit_parts(shards: ShardSet, cfg: SSSLConfig, train_ids: list[str]) -> list[list[str]]:
+    """The training songs in `cfg.cross_fit_parts` label-stratified parts (seeded)."""
+    by_id = shards.by_id
+    labels = np.array([by_id[s][cfg.task] for s in train_ids])
+    if np.bincount(labels)[np.unique(labels)].min() < cfg.cross_fit_parts:
+        raise ValueError(
+            f"cross_fit_parts = {cfg.cross_fit_parts}, but a class has fewer training songs "
+            "than that: use fewer parts or more songs"
+        )
+    return [
+        sorted(train_ids[i] for i in part)
+        for part in song_folds(labels, cfg.cross_fit_parts, cfg.seed)
+    ]
+
+
+def cross_fit_probabilities(
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    fold: int,
+    fold_ids: dict[str, list[str]],
+    *,
+    storage_path: str | Path,
+    name: str,
+    workers: int,
+    use_gpu: bool,
+) -> dict[str, list]:
+    """Each training song's segment probabilities from a run that did not train on it."""
+    from sssl_dist.fold import run_fold  # fold.py calls this module after its own run
+
+    # The inner runs are plain runs of the same method: the last epoch (no validation songs to
+    # choose another), and no cross-fitting of their own.
+    inner = replace(cfg, svm_features="in_sample", eval_epoch="last")
+    parts = cross_fit_parts(shards, cfg, fold_ids["train"])
+    probs: dict[str, list] = {}
+    for j, part in enumerate(parts):
+        log.info("fold %d cross-fit %d/%d: %d songs predicted", fold, j + 1, len(parts), len(part))
+        others = sorted(s for p in parts if p is not part for s in p)
+        run = run_fold(
+            inner,
+            shards,
+            fold,
+            storage_path=storage_path,
+            name=f"{name}-crossfit{j + 1}of{len(parts)}",
+            workers=workers,
+            use_gpu=use_gpu,
+            fold_ids={"train": others, "val": [], "test": part},
+        )
+        probs.update({s: run.songs[s] for s in part})
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    return probs
+
+
+def apply_cross_fit(
+    run: Any, cfg: SSSLConfig, shards: ShardSet, train_probs: dict[str, list]
+) -> None:
+    """The fold's song-level results with the SVM learning from `train_probs`; the in-sample
+    (paper's) figures stay as in_sample_*. Rewrites result.json and adds svm_songs.json in the
+    run's checkpoint copy, which the report and the exported model are made from."""
+    honest = song_level_results(cfg, shards.by_id, run.songs, run.fold_ids, train_probs)
+    paper = {
+        f"in_sample_{k}": run.result[k]
+        for k, v in honest.items()
+        if isinstance(v, int | float) and k in run.result
+    }
+    run.result = {**run.result, **honest, **paper}
+    ckpt = Path(run.checkpoint_dir)
+    (ckpt / "result.json").write_text(json.dumps(run.result))
+    (ckpt / SVM_SONGS_FILE).write_text(json.dumps(train_probs))
