@@ -25,7 +25,7 @@ from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
 from sssl_dist.parallel import run_folds_parallel
-from sssl_dist.stats import mean_std, pct_mean_std
+from sssl_dist.stats import mean_std, paired_difference, pct_mean_std
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,7 @@ def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -
         "",
         "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
     ]
+    lines += paired_variant_lines(runs)
     exported = summary.get("exported_model")
     if exported:
         epoch = exported.get("epoch")
@@ -352,6 +353,42 @@ def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -
             + f". Why: {exported['why']}.",
         ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+# Figures a run reports twice, from the same folds: (prefix of the other variant, what it is,
+# what the headline figures are).
+VARIANTS = (
+    ("in_sample_", "SVM on in-sample features (the paper)", "cross-fitted"),
+    ("last_epoch_", "last epoch (the paper)", "best validation epoch"),
+)
+VARIANT_METRICS = ("test_acc", "test_brier", "test_ece", "test_feature_shift")
+
+
+def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
+    """For `svm_features: cross_fit` and `eval_epoch: best_val` runs: the headline figures
+    against the paper's variant, which the same folds also report, paired over folds."""
+    lines = []
+    for prefix, paper, ours in VARIANTS:
+        rows = []
+        for metric in VARIANT_METRICS:
+            if not all(prefix + metric in r.result and metric in r.result for r in runs.values()):
+                continue
+            view = lambda key: {"per_fold": {f: {"v": r.result[key]} for f, r in runs.items()}}  # noqa: E731
+            d = paired_difference(view(prefix + metric), view(metric), "v")
+            a = mean_std([r.result[prefix + metric] for r in runs.values()])[0]
+            b = mean_std([r.result[metric] for r in runs.values()])[0]
+            rows.append(f"| {metric} | {a:.4f} | {b:.4f} | {d['mean']:+.4f} | {d['t']:.2f} |")
+        if rows:
+            lines += [
+                "",
+                f"{ours} against {paper}, same folds (b - a paired; Brier, ECE and feature shift:"
+                " lower is better):",
+                "",
+                f"| metric | a: {paper} | b: {ours} | b - a | t |",
+                "|---|---|---|---|---|",
+                *rows,
+            ]
+    return lines
 
 
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:

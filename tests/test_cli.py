@@ -197,3 +197,18 @@ def test_cluster_launcher_yaml_passes_ray_validation():
     assert job["kind"] == "RayJob" and "sssl_dist train" in job["spec"]["entrypoint"]
     env = yaml.safe_load((REPO / "cluster/runtime_env.yaml").read_text())
     assert ".venv/" in env["excludes"]
+
+
+def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
+    from sssl_dist.cv import paired_variant_lines
+    from sssl_dist.fold import FoldRun
+
+    def run(acc: float, paper_acc: float) -> FoldRun:
+        result = {"test_acc": acc, "in_sample_test_acc": paper_acc}
+        return FoldRun(result, [], {}, {}, "", "")
+
+    runs = {0: run(0.8, 0.7), 1: run(0.7, 0.7), 2: run(0.9, 0.7)}
+    lines = paired_variant_lines(runs)
+    row = next(line for line in lines if line.startswith("| test_acc"))
+    assert row == "| test_acc | 0.7000 | 0.8000 | +0.1000 | 1.73 |"
+    assert not any("last epoch" in line for line in lines)  # that variant was not reported
