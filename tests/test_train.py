@@ -469,8 +469,10 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
 def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path, ray_session):
     """`sssl train --parallel 2 --workers 0 --final`: two local-mode folds side by side as Ray
     tasks, through run_fold like every other path; the report has what a sequential one has,
-    and a fold's result equals the same fold trained on its own (same seed, same code). Then
-    the final refit learns from every song and is the exported model."""
+    and a fold's result equals the same fold trained on its own (same seed, same code): the
+    task's fresh process and this test's process, which has trained units before, give the
+    same result, so a reused process carries nothing over. Then the final refit learns from
+    every song and is the exported model."""
     from dataclasses import replace
 
     from sssl_dist.cv import run_cv
