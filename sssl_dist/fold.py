@@ -185,8 +185,10 @@ def run_fold(
         fault=fault,
     )
     service = None
-    if cfg.gmm_site == "driver" and cfg.method != "inherit":
-        # Owned by this driver, so it outlives worker restarts (split_service.py).
+    if cfg.gmm_site == "driver" and cfg.method != "inherit" and workers > 0:
+        # Owned by this driver, so it outlives worker restarts (split_service.py). In local mode
+        # (workers=0) the driver is the one training process: the fit already runs on the
+        # driver side, and an actor would only add a process start to every fold.
         service, service_name = start_split_service(cfg, table, name)
         loop = replace(loop, split_service=service_name)
     trainer = TorchTrainer(
