@@ -230,6 +230,7 @@ def run_fold(
             shards,
             fold,
             fold_ids,
+            evaluated_epoch=int(run.result["evaluated_epoch"]),
             storage_path=storage_path,
             name=name,
             workers=workers,

@@ -530,6 +530,9 @@ def test_cross_fit_svm_learns_from_out_of_sample_songs(shard_dir, tmp_path, ray_
     run = run_fold(cfg, shards, 0, storage_path=tmp_path, name="cf", workers=0)
     inner = sorted(p.name for p in tmp_path.iterdir() if "crossfit" in p.name)
     assert inner == ["cf-crossfit1of2", "cf-crossfit2of2"]
+    for name in inner:  # trained as long as the fold's network when it was evaluated
+        lines = (tmp_path / name / PROGRESS_FILE).read_text().splitlines()
+        assert len(lines) == run.result["evaluated_epoch"] + 1
     oos = json.loads(Path(run.checkpoint_dir, SVM_SONGS_FILE).read_text())
     assert sorted(oos) == sorted(run.fold_ids["train"])
     # Out of sample: another network's probabilities, not the fold network's own.
