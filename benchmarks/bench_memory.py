@@ -7,7 +7,7 @@ tasks, each one process) and samples the memory of every process on the machine 
 
 Memory is counted as PSS (proportional set size): a page shared by k processes counts 1/k in
 each, so the sum over processes counts the shared mels once, as the machine holds them. RSS
-would count them k times. The figure is the peak of that sum minus the sum before the run.
+would count them k times. The figure is the peak of that sum minus the sum on the idle machine before the first run.
 
     python benchmarks/bench_memory.py --gb 1.0 --concurrent 4     # the issue's setting
 """
@@ -89,9 +89,12 @@ def main(gb: float, concurrent: int, work: Path) -> dict[str, float]:
     cfg = SSSLConfig(method="inherit", epochs=1, warmup_epochs=1, n_folds=max(concurrent, 2))
     shards.load_mels({s["song_id"] for s in shards.songs})  # the per-node cache, built once
     out = {}
+    # Both runs are measured from the same idle level: Ray keeps the first run's finished worker
+    # process alive for reuse, and a fresh baseline would hide its memory from the second run.
+    time.sleep(2)
+    before = total_pss_mb()
     for k in (1, concurrent):
         time.sleep(2)
-        before = total_pss_mb()
         t0 = time.perf_counter()
         with PeakSampler() as peak:
             folds = list(range(k))
