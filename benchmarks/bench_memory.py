@@ -7,7 +7,8 @@ tasks, each one process) and samples the memory of every process on the machine 
 
 Memory is counted as PSS (proportional set size): a page shared by k processes counts 1/k in
 each, so the sum over processes counts the shared mels once, as the machine holds them. RSS
-would count them k times. The figure is the peak of that sum minus the sum on the idle machine before the first run.
+would count them k times. The figure is the peak of that sum minus the sum on the idle machine
+before the first run.
 
     python benchmarks/bench_memory.py --gb 1.0 --concurrent 4     # the issue's setting
 """
