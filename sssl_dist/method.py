@@ -224,7 +224,8 @@ def split_clean_noisy(
         raise ValueError(f"unknown GMM scope {mode!r}")
 
     clean_mask = w > tau
-    counts = [int(np.count_nonzero(clean_mask[m])) for m in members_of]
+    # One bincount over X's labels instead of one masked count per class (10^7 at scale).
+    counts = np.bincount(labels[clean_mask], minlength=num_classes)[:num_classes].tolist()
     notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
     n_x = int(clean_mask.sum())
     if n_x == 0:
