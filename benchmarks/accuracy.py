@@ -53,6 +53,13 @@ def main() -> None:
         "--selections", nargs="+", default=["epoch_loss"], choices=["epoch_loss", "mean_loss"]
     )
     p.add_argument(
+        "--clean-targets",
+        nargs="+",
+        default=["inherited"],
+        choices=["inherited", "refined"],
+        help="what X trains on: its inherited labels (the paper) or DivideMix's refined ones",
+    )
+    p.add_argument(
         "--eval-epochs",
         nargs="+",
         default=["last"],
@@ -96,8 +103,10 @@ def main() -> None:
             SynthConfig(n_songs=a.songs, excursion_fraction=noise),
             progress=False,
         )
-        grid = itertools.product(a.tasks, a.lengths, a.gmm_scopes, a.selections, a.eval_epochs)
-        for task, length, scope, selection, evaluated in grid:
+        grid = itertools.product(
+            a.tasks, a.lengths, a.gmm_scopes, a.selections, a.clean_targets, a.eval_epochs
+        )
+        for task, length, scope, selection, targets, evaluated in grid:
             fields = {
                 "songs": a.songs,
                 "folds": a.folds,
@@ -108,11 +117,16 @@ def main() -> None:
                 "L": length,
                 "gmm_scope": scope,
                 "selection": selection,
+                "targets": targets,
                 "eval": evaluated,
             }
             # inherit never splits: run it once per cell, keyed as the paper's per-class split
             # of this epoch's loss; finished cells are kept (resumable).
-            first = scope == a.gmm_scopes[0] and selection == a.selections[0]
+            first = (scope, selection, targets) == (
+                a.gmm_scopes[0],
+                a.selections[0],
+                a.clean_targets[0],
+            )
             todo = [
                 m
                 for m in a.methods
@@ -123,6 +137,7 @@ def main() -> None:
                 segment_seconds=length,
                 gmm_scope=scope,
                 selection=selection,
+                clean_targets=targets,
                 eval_epoch=evaluated,
                 n_folds=a.folds,
                 epochs=a.epochs,
@@ -176,16 +191,17 @@ def write_summary(out: Path, results: dict) -> None:
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | GMM scope | selection | eval | method | test acc | test F1 "
-        "| vote acc | majority | seg acc (truth) | noise AUC | prec U | recall U | min X share "
-        "| min |",
-        "|---" * 18 + "|",
+        "| noise | wrong | task | L | GMM scope | selection | X targets | eval | method | test acc "
+        "| test F1 | vote acc | majority | seg acc (truth) | noise AUC | prec U | recall U "
+        "| min X share | min |",
+        "|---" * 19 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
             f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
-            f"{f['selection']} | {f['eval']} | {f['method']} | {_ms(m, 'test_acc')} | "
+            f"{f['selection']} | {f['targets']} | {f['eval']} | {f['method']} | "
+            f"{_ms(m, 'test_acc')} | "
             f"{_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
             f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
@@ -211,13 +227,15 @@ def write_summary(out: Path, results: dict) -> None:
             comparisons.append(("per-class", _key(f, gmm_scope="per_class")))
         if f["selection"] == "mean_loss":
             comparisons.append(("epoch_loss", _key(f, selection="epoch_loss")))
+        if f["targets"] == "refined":
+            comparisons.append(("inherited X targets", _key(f, targets="inherited")))
         for name, base in comparisons:
             if base not in results:
                 continue
             d = _paired(results, base, key)
             lines.append(
                 f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} "
-                f"({f['gmm_scope']}, {f['selection']}, eval {f['eval']}) "
+                f"({f['gmm_scope']}, {f['selection']}, X {f['targets']}, eval {f['eval']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -232,6 +250,7 @@ def write_summary(out: Path, results: dict) -> None:
     for c in cells.values():
         f = c["fields"]
         cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "selection", "method"))
+        cell += f" (X {f['targets']})" if f["targets"] != "inherited" else ""
         cell += f" ({f['eval']})" if f["eval"] != "last" else ""
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
@@ -313,7 +332,10 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
         f = c["fields"]
         base = _key(_cell_fields(f, "inherit"))
         paper_like = (
-            f["gmm_scope"] == "per_class" and f["selection"] == "epoch_loss" and f["eval"] == "last"
+            f["gmm_scope"] == "per_class"
+            and f["selection"] == "epoch_loss"
+            and f["targets"] == "inherited"
+            and f["eval"] == "last"
         )
         if f["method"] != "sssl" or not paper_like or base not in results:
             continue
@@ -455,16 +477,18 @@ def _series(cells: dict) -> dict:
 # batch makes results independent of it). Keys and headers come from these fields, never from
 # the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
-KEY_FIELDS += ("selection", "eval", "method")
+KEY_FIELDS += ("selection", "targets", "eval", "method")
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
 
 
 def _migrate(results: dict) -> dict:
-    """Keys written before the `eval` field existed were all evaluated at the last epoch."""
-    return {
-        (k if " eval=" in k else k.replace(" method=", " eval=last method=")): v
-        for k, v in results.items()
-    }
+    """Keys written before the `eval` field existed were all evaluated at the last epoch, and
+    before the `targets` field X always trained on its inherited labels."""
+    out = {}
+    for k, v in results.items():
+        k = k if " eval=" in k else k.replace(" method=", " eval=last method=")
+        out[k if " targets=" in k else k.replace(" eval=", " targets=inherited eval=")] = v
+    return out
 
 
 def _key(fields: dict, **change: str) -> str:
@@ -475,7 +499,13 @@ def _key(fields: dict, **change: str) -> str:
 def _cell_fields(fields: dict, method: str) -> dict:
     """A method's cell: inherit never splits, so it is keyed as per-class/epoch_loss always."""
     if method == "inherit":
-        return {**fields, "method": method, "gmm_scope": "per_class", "selection": "epoch_loss"}
+        return {
+            **fields,
+            "method": method,
+            "gmm_scope": "per_class",
+            "selection": "epoch_loss",
+            "targets": "inherited",
+        }
     return {**fields, "method": method}
 
 

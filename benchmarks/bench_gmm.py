@@ -68,7 +68,7 @@ def _rank(rank: int, world: int, init: str, n: int, queue) -> None:
     import torch
     import torch.distributed as dist
 
-    from sssl_dist.collectives import broadcast_mask, broadcast_status, gather_losses
+    from sssl_dist.collectives import broadcast_clean_w, broadcast_status, gather_losses
     from sssl_dist.data import rank_block
 
     torch.set_num_threads(1)
@@ -91,14 +91,15 @@ def _rank(rank: int, world: int, init: str, n: int, queue) -> None:
             dist.all_gather(parts, packed)  # equal blocks here: n is even
             full = torch.cat(parts)[:, 1].float().numpy()
         t_gather = time.perf_counter() - t0
-        mask = None
+        clean_w = None
         if rank == 0:
             cap = CAP if name == "new" else None
-            mask = split_clean_noisy(full, labels, num_classes=4, tau=0.5, max_fit=cap).clean_mask
+            split = split_clean_noisy(full, labels, num_classes=4, tau=0.5, max_fit=cap)
+            clean_w = split.clean_w
         t_fit = time.perf_counter() - t0 - t_gather
         broadcast_status(None)
         if name == "new":
-            broadcast_mask(mask, n)
+            broadcast_clean_w(clean_w, n)
         else:  # before: the float32 clean probabilities
             buf = torch.zeros(n)
             dist.broadcast(buf, src=0)

@@ -41,14 +41,14 @@ def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     w = Worker.build(cfg, table, no_val, mels, fc, model, opt)
-    times, clean_mask, memory = [], None, LossMemory.empty(len(table))
+    times, clean_w, memory = [], None, LossMemory.empty(len(table))
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         if epoch >= cfg.warmup_epochs:
             losses = loss_pass(w)
             split, _ = fit_split(cfg, table, losses.numpy(), [len(table)], epoch, memory)
-            clean_mask = split.clean_mask
-        train_epoch(w, clean_mask if epoch >= cfg.warmup_epochs else None, epoch)
+            clean_w = split.clean_w
+        train_epoch(w, clean_w if epoch >= cfg.warmup_epochs else None, epoch)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -65,7 +65,7 @@ def training_state(
     plain: torch.nn.Module,
     opt: torch.optim.Optimizer,
     epoch: int,
-    clean_mask: np.ndarray | None,
+    clean_w: np.ndarray | None,
     memory: LossMemory,
     best: BestEpoch | None = None,
 ) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def training_state(
         "optimizer": opt.state_dict(),
         "epoch": epoch,
         "torch_rng": torch.get_rng_state(),
-        "clean_mask": torch.from_numpy(clean_mask) if clean_mask is not None else torch.zeros(0),
+        "clean_w": torch.from_numpy(clean_w) if clean_w is not None else torch.zeros(0),
         "loss_sums": torch.from_numpy(memory.sums),
         "loss_counts": torch.from_numpy(memory.counts),
     }

@@ -77,18 +77,25 @@ def broadcast_status(error: str | None) -> None:
         raise PeerFailure(f"rank 0 failed: {box[0]}")
 
 
-def broadcast_mask(mask: np.ndarray | None, n: int) -> np.ndarray:
-    """Step 3b: rank 0's clean mask [n] (bool) to every rank (other ranks pass None). One byte
-    a segment: the other ranks need X/U, not the clean probabilities."""
+def broadcast_clean_w(clean_w: np.ndarray | None, n: int) -> np.ndarray:
+    """Step 3b: rank 0's split [n] (w on X, 0 on U; `Split.clean_w`) to every rank (other
+    ranks pass None); every rank, rank 0 included, gets the same float32 [n] back.
+
+    One byte a segment: w on X is sent as round(255 w), at least 1, so X = (value > 0) is exact
+    and w keeps a resolution of 1/255, plenty for label refinement. Rank 0 decodes its own
+    bytes too, so every rank trains on identical weights.
+    """
     buf = (
-        torch.from_numpy(mask.astype(np.uint8))
-        if mask is not None
+        torch.from_numpy(
+            np.where(clean_w > 0, np.clip(np.rint(clean_w * 255), 1, 255), 0).astype(np.uint8)
+        )
+        if clean_w is not None
         else torch.zeros(n, dtype=torch.uint8)
     )
     if distributed():
         buf = buf.to(comm_device())
         dist.broadcast(buf, src=0)
-    return buf.cpu().numpy().astype(bool)
+    return buf.cpu().numpy().astype(np.float32) / 255
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

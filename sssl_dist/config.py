@@ -24,6 +24,7 @@ SELECTIONS = ("epoch_loss", "mean_loss")
 GMM_SITES = ("driver", "rank0")
 EVAL_EPOCHS = ("last", "best_val")
 SVM_FEATURES = ("in_sample", "cross_fit")
+CLEAN_TARGETS = ("inherited", "refined")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -80,6 +81,11 @@ class SSSLConfig:
     # as AUM does with margins), so one epoch in which the network memorises a wrong label does
     # not pull that segment into X (issue 11). The paper's stays the default until measured.
     selection: Literal["epoch_loss", "mean_loss"] = "epoch_loss"
+    # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
+    # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
+    # clean posterior and p the network's prediction, so a wrong label that slipped into X
+    # with a borderline w is not trained on at full strength (issue 11).
+    clean_targets: Literal["inherited", "refined"] = "inherited"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
@@ -138,6 +144,7 @@ class SSSLConfig:
         _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("gmm_site", self.gmm_site, GMM_SITES)
+        _check_choice("clean_targets", self.clean_targets, CLEAN_TARGETS)
         _check_choice("eval_epoch", self.eval_epoch, EVAL_EPOCHS)
         _check_choice("svm_features", self.svm_features, SVM_FEATURES)
         if self.cross_fit_parts < 2:

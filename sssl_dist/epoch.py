@@ -183,12 +183,13 @@ def fit_split_with_metrics(
     epoch: int,
     memory: LossMemory | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Step 3a wherever it runs (the driver's split service or rank 0): the clean mask [N] and
-    what the epoch reports about the split, the gather's coverage included."""
+    """Step 3a wherever it runs (the driver's split service or rank 0): the split as
+    `Split.clean_w` [N] (w on X, 0 on U) and what the epoch reports about it, the gather's
+    coverage included."""
     split, signal = fit_split(cfg, table, losses, sent, epoch, memory)
     metrics = split_metrics(split, table, signal)
     metrics["gathered"] = gather_coverage(sent, len(table))
-    return split.clean_mask, metrics
+    return split.clean_w, metrics
 
 
 def split_metrics(split: Split, table: SegmentTable, losses: np.ndarray) -> dict[str, Any]:
@@ -228,10 +229,10 @@ def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int
     return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()
 
 
-def train_epoch(w: Worker, clean_mask: np.ndarray | None, epoch: int) -> dict[str, float]:
+def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, float]:
     """Step 4: the epoch's optimiser steps, the same count on every rank.
 
-    clean_mask [N] (X = True) selects the SSSL step (Eq. 4-9); None trains with plain CE
+    clean_w [N] (w on X, 0 on U) selects the SSSL step (Eq. 4-9); None trains with plain CE
     (warm-up and `inherit`). One global permutation per epoch is cut into global batches, and
     each rank takes its share of every batch: 1 and 2 workers see exactly the same batches.
     """
@@ -251,11 +252,11 @@ def train_epoch(w: Worker, clean_mask: np.ndarray | None, epoch: int) -> dict[st
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
         with w.autocast():
-            if clean_mask is None:
+            if clean_w is None:
                 out = ce_loss(w.model, x, y)
             else:
-                mask = torch.from_numpy(clean_mask[idx]).to(w.device)
-                out = sssl_loss(w.model, w.plain, x, y, mask, cfg, gen)
+                weights = torch.from_numpy(clean_w[idx]).to(w.device)
+                out = sssl_loss(w.model, w.plain, x, y, weights, cfg, gen)
         w.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         w.opt.step()

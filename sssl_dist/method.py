@@ -179,6 +179,12 @@ class Split:
     def clean_fraction(self) -> float:
         return float(self.clean_mask.mean()) if self.clean_mask.size else 0.0
 
+    @property
+    def clean_w(self) -> np.ndarray:
+        """float32 [N]: w on X, 0 on U. What the ranks train with: the split (X = clean_w > 0)
+        and each X sample's weight for `clean_targets: refined`, in one vector."""
+        return np.where(self.clean_mask, self.clean_prob, 0.0).astype(np.float32)
+
 
 def split_clean_noisy(
     losses: np.ndarray,
@@ -265,6 +271,21 @@ def pseudo_label(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     The caller computes `probs` without gradient: the targets are fixed for the step.
     """
     return sharpen(probs.detach(), temperature)
+
+
+def refine_labels(
+    one_hot: torch.Tensor, probs: torch.Tensor, w: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """DivideMix's label refinement of X (Li et al. 2020, §3.2, Eq. 3-4), not in the paper:
+    ȳ = w y + (1 - w) p, then sharpened as Eq. 4: ŷ = S(ȳ).
+
+    one_hot [B, K] inherited labels, probs [B, K] the network's prediction (no gradient), w [B]
+    the clean posterior of each X sample. A segment the GMM is nearly sure of (w -> 1) keeps
+    its label; a borderline one (w just above τ) leans towards what the network sees, so a
+    wrong label that slipped into X is trained on less hard (issue 11).
+    """
+    w = w.detach().to(probs.dtype).unsqueeze(1)
+    return sharpen(w * one_hot.to(probs.dtype) + (1 - w) * probs.detach(), temperature)
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,14 +54,15 @@ class SplitService:
     def fit(
         self, epoch: int, losses: np.ndarray, sent: list[int]
     ) -> tuple[np.ndarray, dict[str, Any], LossMemory | None]:
-        """Step 3 of an SSSL epoch: (clean mask [N], the split's metrics, the loss memory after
-        this epoch when the selection keeps one, for rank 0's checkpoint; else None)."""
-        mask, metrics = fit_split_with_metrics(
+        """Step 3 of an SSSL epoch: (the split as `Split.clean_w` [N], its metrics, the loss
+        memory after this epoch when the selection keeps one, for rank 0's checkpoint; else
+        None)."""
+        clean_w, metrics = fit_split_with_metrics(
             self.cfg, self.table, losses, sent, epoch, self.memory
         )
         self.history.append({"epoch": epoch, "n_clean": metrics["n_clean"]})
         keeps_memory = self.cfg.selection == "mean_loss"
-        return mask, metrics, self.memory if keeps_memory else None
+        return clean_w, metrics, self.memory if keeps_memory else None
 
     def splits(self) -> list[dict[str, Any]]:
         """The split history: {epoch, n_clean} for every SSSL epoch fitted so far, in order."""

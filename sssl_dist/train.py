@@ -7,12 +7,12 @@ Splitting an SSSL epoch (after warm-up; never for `inherit`) is:
   1. loss pass: eval mode, per-sample CE (Eq. 2) of every training segment of this rank's block;
   2. gather every rank's block of losses to rank 0 (float16; positions follow from the blocks);
   3. one GMM fit, by the driver's split service (split_service.py; `gmm_site: driver`) or on
-     rank 0 (`gmm_site: rank0`); rank 0 broadcasts ok/error first, then the clean mask;
+     rank 0 (`gmm_site: rank0`); rank 0 broadcasts ok/error first, then the split (w on X, 0 on U);
 and training the epoch is
   4. the SSSL step (Eq. 4-9) under DDP: one global permutation per epoch, each rank taking its
      share of every global batch, so all ranks take the same number of steps.
 
-Either way the gather goes to rank 0 and the mask leaves from rank 0 on the process group that
+Either way the gather goes to rank 0 and the split leaves from rank 0 on the process group that
 is already open; the driver side adds one object-store round trip per epoch (its measured cost
 is in BENCHMARKS.md) and keeps the split history where a worker failure cannot reach it.
 
@@ -44,7 +44,7 @@ from sssl_dist.checkpoint import (
 )
 from sssl_dist.collectives import (
     all_gather_object,
-    broadcast_mask,
+    broadcast_clean_w,
     broadcast_status,
     distributed,
     gather_losses,
@@ -92,7 +92,7 @@ class Progress:
 
     start_epoch: int = 0
     history: list[dict[str, Any]] | None = None
-    clean_mask: np.ndarray | None = None
+    clean_w: np.ndarray | None = None  # the last split: w on X, 0 on U
     memory: LossMemory | None = None  # rank 0's per-segment loss sums (selection: mean_loss)
     best: BestEpoch | None = None  # the best validation epoch so far (eval_epoch: best_val)
 
@@ -101,7 +101,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     loop = LoopConfig(**loop_dict)
     w, mels, by_id = set_up_rank(loop)
     progress = restore(w, loop)
-    history, clean_mask = progress.history or [], progress.clean_mask
+    history, clean_w = progress.history or [], progress.clean_w
     memory = progress.memory or LossMemory.empty(len(w.table))
     best = progress.best or BestEpoch()
     if loop.split_service and w.rank == 0:
@@ -114,9 +114,9 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "fold": loop.fold, "n_train": len(w.table)}
         sssl_epoch = cfg.method != "inherit" and epoch >= cfg.warmup_epochs
         if sssl_epoch:  # steps 1-3
-            clean_mask = split_epoch(w, loop, epoch, metrics, memory)
+            clean_w = split_epoch(w, loop, epoch, metrics, memory)
         t_train = time.perf_counter()
-        metrics.update(train_epoch(w, clean_mask if sssl_epoch else None, epoch))  # step 4
+        metrics.update(train_epoch(w, clean_w if sssl_epoch else None, epoch))  # step 4
         t_val = time.perf_counter()
         if len(w.val_table):
             metrics.update(segment_accuracy(w))
@@ -126,14 +126,14 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         history.append(metrics)
         _log_epoch(loop, metrics)
         save_checkpoint(
-            training_state(w.plain, w.opt, epoch, clean_mask, memory, best),
+            training_state(w.plain, w.opt, epoch, clean_w, memory, best),
             {"history.json": history},
             cfg,
             _scalars(metrics),
             epoch_dir_name(epoch),
             loop.local,
         )
-    finish_fold(w, loop, mels, by_id, history, clean_mask, memory, best)
+    finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
 
 
 def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[str, dict]]:
@@ -187,11 +187,12 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     w.plain.load_state_dict(state.get("last_model", state["model"]))
     w.opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
-    mask = state["clean_mask"]
+    # Checkpoints written before `clean_targets` hold a bool mask: X with w = 1.
+    split = state["clean_w"] if "clean_w" in state else state["clean_mask"].float()
     return Progress(
         start_epoch=int(state["epoch"]) + 1,
         history=json.loads(Path(found, "history.json").read_text()),
-        clean_mask=mask.numpy() if mask.numel() else None,
+        clean_w=split.numpy() if split.numel() else None,
         memory=LossMemory(state["loss_sums"].numpy(), state["loss_counts"].numpy()),
         best=BestEpoch.from_state(state),
     )
@@ -200,7 +201,7 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
 def split_epoch(
     w: Worker, loop: LoopConfig, epoch: int, metrics: dict[str, Any], memory: LossMemory
 ) -> np.ndarray:
-    """Steps 1-3: this epoch's clean mask [N] (X = True), the same on every rank. `memory` is
+    """Steps 1-3: this epoch's split [N] (w on X, 0 on U), the same on every rank. `memory` is
     rank 0's per-segment loss history (what the `mean_loss` selection fits on)."""
     t0 = time.perf_counter()
     # 1. loss pass over this rank's block (eval mode, Eq. 2), in position order
@@ -215,13 +216,13 @@ def split_epoch(
     all_losses, sent = gather_losses(losses)
     t_gather = time.perf_counter()
     # 3. one GMM fit (driver's service or rank 0); rank 0's ok/error status goes out before the
-    #    mask, so a failure here ends every rank at once instead of leaving them waiting.
-    mask, error = None, None
+    #    split, so a failure here ends every rank at once instead of leaving them waiting.
+    split, error = None, None
     if w.rank == 0:
         try:
             if loop.fault == "gmm":
                 raise RuntimeError("injected fault in the GMM step (test)")
-            mask, split_info = fit_at_site(w, loop, all_losses, sent, epoch, memory)
+            split, split_info = fit_at_site(w, loop, all_losses, sent, epoch, memory)
             metrics.update(split_info)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -229,7 +230,7 @@ def split_epoch(
             raise
     broadcast_status(error)
     t_gmm = time.perf_counter()
-    clean_mask = broadcast_mask(mask, len(w.table))
+    clean_w = broadcast_clean_w(split, len(w.table))
     t2 = time.perf_counter()
     metrics.update(
         time_loss_pass=t1 - t0,
@@ -238,7 +239,7 @@ def split_epoch(
         time_gmm=t_gmm - t_gather,
         time_gather_gmm=t2 - t_wait,  # gather + GMM fit + broadcast, without the wait
     )
-    return clean_mask
+    return clean_w
 
 
 def fit_at_site(
@@ -249,14 +250,14 @@ def fit_at_site(
     epoch: int,
     memory: LossMemory,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Step 3a on rank 0: the clean mask and split metrics, from the driver's split service or
-    fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
+    """Step 3a on rank 0: the split (`Split.clean_w`) and its metrics, from the driver's split
+    service or fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
     if not loop.split_service:
         return fit_split_with_metrics(w.cfg, w.table, losses, sent, epoch, memory)
-    mask, metrics, kept = ray.get(_service(loop).fit.remote(epoch, losses, sent))
+    clean_w, metrics, kept = ray.get(_service(loop).fit.remote(epoch, losses, sent))
     if kept is not None:
         memory.sums[:], memory.counts[:] = kept.sums, kept.counts
-    return mask, metrics
+    return clean_w, metrics
 
 
 def _service(loop: LoopConfig):
@@ -269,7 +270,7 @@ def finish_fold(
     mels: dict[str, np.ndarray],
     by_id: dict[str, dict],
     history: list[dict[str, Any]],
-    clean_mask: np.ndarray | None,
+    clean_w: np.ndarray | None,
     memory: LossMemory,
     best: BestEpoch,
 ) -> None:
@@ -290,7 +291,7 @@ def finish_fold(
             w.plain.load_state_dict(best.state)
             probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
     final.update(results, evaluated_epoch=best.epoch if last_weights else last)
-    state = training_state(w.plain, w.opt, last, clean_mask, memory, best)
+    state = training_state(w.plain, w.opt, last, clean_w, memory, best)
     if last_weights is not None:  # what a re-run resumes training state from
         state["last_model"] = last_weights
     save_checkpoint(

@@ -21,8 +21,22 @@ def _losses(n: int) -> np.ndarray:
     return np.linspace(0.1, 2.0, n).astype(np.float32)
 
 
+def _clean_w(n: int) -> np.ndarray:
+    """A split as the GMM gives it: w on X (w > τ = 0.5, one just above τ and one tiny w that
+    must still count as X), 0 on U."""
+    w = np.linspace(0.0, 1.0, n).astype(np.float32)
+    w[w <= 0.5] = 0.0
+    w[0] = 1e-4
+    return w
+
+
 def _worker(rank: int, world: int, init: str, out: dict, fail_rank0: bool) -> None:
-    from sssl_dist.collectives import PeerFailure, broadcast_mask, broadcast_status, gather_losses
+    from sssl_dist.collectives import (
+        PeerFailure,
+        broadcast_clean_w,
+        broadcast_status,
+        gather_losses,
+    )
 
     dist.init_process_group(
         "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=60)
@@ -31,8 +45,8 @@ def _worker(rank: int, world: int, init: str, out: dict, fail_rank0: bool) -> No
         lo, hi = rank_block(N, rank, world)
         losses, sent = gather_losses(torch.from_numpy(_losses(N)[lo:hi]))
         out[rank] = {"losses": None if losses is None else losses.tolist(), "sent": sent}
-        mask = broadcast_mask(_losses(N) < 1.0 if rank == 0 else None, N)
-        out[f"mask{rank}"] = mask.tolist()
+        split = broadcast_clean_w(_clean_w(N) if rank == 0 else None, N)
+        out[f"split{rank}"] = split.tolist()
         try:
             broadcast_status("ValueError: boom" if fail_rank0 and rank == 0 else None)
             out[f"status{rank}"] = "ok"
@@ -65,7 +79,13 @@ def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_pat
     assert cover["per_rank"] == cover["expected"] and cover["gathered"] == N
     # float16 on the wire: 3 significant digits.
     np.testing.assert_allclose(out[0]["losses"], _losses(N), rtol=1e-3)
-    assert out["mask0"] == out["mask1"] == (_losses(N) < 1.0).tolist()
+    # The split reaches every rank identical, X exactly (w > 0).
+    assert out["split0"] == out["split1"]
+    split, sent = np.array(out["split0"]), _clean_w(N)
+    assert ((split > 0) == (sent > 0)).all()
+    # w to the nearest 1/255; X's smallest weight is 1/255, so it cannot turn into U.
+    expected = np.where(sent > 0, np.maximum(sent, 1 / 255), 0.0)
+    np.testing.assert_allclose(split, expected, atol=0.5 / 255 + 1e-7)
     if fail_rank0:  # rank 1 learns of rank 0's failure instead of waiting for its data
         assert out["status1"] == "rank 0 failed: ValueError: boom" and out["status0"] == "ok"
     else:

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -167,18 +168,15 @@ class _Mlp(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.parametrize("targets", ["inherited", "refined"])
 @pytest.mark.parametrize("clean_mask", ["all", "none", "one"])
-def test_sssl_step_handles_empty_sets_and_single_sample(clean_mask):
-    cfg = SSSLConfig(task="quadrant")
+def test_sssl_step_handles_empty_sets_and_single_sample(clean_mask, targets):
+    cfg = SSSLConfig(task="quadrant", clean_targets=targets)
     model = _Mlp(8, 4)
     n = 1 if clean_mask == "one" else 6
     x, y = torch.randn(n, 8), torch.randint(0, 4, (n,))
-    clean = (
-        torch.ones(n, dtype=torch.bool)
-        if clean_mask != "none"
-        else torch.zeros(n, dtype=torch.bool)
-    )
-    out = sssl_loss(model, model, x, y, clean, cfg, torch.Generator().manual_seed(0))
+    clean_w = torch.full((n,), 0.8 if clean_mask != "none" else 0.0)
+    out = sssl_loss(model, model, x, y, clean_w, cfg, torch.Generator().manual_seed(0))
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert out.n_clean + out.n_noisy == n
@@ -200,10 +198,12 @@ def _noisy_blobs(seed, n_train=600, n_test=2000, d=20, k=4, noise=0.4):
     return x_tr, y_noisy, y_tr, x_te, y_te
 
 
-def _train(method, data, epochs=60, seed=0):
+def _train(method, data, epochs=60, seed=0, targets="inherited"):
     x_tr, y_noisy, y_true, x_te, y_te = data
     torch.manual_seed(seed)
-    cfg = SSSLConfig(method=method, task="quadrant", warmup_epochs=5, epochs=epochs)
+    cfg = SSSLConfig(
+        method=method, task="quadrant", warmup_epochs=5, epochs=epochs, clean_targets=targets
+    )
     model = _Mlp(x_tr.shape[1], 4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
@@ -217,8 +217,8 @@ def _train(method, data, epochs=60, seed=0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DegenerateSplitWarning)
                 split = split_clean_noisy(losses, y_noisy.numpy(), num_classes=4, tau=cfg.tau)
-            clean_all = torch.from_numpy(split.clean_mask)
-            purity.append(float((y_noisy == y_true)[clean_all].float().mean()))
+            clean_all = torch.from_numpy(split.clean_w)
+            purity.append(float((y_noisy == y_true)[clean_all > 0].float().mean()))
         model.train()
         for idx in torch.randperm(len(x_tr), generator=g).split(64):
             if clean_all is None:
@@ -234,15 +234,47 @@ def _train(method, data, epochs=60, seed=0):
     return acc, purity
 
 
-def test_sssl_beats_inherit_on_noisy_labels():
-    """A real learning test: 40 % of labels flipped; SSSL must beat plain CE on clean test
-    labels, and the GMM's clean set must be purer than the full training set."""
+@pytest.fixture(scope="module")
+def blobs_inherit():
     data = _noisy_blobs(seed=0)
+    return data, _train("inherit", data)[0]
+
+
+@pytest.mark.parametrize("targets", ["inherited", "refined"])
+def test_sssl_beats_inherit_on_noisy_labels(blobs_inherit, targets):
+    """A real learning test: 40 % of labels flipped; SSSL, with X on its inherited labels (the
+    paper) or refined (DivideMix), must beat plain CE on clean test labels, and the GMM's
+    clean set must be purer than the full training set."""
+    data, acc_inherit = blobs_inherit
     base_purity = float((data[1] == data[2]).float().mean())
-    acc_inherit, _ = _train("inherit", data)
-    acc_sssl, purity = _train("sssl", data)
+    acc_sssl, purity = _train("sssl", data, targets=targets)
     assert acc_sssl > acc_inherit + 0.10, (acc_inherit, acc_sssl)
     assert np.mean(purity[-5:]) > base_purity + 0.2, (base_purity, purity[-5:])
+
+
+def test_refined_targets_follow_w():
+    """DivideMix's refinement: w = 1 keeps the inherited label, w = 0 gives the sharpened
+    prediction; the paper's step ignores w on X, the refined step does not."""
+    from sssl_dist.method import refine_labels
+
+    one_hot = F.one_hot(torch.tensor([0, 0]), 4).float()
+    probs = torch.tensor([[0.1, 0.7, 0.1, 0.1]] * 2)
+    out = refine_labels(one_hot, probs, torch.tensor([1.0, 0.0]), temperature=0.5)
+    torch.testing.assert_close(out[0], one_hot[0])
+    torch.testing.assert_close(out[1], sharpen(probs[1:], 0.5)[0])
+    assert torch.allclose(out.sum(-1), torch.ones(2))
+
+    model = _Mlp(8, 4, dropout=0.0)
+    x, y = torch.randn(6, 8), torch.randint(0, 4, (6,))
+    sure, borderline = torch.ones(6), torch.full((6,), 0.55)
+
+    def loss(targets, w):
+        cfg = SSSLConfig(task="quadrant", clean_targets=targets, mixup_alpha=0.0)
+        return float(sssl_loss(model, model, x, y, w, cfg).loss)
+
+    assert loss("inherited", sure) == loss("inherited", borderline)
+    assert loss("refined", sure) == pytest.approx(loss("inherited", sure), abs=1e-6)
+    assert loss("refined", borderline) != pytest.approx(loss("inherited", sure), abs=1e-4)
 
 
 def test_paired_difference_over_shared_folds():

@@ -180,8 +180,8 @@ def test_checkpoint_loads_weights_only_and_has_everything(two_worker_run):
     weights_only=True, so anything else saved into them would fail here."""
     run, store, _, _ = two_worker_run
     state = load_state(run.checkpoint_dir)
-    assert set(state) >= {"model", "optimizer", "epoch", "torch_rng", "clean_mask"}
-    assert state["epoch"] == CFG.epochs - 1 and state["clean_mask"].dtype == torch.bool
+    assert set(state) >= {"model", "optimizer", "epoch", "torch_rng", "clean_w"}
+    assert state["epoch"] == CFG.epochs - 1 and state["clean_w"].dtype == torch.float32
     assert (Path(run.checkpoint_dir) / "config.yaml").is_file()
     # Checkpoints are named after their epoch, so a restart can find the newest one on disk.
     names = {p.name for p in Path(run.run_dir).iterdir() if (p / "state.pt").is_file()}
