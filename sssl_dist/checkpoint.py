@@ -36,6 +36,11 @@ FINAL_NAME = "final"
 _REQUIRED = (STATE_FILE, "history.json", "config.yaml")
 
 
+def copy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state_dict, unaffected by later optimiser steps."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @dataclass
 class BestEpoch:
     """The epoch with the highest validation segment accuracy so far, and a copy of its
@@ -48,7 +53,7 @@ class BestEpoch:
     def offer(self, epoch: int, score: float, model: torch.nn.Module) -> None:
         if score >= self.score:
             self.epoch, self.score = epoch, score
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.state = copy_weights(model)
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BestEpoch:

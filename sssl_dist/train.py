@@ -22,6 +22,7 @@ collectives.py; checkpoint input/output in checkpoint.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 from sssl_dist.checkpoint import (
     FINAL_NAME,
     BestEpoch,
+    copy_weights,
     epoch_dir_name,
     load_state,
     newest_persisted,
@@ -261,7 +263,14 @@ def fit_at_site(
 
 
 def _service(loop: LoopConfig):
-    return ray.get_actor(loop.split_service, namespace=NAMESPACE)
+    return _service_named(loop.split_service)
+
+
+@functools.cache
+def _service_named(name: str):
+    """The fold's split service, looked up once per process (one GCS call, not one an epoch).
+    Each fold's service has its own name, so a process reused for the next fold looks again."""
+    return ray.get_actor(name, namespace=NAMESPACE)
 
 
 def finish_fold(
@@ -287,7 +296,7 @@ def finish_fold(
     if cfg.eval_epoch == "best_val" and best.state is not None:
         final.update({f"last_epoch_{k}": v for k, v in results.items() if _is_number(v)})
         if best.epoch != last:
-            last_weights = {k: v.detach().clone() for k, v in w.plain.state_dict().items()}
+            last_weights = copy_weights(w.plain)
             w.plain.load_state_dict(best.state)
             probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
     final.update(results, evaluated_epoch=best.epoch if last_weights else last)
