@@ -17,6 +17,10 @@ benchmarks/results/.
     python benchmarks/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
         --lengths 1 3 5 --noise 0.1 0.25 0.4 --gmm-scopes per_class global     # > 1 day on 2 cores
     python benchmarks/accuracy.py --songs 200 --folds 5 --epochs 8          # ~40 min
+    # one more cell beside committed ones: the step with DivideMix's refined X targets, or any
+    # other config override (part of the cell's key)
+    python benchmarks/accuracy.py --methods sssl --clean-targets refined --eval-epochs best_val
+    python benchmarks/accuracy.py --methods sssl --set mixup_alpha=0 --eval-epochs best_val
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ def main() -> None:
         choices=["last", "best_val"],
         help="which epoch is evaluated; best_val cells also report the last epoch (paired)",
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further SSSLConfig overrides for every trained cell, e.g. mixup_alpha=0 "
+        "(part of the cell's key; inherit cells too unless the override is SSSL-only)",
+    )
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="runs/bench-accuracy")
@@ -86,7 +98,7 @@ def main() -> None:
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.config import SSSLConfig, with_overrides
+    from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
     from sssl_dist.cv import run_methods
     from sssl_dist.fold import run_digest
 
@@ -118,6 +130,7 @@ def main() -> None:
                 "gmm_scope": scope,
                 "selection": selection,
                 "targets": targets,
+                "set": _set_field(a.set),
                 "eval": evaluated,
             }
             # inherit never splits: run it once per cell, keyed as the paper's per-class split
@@ -143,6 +156,7 @@ def main() -> None:
                 epochs=a.epochs,
                 warmup_epochs=a.warmup,
             )
+            base = with_overrides(base, parse_overrides(a.set))
             cell_dir = lambda m, f=fields: out / _dir_name(_cell_fields(f, m))  # noqa: E731
             for method, s, minutes in run_methods(base, shards, cell_dir, todo, workers=a.workers):
                 key = _key(_cell_fields(fields, method))
@@ -191,16 +205,16 @@ def write_summary(out: Path, results: dict) -> None:
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | GMM scope | selection | X targets | eval | method | test acc "
-        "| test F1 | vote acc | majority | seg acc (truth) | noise AUC | prec U | recall U "
-        "| min X share | min |",
-        "|---" * 19 + "|",
+        "| noise | wrong | task | L | GMM scope | selection | X targets | set | eval | method "
+        "| test acc | test F1 | vote acc | majority | seg acc (truth) | noise AUC | prec U "
+        "| recall U | min X share | min |",
+        "|---" * 20 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
             f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
-            f"{f['selection']} | {f['targets']} | {f['eval']} | {f['method']} | "
+            f"{f['selection']} | {f['targets']} | {f['set']} | {f['eval']} | {f['method']} | "
             f"{_ms(m, 'test_acc')} | "
             f"{_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
@@ -229,13 +243,16 @@ def write_summary(out: Path, results: dict) -> None:
             comparisons.append(("epoch_loss", _key(f, selection="epoch_loss")))
         if f["targets"] == "refined":
             comparisons.append(("inherited X targets", _key(f, targets="inherited")))
+        if f["set"] != "-" and f["method"] != "inherit":
+            comparisons.append(("no overrides", _key(f, set="-")))
         for name, base in comparisons:
             if base not in results:
                 continue
             d = _paired(results, base, key)
             lines.append(
                 f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} "
-                f"({f['gmm_scope']}, {f['selection']}, X {f['targets']}, eval {f['eval']}) "
+                f"({f['gmm_scope']}, {f['selection']}, X {f['targets']}, set {f['set']}, "
+                f"eval {f['eval']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -251,6 +268,7 @@ def write_summary(out: Path, results: dict) -> None:
         f = c["fields"]
         cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "selection", "method"))
         cell += f" (X {f['targets']})" if f["targets"] != "inherited" else ""
+        cell += f" ({f['set']})" if f["set"] != "-" else ""
         cell += f" ({f['eval']})" if f["eval"] != "last" else ""
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
@@ -335,6 +353,7 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
             f["gmm_scope"] == "per_class"
             and f["selection"] == "epoch_loss"
             and f["targets"] == "inherited"
+            and f["set"] == "-"
             and f["eval"] == "last"
         )
         if f["method"] != "sssl" or not paper_like or base not in results:
@@ -477,7 +496,9 @@ def _series(cells: dict) -> dict:
 # batch makes results independent of it). Keys and headers come from these fields, never from
 # the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
-KEY_FIELDS += ("selection", "targets", "eval", "method")
+KEY_FIELDS += ("selection", "targets", "set", "eval", "method")
+# Config keys that change only the SSSL step: an inherit cell under them is the plain inherit cell.
+SSSL_ONLY = {"tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_site"}
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
 
 
@@ -487,8 +508,14 @@ def _migrate(results: dict) -> dict:
     out = {}
     for k, v in results.items():
         k = k if " eval=" in k else k.replace(" method=", " eval=last method=")
-        out[k if " targets=" in k else k.replace(" eval=", " targets=inherited eval=")] = v
+        k = k if " targets=" in k else k.replace(" eval=", " targets=inherited eval=")
+        out[k if " set=" in k else k.replace(" eval=", " set=- eval=")] = v
     return out
+
+
+def _set_field(overrides: list[str]) -> str:
+    """--set KEY=VALUE ... as one key field ("-" for none): no spaces or "=" inside."""
+    return ",".join(o.replace("=", ":") for o in sorted(overrides)) or "-"
 
 
 def _key(fields: dict, **change: str) -> str:
@@ -505,8 +532,15 @@ def _cell_fields(fields: dict, method: str) -> dict:
             "gmm_scope": "per_class",
             "selection": "epoch_loss",
             "targets": "inherited",
+            "set": _inherit_set(fields["set"]),
         }
     return {**fields, "method": method}
+
+
+def _inherit_set(field: str) -> str:
+    """The overrides that change an inherit cell: the SSSL-only ones do not."""
+    kept = [o for o in field.split(",") if o != "-" and o.split(":")[0] not in SSSL_ONLY]
+    return ",".join(kept) or "-"
 
 
 def _dir_name(fields: dict) -> str:
