@@ -25,6 +25,7 @@ GMM_SITES = ("driver", "rank0")
 EVAL_EPOCHS = ("last", "best_val")
 SVM_FEATURES = ("in_sample", "cross_fit")
 CLEAN_TARGETS = ("inherited", "refined")
+LR_SCHEDULES = ("constant", "cosine")
 BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
@@ -105,6 +106,10 @@ class SSSLConfig:
     optimizer: Literal["adam", "sgd"] = "adam"  # paper silent; Adam trains the CNNs robustly
     lr: float = 1e-3  # Adam default
     weight_decay: float = 5e-4  # DivideMix
+    # Learning rate by epoch. "constant" (the paper is silent): lr throughout. "cosine":
+    # lr * (1 + cos(pi * epoch / epochs)) / 2, cosine annealing without restarts (Loshchilov &
+    # Hutter 2017), so late epochs take small steps instead of jumping between minima (issue 11).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     momentum: float = 0.9  # used by SGD only
 
     # Which epoch's network makes the fold's segment predictions, song decision and exported
@@ -145,6 +150,7 @@ class SSSLConfig:
         _check_choice("selection", self.selection, SELECTIONS)
         _check_choice("gmm_site", self.gmm_site, GMM_SITES)
         _check_choice("clean_targets", self.clean_targets, CLEAN_TARGETS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("eval_epoch", self.eval_epoch, EVAL_EPOCHS)
         _check_choice("svm_features", self.svm_features, SVM_FEATURES)
         if self.cross_fit_parts < 2:

@@ -8,6 +8,7 @@ one object.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -229,6 +230,13 @@ def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int
     return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()
 
 
+def epoch_lr(cfg: SSSLConfig, epoch: int) -> float:
+    """The learning rate of `epoch` under `cfg.lr_schedule` (config.py)."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+    return cfg.lr
+
+
 def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, float]:
     """Step 4: the epoch's optimiser steps, the same count on every rank.
 
@@ -238,6 +246,8 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
     """
     cfg = w.cfg
     w.model.train()
+    for group in w.opt.param_groups:  # a function of the epoch alone: resumes exactly
+        group["lr"] = epoch_lr(cfg, epoch)
     # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
     # steps per epoch, and hence the result, does not depend on the number of workers.
     per_rank = max(1, cfg.batch_size // w.world)

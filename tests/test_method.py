@@ -339,3 +339,17 @@ def test_clean_posterior_is_the_gmm_posterior_and_subsampled_fits_agree():
     # Below the cap nothing is subsampled: the same split, bit for bit.
     same = split_clean_noisy(x, labels, num_classes=4, tau=0.5, max_fit=x.size)
     np.testing.assert_array_equal(same.clean_prob, full.clean_prob)
+
+
+def test_lr_schedule_by_epoch():
+    """constant (the default) keeps lr; cosine starts at lr, halves mid-way and ends near 0."""
+    from sssl_dist.epoch import epoch_lr
+
+    cfg = SSSLConfig(lr=1e-3, epochs=8, warmup_epochs=3)
+    assert [epoch_lr(cfg, e) for e in range(8)] == [1e-3] * 8
+    cos = SSSLConfig(lr=1e-3, epochs=8, warmup_epochs=3, lr_schedule="cosine")
+    lrs = [epoch_lr(cos, e) for e in range(8)]
+    assert lrs[0] == 1e-3 and lrs[4] == pytest.approx(5e-4) and 0 < lrs[-1] < 5e-5
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SSSLConfig(lr_schedule="step")
