@@ -4,6 +4,7 @@ Every fold's process reads the mels through one memory-mapped copy per node (dat
 cache), so k folds side by side should hold the mels once, not k times. This runs 1 fold, then
 `--concurrent` folds at once (`sssl train --parallel k --workers 0`: local-mode folds as Ray
 tasks, each one process) and samples the memory of every process on the machine every 0.5 s.
+Run it alone: every process of this user counts, a benchmark beside it included.
 
 Memory is counted as PSS (proportional set size): a page shared by k processes counts 1/k in
 each, so the sum over processes counts the shared mels once, as the machine holds them. RSS
@@ -85,7 +86,14 @@ def main(gb: float, concurrent: int, work: Path) -> dict[str, float]:
     mel_gb = sum(s["duration_s"] for s in shards.songs) * BYTES_PER_SECOND / 1e9
     print(f"corpus: {songs} songs, {mel_gb:.2f} GB of mels ({time.perf_counter() - t0:.0f} s)")
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # A local-mode fold reserves one CPU: with Ray's default (one per core) only two folds
+        # would run at once on 2 cores, and "4 side by side" would measure 2.
+        ray.init(
+            num_cpus=max(concurrent, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     # The smallest run that loads everything a fold needs and trains: one inherit epoch.
     cfg = SSSLConfig(method="inherit", epochs=1, warmup_epochs=1, n_folds=max(concurrent, 2))
     shards.load_mels({s["song_id"] for s in shards.songs})  # the per-node cache, built once
