@@ -246,8 +246,9 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
     """
     cfg = w.cfg
     w.model.train()
+    lr = epoch_lr(cfg, epoch)
     for group in w.opt.param_groups:  # a function of the epoch alone: resumes exactly
-        group["lr"] = epoch_lr(cfg, epoch)
+        group["lr"] = lr
     # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
     # steps per epoch, and hence the result, does not depend on the number of workers.
     per_rank = max(1, cfg.batch_size // w.world)
@@ -271,7 +272,7 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
         out.loss.backward()
         w.opt.step()
         sums += (out.l_mix, out.l_kl)
-    return {"l_mix": sums[0] / steps, "l_kl": sums[1] / steps, "steps": steps}
+    return {"l_mix": sums[0] / steps, "l_kl": sums[1] / steps, "steps": steps, "lr": lr}
 
 
 @torch.no_grad()

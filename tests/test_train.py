@@ -138,10 +138,15 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     """Local mode (num_workers=0) runs the same loop in-process; with bf16 on, the autocast path
     that GPUs take runs here on the CPU, so only the device itself is untested without a GPU.
     The run also evaluates the best validation epoch (eval_epoch: best_val): the song decision
-    and the final checkpoint's model are that epoch's."""
+    and the final checkpoint's model are that epoch's. It trains X on DivideMix's refined
+    targets under a cosine learning rate, the step's two options beside the paper's."""
     from dataclasses import replace
 
-    cfg = replace(CFG, bf16=True, eval_epoch="best_val")
+    from sssl_dist.epoch import epoch_lr
+
+    cfg = replace(
+        CFG, bf16=True, eval_epoch="best_val", clean_targets="refined", lr_schedule="cosine"
+    )
     run = run_fold(cfg, ShardSet(shard_dir), 1, storage_path=tmp_path, name="local", workers=0)
     assert len(run.history) == cfg.epochs
     scores = [h["val_seg_acc"] for h in run.history]
@@ -156,6 +161,8 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     for name, tensor in state["model"].items():
         assert torch.equal(tensor, state["best_model"][name]), name
     assert all(np.isfinite(h["l_mix"]) for h in run.history)
+    assert [h["lr"] for h in run.history] == [epoch_lr(cfg, e) for e in range(cfg.epochs)]
+    assert run.history[-1]["lr"] < run.history[0]["lr"] == cfg.lr
     assert _epochs(run.history)[0]["gathered"]["gathered"] == run.history[0]["n_train"]
     assert run.result["test_songs"] == len(run.fold_ids["test"])
 
