@@ -239,8 +239,13 @@ def write_audio_blocks(path: Path, audio: np.ndarray, sr: int, ext: str) -> None
 def generate_corpus(
     out: Path, cfg: SynthConfig = SynthConfig(), progress: bool = True, workers: int | None = None
 ) -> Path:
-    """Write the corpus under `out` in the 4Q layout (songs in parallel processes)."""
+    """Write the corpus under `out` in the 4Q layout (songs in parallel processes). A corpus
+    already there from the same config is kept: its synth_config.json is written last, so its
+    presence means every song and both CSVs are complete."""
     out = Path(out)
+    done = out / "synth_config.json"
+    if done.is_file() and json.loads(done.read_text()) == json.loads(json.dumps(asdict(cfg))):
+        return out
     audio_root = out / "MER_audio_taffc_dataset"
     for q in range(4):
         (audio_root / f"Q{q + 1}").mkdir(parents=True, exist_ok=True)

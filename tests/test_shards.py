@@ -407,3 +407,21 @@ def test_mels_are_one_memory_mapped_copy_per_node(shard_dir, tmp_path):
     assert all(not m.flags.writeable for m in mels.values())  # read-only for every reader
     for sid, mel in ss.read_tars(set(mels)):  # the copy is exactly the shards' content
         np.testing.assert_array_equal(np.asarray(mels[sid]), mel)
+
+
+def test_a_finished_corpus_is_kept_and_another_config_regenerates(tmp_path):
+    """generate_corpus skips a corpus already written from the same config (its config file is
+    written last) and writes again for another config."""
+    from dataclasses import replace
+
+    from shards.synth import generate_corpus
+
+    cfg = SynthConfig(n_songs=2, seed=3, min_duration_s=5.0, max_duration_s=6.0)
+    generate_corpus(tmp_path, cfg, progress=False, workers=1)
+    audio = sorted(tmp_path.glob("MER_audio_taffc_dataset/Q*/*"))
+    stamps = [p.stat().st_mtime_ns for p in audio]
+    generate_corpus(tmp_path, cfg, progress=False, workers=1)
+    assert [p.stat().st_mtime_ns for p in audio] == stamps  # nothing rewritten
+    generate_corpus(tmp_path, replace(cfg, seed=4), progress=False, workers=1)
+    again = json.loads((tmp_path / "synth_config.json").read_text())
+    assert again["seed"] == 4
