@@ -301,10 +301,10 @@ def _best_against_last(cells: dict, results: dict) -> list[str]:
         "Each cell: last → best (best - last; t over folds). Brier, ECE: lower is better; feature "
         "shift: train-to-test distance of the SVM's Eq. 10 features (lower: fewer surprises).",
         "",
-        "| noise | task | L | selection | method | evaluated epoch (1-based) | "
+        "| noise | task | L | selection | X targets | set | method | evaluated epoch (1-based) | "
         + " | ".join(name for _, name in BEST_VS_LAST)
         + " |",
-        "|---" * (6 + len(BEST_VS_LAST)) + "|",
+        "|---" * (8 + len(BEST_VS_LAST)) + "|",
     ]
     from sssl_dist.stats import paired_difference
 
@@ -328,8 +328,8 @@ def _best_against_last(cells: dict, results: dict) -> list[str]:
                 f"t {d['t']:.2f})"
             )
         lines.append(
-            f"| {f['noise']} | {f['task']} | {f['L']} | {f['selection']} | {f['method']} | "
-            f"{chosen:.1f} | " + " | ".join(cells_txt) + " |"
+            f"| {f['noise']} | {f['task']} | {f['L']} | {f['selection']} | {f['targets']} | "
+            f"{f['set']} | {f['method']} | {chosen:.1f} | " + " | ".join(cells_txt) + " |"
         )
     return lines
 
