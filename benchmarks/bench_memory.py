@@ -30,21 +30,30 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 BYTES_PER_SECOND = 128 * 2 * 22050 / 512
 
 
-def total_pss_mb() -> float:
-    """The sum of PSS over every process this user can read, in MB."""
-    total = 0
+# The kinds of PSS that smaps_rollup splits it into: private and heap memory (anon), mapped
+# files (file: the memory-mapped mels), shared memory (shmem: Ray's object store).
+KINDS = ("Pss_Anon", "Pss_File", "Pss_Shmem")
+
+
+def pss_mb() -> dict[str, float]:
+    """The sum of PSS over every process this user can read, in MB: "Pss" and each of KINDS."""
+    total = dict.fromkeys(("Pss", *KINDS), 0)
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
+                    name = line.split(":")[0]
+                    if name in total:
+                        total[name] += int(line.split()[1])
         except OSError:
             continue  # gone, or not ours
-    return total / 1024
+    return {k: v / 1024 for k, v in total.items()}
+
+
+def total_pss_mb() -> float:
+    return pss_mb()["Pss"]
 
 
 class PeakSampler:
@@ -52,11 +61,14 @@ class PeakSampler:
 
     def __init__(self, period: float = 0.5) -> None:
         self.period, self.peak, self._stop = period, 0.0, threading.Event()
+        self.at_peak: dict[str, float] = {}  # the kinds of PSS at the peak
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, total_pss_mb())
+            now = pss_mb()
+            if now["Pss"] > self.peak:
+                self.peak, self.at_peak = now["Pss"], now
             time.sleep(self.period)
 
     def __enter__(self) -> PeakSampler:
@@ -101,7 +113,8 @@ def main(gb: float, concurrent: int, work: Path) -> dict[str, float]:
     # Both runs are measured from the same idle level: Ray keeps the first run's finished worker
     # process alive for reuse, and a fresh baseline would hide its memory from the second run.
     time.sleep(2)
-    before = total_pss_mb()
+    idle = pss_mb()
+    before = idle["Pss"]
     for k in (1, concurrent):
         time.sleep(2)
         t0 = time.perf_counter()
@@ -113,9 +126,12 @@ def main(gb: float, concurrent: int, work: Path) -> dict[str, float]:
             ):
                 pass
         out[k] = peak.peak - before
+        kinds = ", ".join(
+            f"{kind[4:].lower()} +{peak.at_peak[kind] - idle[kind]:.0f}" for kind in KINDS
+        )
         print(
             f"  {k} fold(s) side by side: peak PSS +{out[k]:.0f} MB over the idle "
-            f"{before:.0f} MB ({time.perf_counter() - t0:.0f} s)"
+            f"{before:.0f} MB ({kinds} MB; {time.perf_counter() - t0:.0f} s)"
         )
     ratio = out[concurrent] / out[1]
     print(
