@@ -1,6 +1,7 @@
 """Ray Train overhead and scaling, on the same data, model and epochs, in one run.
 
 - bare: one process, no Ray, the same epoch functions (loss pass, GMM split, SSSL steps);
+- the bare loop again inside a Ray task (a Ray worker process, no Ray Train);
 - trainer with 1 worker: the TorchTrainer path; per-epoch time from its own report;
 - trainer with 2 workers: DDP over gloo on this machine's cores.
 Also the share of an SSSL epoch spent in the loss pass and in gather + GMM.
@@ -71,6 +72,9 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
     fold_ids = fold_song_ids(shards, cfg, 0)
 
     bare = bare_epochs(cfg, shards, fold_ids)
+    # The same bare loop inside a Ray task (a Ray worker process, no Train machinery): splits
+    # the trainer's overhead into "a Ray worker process" and "Ray Train around it".
+    in_task = ray.get(ray.remote(num_cpus=1)(bare_epochs).remote(cfg, shards, fold_ids))
     runs = {}
     # 1 and 2 workers with the default GMM site (the driver's split service); 2 workers again
     # with the fit on rank 0, for the cost of the driver side.
@@ -92,6 +96,7 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
 
     # Medians: one slow epoch (another process on this shared machine) must not decide it.
     e_bare = float(np.median(bare[cfg.warmup_epochs + 1 :] or bare[-1:]))
+    e_task = float(np.median(in_task[cfg.warmup_epochs + 1 :] or in_task[-1:]))
     h1, fit1 = runs[1]
     h2, fit2 = runs[2]
     e1 = float(np.median([h["time_epoch"] for h in sssl_epochs(h1)]))
@@ -117,6 +122,10 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         f"-> overhead {e1 / e_bare:.2f}x; trainer 2 workers {e2:.2f} s -> speed-up {e1 / e2:.2f}x"
     )
     print(
+        f"  the bare loop in a Ray task: {e_task:.2f} s -> {e_task / e_bare:.2f}x of the bare loop "
+        f"in this process; the trainer {e1 / e_task:.2f}x of that"
+    )
+    print(
         f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, "
         f"gather + GMM + broadcast {gmm_share:.1%} (GMM fit alone {fit_share:.1%}), "
         f"waiting for the slower rank before the gather {wait_share:.1%}"
@@ -131,6 +140,7 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         "trainer1_epoch_s": e1,
         "trainer2_epoch_s": e2,
         "overhead": e1 / e_bare,
+        "bare_in_task_epoch_s": e_task,
         "speedup_2w": e1 / e2,
         "loss_pass_share": loss_share,
         "gather_gmm_share": gmm_share,
