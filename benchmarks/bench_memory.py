@@ -52,12 +52,8 @@ def pss_mb() -> dict[str, float]:
     return {k: v / 1024 for k, v in total.items()}
 
 
-def total_pss_mb() -> float:
-    return pss_mb()["Pss"]
-
-
 class PeakSampler:
-    """Samples total_pss_mb() every `period` s in a thread; `peak` is the highest seen."""
+    """Samples pss_mb() every `period` s in a thread; `peak` is the highest total seen."""
 
     def __init__(self, period: float = 0.5) -> None:
         self.period, self.peak, self._stop = period, 0.0, threading.Event()

@@ -108,7 +108,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     best = progress.best or BestEpoch()
     if loop.split_service and w.rank == 0:
         # The service may hold splits of epochs this (re)started run trains again.
-        ray.get(_service(loop).resume.remote(progress.start_epoch, progress.memory))
+        ray.get(_service(loop.split_service).resume.remote(progress.start_epoch, progress.memory))
     cfg = w.cfg
     for epoch in range(progress.start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + w.rank)  # dropout; resumable
@@ -256,18 +256,14 @@ def fit_at_site(
     service or fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
     if not loop.split_service:
         return fit_split_with_metrics(w.cfg, w.table, losses, sent, epoch, memory)
-    clean_w, metrics, kept = ray.get(_service(loop).fit.remote(epoch, losses, sent))
+    clean_w, metrics, kept = ray.get(_service(loop.split_service).fit.remote(epoch, losses, sent))
     if kept is not None:
         memory.sums[:], memory.counts[:] = kept.sums, kept.counts
     return clean_w, metrics
 
 
-def _service(loop: LoopConfig):
-    return _service_named(loop.split_service)
-
-
 @functools.cache
-def _service_named(name: str):
+def _service(name: str):
     """The fold's split service, looked up once per process (one GCS call, not one an epoch).
     Each fold's service has its own name, so a process reused for the next fold looks again."""
     return ray.get_actor(name, namespace=NAMESPACE)
