@@ -79,7 +79,8 @@ def main() -> None:
         "(part of the cell's key; inherit cells too unless the override is SSSL-only)",
     )
     p.add_argument("--noise", nargs="+", type=float, default=[0.30])
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers per fold (0: local)")
+    p.add_argument("--parallel", type=int, default=1, help="folds side by side (`sssl train`)")
     p.add_argument("--out", default="runs/bench-accuracy")
     p.add_argument(
         "--summary-only",
@@ -158,7 +159,9 @@ def main() -> None:
             )
             base = with_overrides(base, parse_overrides(a.set))
             cell_dir = lambda m, f=fields: out / _dir_name(_cell_fields(f, m))  # noqa: E731
-            for method, s, minutes in run_methods(base, shards, cell_dir, todo, workers=a.workers):
+            for method, s, minutes in run_methods(
+                base, shards, cell_dir, todo, workers=a.workers, parallel=a.parallel
+            ):
                 key = _key(_cell_fields(fields, method))
                 cfg = with_overrides(base, {"method": method})
                 results[key] = {
@@ -166,6 +169,7 @@ def main() -> None:
                     "per_fold": s["per_fold"],
                     "minutes": minutes,
                     "workers": a.workers,
+                    "parallel": a.parallel,
                     # The run identity: which config and which shard set produced this cell.
                     "identity": run_digest(cfg, shards),
                 }

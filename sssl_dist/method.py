@@ -63,7 +63,9 @@ def normalise_losses(losses: np.ndarray) -> np.ndarray | None:
     lo, hi = float(np.min(losses)), float(np.max(losses))
     if hi - lo < _EQUAL_LOSS_EPS:
         return None
-    return (losses - lo) / (hi - lo)
+    scaled = np.subtract(losses, lo)  # one buffer, scaled in place (10^7 at scale)
+    scaled /= hi - lo
+    return scaled
 
 
 def fit_loss_gmm(
@@ -89,11 +91,14 @@ def fit_loss_gmm(
     """
     losses = np.asarray(losses, dtype=np.float64)
     finite = np.isfinite(losses)
+    n_finite = int(finite.sum())
     w = np.zeros(losses.shape[0], dtype=np.float64)
-    if finite.sum() < 2:
+    if n_finite < 2:
         w[finite] = 1.0
-        return GmmFit(clean_prob=w, degenerate=f"only {int(finite.sum())} finite loss(es)")
-    scaled = normalise_losses(losses[finite])
+        return GmmFit(clean_prob=w, degenerate=f"only {n_finite} finite loss(es)")
+    # All finite (the usual case): no masked copy in and no masked scatter out (10^7 at scale).
+    all_finite = n_finite == losses.size
+    scaled = normalise_losses(losses if all_finite else losses[finite])
     if scaled is None:
         w[finite] = 1.0
         return GmmFit(clean_prob=w, degenerate="all losses equal")
@@ -112,9 +117,13 @@ def fit_loss_gmm(
     variances = gmm.covariances_.ravel()
     clean = int(np.argmin(means))  # §2.1.2: the component with the smaller mean is clean
     order = (clean, 1 - clean)
-    w[finite] = clean_posterior(
+    posterior = clean_posterior(
         scaled, means[list(order)], variances[list(order)], gmm.weights_[list(order)]
     )
+    if all_finite:
+        w = posterior
+    else:
+        w[finite] = posterior
     return GmmFit(
         clean_prob=w,
         means=tuple(float(means[i]) for i in order),
@@ -131,11 +140,23 @@ def clean_posterior(
     sklearn's general path takes seconds at 10^7 losses, this one a fraction of a second.
 
     w = 1 / (1 + exp(d)), d = log(λ_n N(x; μ_n, σ_n²)) - log(λ_c N(x; μ_c, σ_c²)).
+
+    d is a quadratic in x, evaluated in Horner form in one buffer: five passes over x and one
+    allocation instead of ten temporaries, which is a fifth of the split's time at 10^7 losses.
     """
-    (mc, mn), (vc, vn), (lc, ln) = means, variances, weights
-    d = (np.log(ln) - np.log(lc)) - 0.5 * (np.log(vn) - np.log(vc))
-    d = d - (x - mn) ** 2 / (2 * vn) + (x - mc) ** 2 / (2 * vc)
-    return expit(-d)
+    (mc, mn), (vc, vn), (lc, ln) = (
+        np.asarray(v, dtype=np.float64) for v in (means, variances, weights)
+    )
+    # d = c2 x² + c1 x + c0, expanded from (x - μ_c)²/(2σ_c²) - (x - μ_n)²/(2σ_n²) + constant.
+    c2 = 1 / (2 * vc) - 1 / (2 * vn)
+    c1 = mn / vn - mc / vc
+    c0 = mc**2 / (2 * vc) - mn**2 / (2 * vn) + np.log(ln / lc) - 0.5 * np.log(vn / vc)
+    d = np.multiply(x, c2, dtype=np.float64)
+    d += c1
+    d *= x
+    d += c0
+    np.negative(d, out=d)
+    return expit(d, out=d)
 
 
 @dataclass
