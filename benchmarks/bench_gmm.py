@@ -1,8 +1,8 @@
 """The GMM step at scale (issue 12).
 
 1. Fit time of the per-epoch split for 10^4 .. 10^7 losses: the full fit (every loss through
-   EM) against the capped fit (`gmm_max_fit` = 10^6: EM on a class-stratified strided
-   subsample, posteriors for all).
+   EM) against the capped fit (`gmm_max_fit`, 2 * 10^5 by default: EM on a class-stratified
+   strided subsample, posteriors for all).
 2. The whole distributed step at 10^7 losses on 2 gloo processes, as the training loop runs
    it: gather every rank's block to rank 0 (float16, no positions), fit the per-class split on
    rank 0, broadcast the ok status and the clean mask (1 byte a segment). Measured against
@@ -59,7 +59,7 @@ def fit_times(max_exp: int) -> dict[int, dict[str, float]]:
         out[n] = {"full_s": t_full, "capped_s": t_cap, "mask_differs": differ}
         print(
             f"  n = 1e{e}: full {t_full:7.3f} s, capped {t_cap:7.3f} s "
-            f"({t_full / t_cap:5.1f}x); masks differ on {differ:.2%} of segments"
+            f"({t_full / t_cap:5.1f}x); masks differ on {differ:.4%} of segments"
         )
     return out
 
