@@ -248,14 +248,21 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# The paper's own variant where our defaults differ (issue 11: one config value away).
+PAPER_CONFIG = Path(__file__).parent / "configs" / "paper_global_split.yaml"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The keys a YAML/JSON config file sets (the rest stay at their defaults)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SSSLConfig:
     """Read a YAML/JSON config file (or the defaults when path is None), then apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
+    data = read_config_file(path) if path is not None else {}
     data.update(overrides or {})
     return from_dict(SSSLConfig, data)
 

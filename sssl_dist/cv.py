@@ -24,7 +24,7 @@ from sssl_dist.crossfit import SVM_SONGS_FILE
 from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
-from sssl_dist.parallel import run_folds_parallel
+from sssl_dist.parallel import Unit, run_units_parallel
 from sssl_dist.stats import mean_std, paired_difference, pct_mean_std
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,65 @@ def progress_printer(label: str, epochs: int):
     return show
 
 
+class CrossValidation:
+    """One configuration's cross-validation while its folds run: where its report goes, what
+    each fold's run is called, and the folds finished so far. `run_cv` drives one; `run_arms`
+    drives several whose folds share the parallel slots."""
+
+    def __init__(
+        self,
+        cfg: SSSLConfig,
+        shards: ShardSet,
+        out_dir: str | Path,
+        folds: list[int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.cfg, self.shards, self.out = cfg, shards, Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.folds = list(range(cfg.n_folds)) if folds is None else folds
+        self.name = name or self.out.name
+        # The run identity (config + shard-set digest): re-running resumes only a run of the
+        # same settings on the same data.
+        self.names = {fold: run_name(self.name, cfg, shards, fold) for fold in self.folds}
+        self.runs: dict[int, FoldRun] = {}
+        self.t0 = time.perf_counter()
+
+    def label(self, fold: int) -> str:
+        return f"[{self.name} fold {fold} ({self.folds.index(fold) + 1}/{len(self.folds)})]"
+
+    def unit(self, fold: int) -> Unit:
+        return Unit(self.cfg, fold, self.out.resolve() / "ray", self.names[fold])
+
+    def add(self, fold: int, run: FoldRun) -> None:
+        self.runs[fold] = run
+        _save_fold(self.out / f"fold-{fold}", run, self.shards, self.label(fold))
+
+    @property
+    def complete(self) -> bool:
+        return len(self.runs) == len(self.folds)
+
+    def finish(self, final: bool, workers: int, use_gpu: bool) -> dict[str, Any]:
+        """The summary, the exported model and the report directory, once every fold is in."""
+        cfg, out, runs = self.cfg, self.out, self.runs
+        summary = summarise(cfg, runs, time.perf_counter() - self.t0)
+        if final:
+            summary["exported_model"] = _refit(cfg, self.shards, out, self.name, workers, use_gpu)
+        else:
+            best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
+            shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
+            summary["exported_model"] = {
+                "path": "model.sssl",
+                "fold": best,
+                "epoch": runs[best].result.get("evaluated_epoch"),
+                "why": "the fold with the best validation-song accuracy, at the epoch its "
+                "eval_epoch setting chose (train with --final to export a refit on all songs)",
+            }
+        summary["seconds"] = time.perf_counter() - self.t0
+        write_report(out, cfg, summary, runs, _truth(self.shards))
+        return summary
+
+
 def run_cv(
     cfg: SSSLConfig,
     shards: ShardSet,
@@ -81,59 +140,28 @@ def run_cv(
     """Train and evaluate `folds` (default: all) and write the report directory `out_dir`.
     `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
     `final` adds a refit on all songs, which becomes the exported model."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    folds = list(range(cfg.n_folds)) if folds is None else folds
-    name = name or out.name
-    runs: dict[int, FoldRun] = {}
-    t0 = time.perf_counter()
-    # The run identity (config + shard-set digest): re-running resumes only a run of the same
-    # settings on the same data.
-    names = {fold: run_name(name, cfg, shards, fold) for fold in folds}
-    label = lambda fold: f"[{cfg.method} fold {fold} ({folds.index(fold) + 1}/{len(folds)})]"  # noqa: E731
+    cv = CrossValidation(cfg, shards, out_dir, folds, name)
     if parallel > 1:
-        log.info(
-            "%d folds, up to %d side by side, %s",
-            len(folds),
-            parallel,
-            "each in one process (local mode)"
-            if workers == 0
-            else f"each on {workers} Ray Train worker(s)",
-        )
-        show = {fold: progress_printer(label(fold), cfg.epochs) for fold in folds}
-        finished = run_folds_parallel(
-            cfg,
+        _log_parallel(len(cv.folds), parallel, workers)
+        show = {fold: progress_printer(cv.label(fold), cfg.epochs) for fold in cv.folds}
+        finished = run_units_parallel(
+            {fold: cv.unit(fold) for fold in cv.folds},
             shards,
-            folds,
-            storage_path=out.resolve() / "ray",
-            names=names,
             parallel=parallel,
             workers=workers,
             use_gpu=use_gpu,
             on_epoch=lambda fold, m: show[fold](m),
         )
     else:
-        finished = _one_by_one(cfg, shards, folds, out, names, label, workers, use_gpu)
+        finished = _one_by_one(cv, workers, use_gpu)
     for fold, run in finished:
-        runs[fold] = run
-        _save_fold(out / f"fold-{fold}", run, shards, label(fold))
-    summary = summarise(cfg, runs, time.perf_counter() - t0)
-    if final:
-        summary["exported_model"] = _refit(cfg, shards, out, name, workers, use_gpu)
-    else:
-        best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
-        shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
-        summary["exported_model"] = {
-            "path": "model.sssl",
-            "fold": best,
-            "epoch": runs[best].result.get("evaluated_epoch"),
-            "why": "the fold with the best validation-song accuracy, at the epoch its "
-            "eval_epoch setting chose (train with --final to export a refit on all songs)",
-        }
-    summary["seconds"] = time.perf_counter() - t0
-    write_report(out, cfg, summary, runs, _truth(shards))
-    return summary
+        cv.add(fold, run)
+    return cv.finish(final, workers, use_gpu)
+
+
+def _log_parallel(units: int, parallel: int, workers: int) -> None:
+    where = "each in one process (local mode)" if workers == 0 else f"each on {workers} worker(s)"
+    log.info("%d fold runs, up to %d side by side, %s", units, parallel, where)
 
 
 def _refit(
@@ -173,30 +201,22 @@ def _refit(
     }
 
 
-def _one_by_one(
-    cfg: SSSLConfig,
-    shards: ShardSet,
-    folds: list[int],
-    out: Path,
-    names: dict[int, str],
-    label: Callable[[int], str],
-    workers: int,
-    use_gpu: bool,
-) -> Iterator[tuple[int, FoldRun]]:
+def _one_by_one(cv: CrossValidation, workers: int, use_gpu: bool) -> Iterator[tuple[int, FoldRun]]:
     """The folds one after another, each data-parallel over `workers`."""
-    for fold in folds:
-        log.info("%s training on %d worker(s)", label(fold), max(workers, 1))
+    for fold in cv.folds:
+        log.info("%s training on %d worker(s)", cv.label(fold), max(workers, 1))
+        unit = cv.unit(fold)
         yield (
             fold,
             run_fold(
-                cfg,
-                shards,
+                cv.cfg,
+                cv.shards,
                 fold,
-                storage_path=out / "ray",
-                name=names[fold],
+                storage_path=unit.storage_path,
+                name=unit.name,
                 workers=workers,
                 use_gpu=use_gpu,
-                on_epoch=progress_printer(label(fold), cfg.epochs),
+                on_epoch=progress_printer(cv.label(fold), cv.cfg.epochs),
             ),
         )
 
@@ -233,17 +253,61 @@ def run_methods(
     workers: int = 2,
     parallel: int = 1,
 ) -> Iterator[tuple[str, dict[str, Any], float]]:
-    """The methods x folds comparison: each method's cross-validation on identical folds (same
-    seed, same songs), so differences are paired. Yields (method, summary, minutes) as each
-    method finishes, so a caller can save results as they come (the benchmark resumes)."""
-    for i, method in enumerate(methods):
-        log.info("method %s (%d)", method, i + 1)
-        t0 = time.perf_counter()
-        cfg = with_overrides(base, {"method": method})
-        summary = run_cv(
-            cfg, shards, out_of(method), folds=folds, workers=workers, parallel=parallel
-        )
-        yield method, summary, (time.perf_counter() - t0) / 60
+    """The methods x folds comparison: `run_arms` with one arm per method name."""
+    arms = {method: {"method": method} for method in methods}
+    yield from run_arms(base, shards, out_of, arms, folds=folds, workers=workers, parallel=parallel)
+
+
+def run_arms(
+    base: SSSLConfig,
+    shards: ShardSet,
+    out_of: Callable[[str], Path],
+    arms: dict[str, dict[str, Any]],
+    *,
+    folds: list[int] | None = None,
+    workers: int = 2,
+    parallel: int = 1,
+) -> Iterator[tuple[str, dict[str, Any], float]]:
+    """Each arm's cross-validation on identical folds (same seed, same songs), so differences
+    are paired. An arm is a name and its overrides of `base`: a method, or a method with
+    other settings (the paper's variant beside ours). Yields (name, summary, minutes) as each
+    arm finishes, so a caller can save results as they come (the benchmark resumes).
+
+    With `parallel` > 1 the folds of every arm share the slots, in arm order: no slot idles
+    while one arm waits for its last fold. An arm's minutes then run from the start of the
+    whole comparison to its last fold.
+    """
+
+    def start(name: str) -> CrossValidation:
+        return CrossValidation(with_overrides(base, arms[name]), shards, out_of(name), folds)
+
+    if parallel <= 1:
+        for i, name in enumerate(arms):
+            log.info("arm %s (%d of %d)", name, i + 1, len(arms))
+            cv = start(name)
+            for fold, run in _one_by_one(cv, workers, False):
+                cv.add(fold, run)
+            yield name, cv.finish(False, workers, False), (time.perf_counter() - cv.t0) / 60
+        return
+    t0 = time.perf_counter()
+    cvs = {name: start(name) for name in arms}
+    units = {(name, fold): cv.unit(fold) for name, cv in cvs.items() for fold in cv.folds}
+    _log_parallel(len(units), parallel, workers)
+    show = {
+        key: progress_printer(cvs[key[0]].label(key[1]), cvs[key[0]].cfg.epochs) for key in units
+    }
+    finished = run_units_parallel(
+        units,
+        shards,
+        parallel=parallel,
+        workers=workers,
+        on_epoch=lambda key, m: show[key](m),
+    )
+    for (name, fold), run in finished:
+        cv = cvs[name]
+        cv.add(fold, run)
+        if cv.complete:
+            yield name, cv.finish(False, workers, False), (time.perf_counter() - t0) / 60
 
 
 def _truth(shards: ShardSet | None) -> dict[str, list[int]] | None:

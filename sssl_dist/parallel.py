@@ -1,10 +1,11 @@
-"""Folds side by side: `sssl train --parallel N` (issue 12).
+"""Folds side by side: `sssl train --parallel N` and `sssl demo --parallel N` (issue 12).
 
-Each fold is one Ray task that calls `run_fold`, the same per-fold path that `sssl train` takes
-one fold at a time and that every `sssl tune` trial takes; at most N run at once. Ray hands a
-finished task's process to the next task, so with local-mode folds (`--workers 0`: the fold
-trains inside the task's own process) the process start-up and the imports are paid once per
-slot, not once per fold (the start-up cost per fold is measured in benchmarks/bench_cv.py).
+Each unit (one fold of one configuration) is one Ray task that calls `run_fold`, the same
+per-fold path that `sssl train` takes one fold at a time and that every `sssl tune` trial
+takes; at most N run at once. Ray hands a finished task's process to the next task, so with
+local-mode folds (`--workers 0`: the fold trains inside the task's own process) the process
+start-up and the imports are paid once per slot, not once per fold (the start-up cost per fold
+is measured in benchmarks/bench_cv.py).
 
 Resources, as for a Tune trial: a fold with Ray Train workers reserves nothing itself (its
 workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU it trains on.
@@ -13,9 +14,10 @@ workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
@@ -23,6 +25,68 @@ from sssl_dist.fold import FoldRun, ProgressTail, run_fold
 from sssl_dist.train import PROGRESS_FILE
 
 DRIVER_COPY = "fold-files"  # under a run directory: a finished fold's files for the driver
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One fold of one configuration: what a slot trains, and where its files go."""
+
+    cfg: SSSLConfig
+    fold: int
+    storage_path: Path  # the run's Ray storage (the driver must be able to read it)
+    name: str  # the run's name under storage_path
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def run_units_parallel(
+    units: dict[K, Unit],
+    shards: ShardSet,
+    *,
+    parallel: int,
+    workers: int = 0,
+    use_gpu: bool = False,
+    on_epoch: Callable[[K, dict[str, Any]], None] | None = None,
+) -> Iterator[tuple[K, FoldRun]]:
+    """Train `units` at most `parallel` at a time, in the order given; yield (key, run) as
+    each one finishes. Units of several configurations share the slots, so a comparison of
+    3 arms x 3 folds on 2 slots takes 5 rounds, not 3 x 2 (`run_arms`).
+
+    Each `storage_path` must be a filesystem path that the driver can read (on a cluster:
+    shared storage, as Ray Train needs for more than one node): each run's `checkpoint_dir`
+    is a copy of its fold files there. The first failing unit cancels the rest and raises.
+    """
+    import ray
+
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
+    task = ray.remote(_train_fold).options(
+        num_cpus=1 if workers == 0 else 0, num_gpus=1 if workers == 0 and use_gpu else 0
+    )
+    tails = {
+        key: ProgressTail(u.storage_path / u.name / PROGRESS_FILE, _for_unit(on_epoch, key))
+        for key, u in units.items()
+    }
+    queue, pending = list(units), {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < parallel:
+                key = queue.pop(0)
+                u = units[key]
+                ref = task.remote(
+                    u.cfg, str(shards.root), u.fold, str(u.storage_path), u.name, workers, use_gpu
+                )
+                pending[ref] = key
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for tail in tails.values():
+                tail.poll()
+            for ref in done:
+                key = pending.pop(ref)
+                yield key, ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
 
 def run_folds_parallel(
@@ -37,41 +101,11 @@ def run_folds_parallel(
     use_gpu: bool = False,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[int, FoldRun]]:
-    """Train `folds` at most `parallel` at a time; yield (fold, run) as each one finishes.
-
-    `storage_path` must be a filesystem path that the driver can read (on a cluster: shared
-    storage, as Ray Train needs for more than one node): each run's `checkpoint_dir` is a copy
-    of its fold files there. The first failing fold cancels the rest and raises.
-    """
-    import ray
-
-    if parallel < 1:
-        raise ValueError(f"--parallel must be at least 1, got {parallel}")
-    task = ray.remote(_train_fold).options(
-        num_cpus=1 if workers == 0 else 0, num_gpus=1 if workers == 0 and use_gpu else 0
+    """`run_units_parallel` for the folds of one configuration, keyed by fold."""
+    units = {fold: Unit(cfg, fold, storage_path, names[fold]) for fold in folds}
+    yield from run_units_parallel(
+        units, shards, parallel=parallel, workers=workers, use_gpu=use_gpu, on_epoch=on_epoch
     )
-    tails = {
-        f: ProgressTail(storage_path / names[f] / PROGRESS_FILE, _for_fold(on_epoch, f))
-        for f in folds
-    }
-    queue, pending = list(folds), {}
-    try:
-        while queue or pending:
-            while queue and len(pending) < parallel:
-                fold = queue.pop(0)
-                ref = task.remote(
-                    cfg, str(shards.root), fold, str(storage_path), names[fold], workers, use_gpu
-                )
-                pending[ref] = fold
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for tail in tails.values():
-                tail.poll()
-            for ref in done:
-                fold = pending.pop(ref)
-                yield fold, ray.get(ref)
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
 
 
 def _train_fold(
@@ -93,5 +127,5 @@ def _train_fold(
     return run
 
 
-def _for_fold(on_epoch, fold: int):
-    return (lambda m: on_epoch(fold, m)) if on_epoch else (lambda m: None)
+def _for_unit(on_epoch, key):
+    return (lambda m: on_epoch(key, m)) if on_epoch else (lambda m: None)

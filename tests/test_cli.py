@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from conftest import tone
 
 from sssl_dist.cli import build_parser, main
@@ -54,9 +55,13 @@ def smoke_demo(tmp_path_factory, ray_session):
 
 def test_main_job_smoke_writes_comparison_and_reports(smoke_demo):
     text = (smoke_demo / "comparison.md").read_text()
-    for method in ("inherit", "sssl-nokl", "sssl", "majority class"):
-        assert f"| {method} |" in text
-    for method in ("inherit", "sssl-nokl", "sssl"):
+    for arm in ("inherit", "sssl-paper", "sssl", "majority class"):
+        assert f"| {arm} |" in text
+    for line in ("sssl − inherit", "sssl-paper − inherit", "sssl − sssl-paper"):
+        assert f"- {line}: " in text
+    paper = yaml.safe_load((smoke_demo / "sssl-paper" / "config.yaml").read_text())
+    assert (paper["method"], paper["gmm_scope"], paper["eval_epoch"]) == ("sssl", "global", "last")
+    for method in ("inherit", "sssl-paper", "sssl"):
         d = smoke_demo / method
         for name in (
             "config.yaml",
