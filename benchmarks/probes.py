@@ -6,6 +6,8 @@
         --a "targets=inherited set=- eval=best_val method=sssl" \\
         --b "targets=refined set=- eval=best_val method=sssl" --metric last_epoch_test_acc
     python benchmarks/probes.py curves --run-dir runs/bench-cos --warmup 3
+    python benchmarks/probes.py gmm-caps         # ~1 min
+    python benchmarks/probes.py layout           # ~1 min
 
 - imports: PSS anon of this process after importing torch + scikit-learn, then Ray Train,
   then our modules: the floor of every fold's process (bench_memory.py).
@@ -16,6 +18,11 @@
 - curves: for every cell directory of an accuracy.py run, segment accuracy against the truth
   at the warm-up peak, at the last epoch, and at the best validation epoch after warm-up
   (read from the fold histories; no training).
+- gmm-caps: at 10^7 losses (bench_gmm.py's vector), the share of segments whose clean/noisy
+  assignment changes when EM sees a subsample of `gmm_max_fit` losses instead of all, and the
+  seconds of the split, for several caps.
+- layout: seconds of a small-CNN training step (batch 64, L = 3 s, one torch thread) and of an
+  eval forward pass (batch 128), NCHW against channels-last, interleaved; median ratio.
 """
 
 from __future__ import annotations
@@ -107,6 +114,54 @@ def curves(run_dir: str, warmup: int) -> None:
         )
 
 
+def gmm_caps(caps: tuple[int, ...] = (10**6, 5 * 10**5, 2 * 10**5, 10**5)) -> None:
+    from bench_gmm import losses
+
+    from sssl_dist.method import split_clean_noisy
+
+    rng = np.random.default_rng(0)
+    n = 10**7
+    x, labels = losses(n, rng), rng.integers(0, 4, n)
+    full = split_clean_noisy(x, labels, num_classes=4, tau=0.5)
+    for cap in caps:
+        t0 = time.perf_counter()
+        s = split_clean_noisy(x, labels, num_classes=4, tau=0.5, max_fit=cap)
+        dt = time.perf_counter() - t0
+        differ = float((s.clean_mask != full.clean_mask).mean())
+        dw = float(np.abs(s.clean_prob - full.clean_prob).max())
+        print(f"cap {cap:>9,}: {dt:5.2f} s, masks differ {differ:.4%}, largest |dw| {dw:.4f}")
+
+
+def layout(repeats: int = 15) -> None:
+    import torch
+
+    from sssl_dist.models import SmallCNN, build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    nets = {"nchw": SmallCNN(4), "channels_last": build_model("small_cnn", 4, 0.5)}
+    opts = {k: torch.optim.Adam(m.parameters()) for k, m in nets.items()}
+    x, xe = torch.randn(64, 1, 128, 129), torch.randn(128, 1, 128, 129)
+    times: dict[str, list[float]] = {f"{k} {w}": [] for k in nets for w in ("step", "eval")}
+    for _ in range(repeats):
+        for k, net in nets.items():
+            net.train()
+            t0 = time.perf_counter()
+            net(x).logsumexp(-1).mean().backward()
+            opts[k].step()
+            opts[k].zero_grad()
+            times[f"{k} step"].append(time.perf_counter() - t0)
+            net.eval()
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                net(xe)
+                times[f"{k} eval"].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v[2:])) for k, v in times.items()}  # first two: warm-up
+    for what in ("step", "eval"):
+        a, b = med[f"nchw {what}"], med[f"channels_last {what}"]
+        print(f"{what}: NCHW {1000 * a:.0f} ms, channels-last {1000 * b:.0f} ms ({b / a:.2f}x)")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +177,8 @@ if __name__ == "__main__":
     s = sub.add_parser("curves")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--warmup", type=int, default=3)
+    sub.add_parser("gmm-caps")
+    sub.add_parser("layout")
     a = p.parse_args()
     if a.probe == "imports":
         imports()
@@ -129,5 +186,9 @@ if __name__ == "__main__":
         batches(a.shards)
     elif a.probe == "paired":
         paired(a.results, a.a, a.b, a.metric, a.metric_b)
+    elif a.probe == "gmm-caps":
+        gmm_caps()
+    elif a.probe == "layout":
+        layout()
     else:
         curves(a.run_dir, a.warmup)
