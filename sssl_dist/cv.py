@@ -461,7 +461,8 @@ def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
 
 
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """A Table-3-style markdown table: one row per method, mean ± std over folds."""
+    """A Table-3-style markdown table: one row per arm (a method and its settings), mean ±
+    std over folds."""
     cols = [
         ("test_acc", "Acc"),
         ("test_f1", "F1"),
@@ -469,13 +470,13 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
         ("val_seg_acc_truth", "Seg acc (truth)"),
         ("noise_auc", "Noise AUC"),
     ]
-    head = "| method | " + " | ".join(c for _, c in cols) + " |"
+    head = "| arm | " + " | ".join(c for _, c in cols) + " |"
     lines = [head, "|---" * (len(cols) + 1) + "|"]
     baseline = None
-    for method, s in summaries.items():
+    for arm, s in summaries.items():
         m = s["metrics"]
         cells = [pct_mean_std(m, k) for k, _ in cols]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         baseline = baseline or m.get("test_majority_acc")
     if baseline:
         lines.append(
