@@ -26,8 +26,10 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def bare_epochs(cfg, shards, fold_ids) -> list[float]:
-    """The same per-epoch work as the trainer, in this process, without Ray or DDP."""
+def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:
+    """The same per-epoch work as the trainer, in this process, without Ray or DDP: per epoch
+    its seconds in all, in the loss pass and in the optimiser steps (the trainer's history
+    has the same three, so a slower phase can be told apart)."""
     from sssl_dist.data import SegmentTable
     from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
     from sssl_dist.method import LossMemory
@@ -45,12 +47,16 @@ def bare_epochs(cfg, shards, fold_ids) -> list[float]:
     times, clean_w, memory = [], None, LossMemory.empty(len(table))
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
+        t_loss = 0.0
         if epoch >= cfg.warmup_epochs:
             losses = loss_pass(w)
+            t_loss = time.perf_counter() - t0
             split, _ = fit_split(cfg, table, losses.numpy(), [len(table)], epoch, memory)
             clean_w = split.clean_w
+        t1 = time.perf_counter()
         train_epoch(w, clean_w if epoch >= cfg.warmup_epochs else None, epoch)
-        times.append(time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        times.append({"time_epoch": t2 - t0, "time_loss_pass": t_loss, "time_train": t2 - t1})
     return times
 
 
@@ -95,12 +101,21 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         return [h for h in history if "time_loss_pass" in h][1:] or [history[-1]]
 
     # Medians: one slow epoch (another process on this shared machine) must not decide it.
-    e_bare = float(np.median(bare[cfg.warmup_epochs + 1 :] or bare[-1:]))
-    e_task = float(np.median(in_task[cfg.warmup_epochs + 1 :] or in_task[-1:]))
+    def median(epochs, key="time_epoch"):
+        return float(np.median([e[key] for e in epochs]))
+
+    bare_sssl = bare[cfg.warmup_epochs + 1 :] or bare[-1:]
+    e_bare = median(bare_sssl)
+    e_task = median(in_task[cfg.warmup_epochs + 1 :] or in_task[-1:])
     h1, fit1 = runs[1]
     h2, fit2 = runs[2]
-    e1 = float(np.median([h["time_epoch"] for h in sssl_epochs(h1)]))
-    e2 = float(np.median([h["time_epoch"] for h in sssl_epochs(h2)]))
+    e1 = median(sssl_epochs(h1))
+    e2 = median(sssl_epochs(h2))
+    # The same SSSL epochs phase by phase: which part of the epoch the trainer makes slower.
+    phases = {
+        key: median(sssl_epochs(h1), key) / median(bare_sssl, key)
+        for key in ("time_loss_pass", "time_train")
+    }
     loss_share = float(np.mean([h["time_loss_pass"] / h["time_epoch"] for h in sssl_epochs(h2)]))
     gmm_share = float(np.mean([h["time_gather_gmm"] / h["time_epoch"] for h in sssl_epochs(h2)]))
     fit_share = float(np.mean([h["time_gmm"] / h["time_epoch"] for h in sssl_epochs(h2)]))
@@ -126,6 +141,10 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         f"in this process; the trainer {e1 / e_task:.2f}x of that"
     )
     print(
+        f"  trainer 1 worker against the bare loop, phase by phase: loss pass "
+        f"{phases['time_loss_pass']:.2f}x, optimiser steps {phases['time_train']:.2f}x"
+    )
+    print(
         f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, "
         f"gather + GMM + broadcast {gmm_share:.1%} (GMM fit alone {fit_share:.1%}), "
         f"waiting for the slower rank before the gather {wait_share:.1%}"
@@ -141,6 +160,8 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         "trainer2_epoch_s": e2,
         "overhead": e1 / e_bare,
         "bare_in_task_epoch_s": e_task,
+        "overhead_loss_pass": phases["time_loss_pass"],
+        "overhead_train_steps": phases["time_train"],
         "speedup_2w": e1 / e2,
         "loss_pass_share": loss_share,
         "gather_gmm_share": gmm_share,

@@ -8,6 +8,8 @@
     python benchmarks/probes.py curves --run-dir runs/bench-cos --warmup 3
     python benchmarks/probes.py gmm-caps         # ~1 min
     python benchmarks/probes.py layout           # ~1 min
+    python benchmarks/probes.py oos-auc --run-dir runs/grid10 \
+        --shards runs/grid10/data-noise0.3/shards
 
 - imports: PSS anon of this process after importing torch + scikit-learn, then Ray Train,
   then our modules: the floor of every fold's process (bench_memory.py).
@@ -21,6 +23,11 @@
 - gmm-caps: at 10^7 losses (bench_gmm.py's vector), the share of segments whose clean/noisy
   assignment changes when EM sees a subsample of `gmm_max_fit` losses instead of all, and the
   seconds of the split, for several caps.
+- oos-auc: for every cell directory of an accuracy.py run, how well each fold's evaluated
+  network ranks the wrong inherited labels by 1 - p(inherited label), on its training songs
+  (in sample, what the GMM sees) and on its test songs (out of sample: a network that never
+  trained on the song), against the truth; read from songs.json, no training. The test-song
+  figure is what out-of-sample scoring could reach with a network of this quality.
 - layout: seconds of a small-CNN training step (batch 64, L = 3 s, one torch thread) and of an
   eval forward pass (batch 128), NCHW against channels-last, interleaved; median ratio.
 """
@@ -132,6 +139,41 @@ def gmm_caps(caps: tuple[int, ...] = (10**6, 5 * 10**5, 2 * 10**5, 10**5)) -> No
         print(f"cap {cap:>9,}: {dt:5.2f} s, masks differ {differ:.4%}, largest |dw| {dw:.4f}")
 
 
+def oos_auc(run_dir: str, shard_dir: str) -> None:
+    import yaml
+    from sklearn.metrics import roc_auc_score
+
+    from sssl_dist.data import SegmentTable, ShardSet
+
+    by_id = ShardSet(shard_dir).by_id
+    for cell in sorted(p for p in Path(run_dir).iterdir() if (p / "fold-0").is_dir()):
+        cfg = yaml.safe_load((cell / "config.yaml").read_text())
+        rows = []
+        for fold in sorted(cell.glob("fold-*/songs.json")):
+            probs = json.loads(fold.read_text())
+            ids = json.loads((fold.parent / "fold_ids.json").read_text())
+            history = json.loads((fold.parent / "history.json").read_text())
+            row = []
+            for part in ("train", "test"):
+                score, wrong = [], []
+                for sid in ids[part]:
+                    t = SegmentTable.build(
+                        [by_id[sid]], cfg["task"], cfg["segment_seconds"], cfg["hop_seconds"]
+                    )
+                    p = np.asarray(probs[sid])
+                    score.append(1 - p[np.arange(len(t)), t.label])
+                    wrong.append(t.wrong)
+                row.append(roc_auc_score(np.concatenate(wrong), np.concatenate(score)))
+            row.append(history[-1].get("noise_auc", float("nan")))
+            rows.append(row)
+        (i_m, o_m, g_m), (i_s, o_s, g_s) = np.nanmean(rows, 0), np.nanstd(rows, 0, ddof=1)
+        print(
+            f"{cell.name}: AUC of 1 - p(label), evaluated network, {len(rows)} folds: "
+            f"training songs {i_m:.3f} ± {i_s:.3f}, test songs {o_m:.3f} ± {o_s:.3f}; "
+            f"last epoch's GMM split {g_m:.3f} ± {g_s:.3f}"
+        )
+
+
 def layout(repeats: int = 15) -> None:
     import torch
 
@@ -179,6 +221,9 @@ if __name__ == "__main__":
     s.add_argument("--warmup", type=int, default=3)
     sub.add_parser("gmm-caps")
     sub.add_parser("layout")
+    s = sub.add_parser("oos-auc")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--shards", required=True)
     a = p.parse_args()
     if a.probe == "imports":
         imports()
@@ -190,5 +235,7 @@ if __name__ == "__main__":
         gmm_caps()
     elif a.probe == "layout":
         layout()
+    elif a.probe == "oos-auc":
+        oos_auc(a.run_dir, a.shards)
     else:
         curves(a.run_dir, a.warmup)
