@@ -142,26 +142,39 @@ def run_cv(
     `final` adds a refit on all songs, which becomes the exported model."""
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
     if parallel > 1:
-        _log_parallel(len(cv.folds), parallel, workers)
-        show = {fold: progress_printer(cv.label(fold), cfg.epochs) for fold in cv.folds}
-        finished = run_units_parallel(
-            {fold: cv.unit(fold) for fold in cv.folds},
-            shards,
-            parallel=parallel,
-            workers=workers,
-            use_gpu=use_gpu,
-            on_epoch=lambda fold, m: show[fold](m),
-        )
+        for _ in _pooled({cv.name: cv}, parallel, workers, use_gpu):
+            pass
     else:
-        finished = _one_by_one(cv, workers, use_gpu)
-    for fold, run in finished:
-        cv.add(fold, run)
+        for fold, run in _one_by_one(cv, workers, use_gpu):
+            cv.add(fold, run)
     return cv.finish(final, workers, use_gpu)
 
 
-def _log_parallel(units: int, parallel: int, workers: int) -> None:
+def _pooled(
+    cvs: dict[str, CrossValidation], parallel: int, workers: int, use_gpu: bool
+) -> Iterator[str]:
+    """The folds of every cross-validation in `cvs` through one set of `parallel` slots, in
+    the order given; each finished fold goes into its report, and the name of its
+    cross-validation is yielded (the caller finishes one once it is complete)."""
+    units = {(name, fold): cv.unit(fold) for name, cv in cvs.items() for fold in cv.folds}
     where = "each in one process (local mode)" if workers == 0 else f"each on {workers} worker(s)"
-    log.info("%d fold runs, up to %d side by side, %s", units, parallel, where)
+    log.info("%d fold runs, up to %d side by side, %s", len(units), parallel, where)
+    show = {
+        (name, fold): progress_printer(cvs[name].label(fold), cvs[name].cfg.epochs)
+        for name, fold in units
+    }
+    shards = next(iter(cvs.values())).shards
+    finished = run_units_parallel(
+        units,
+        shards,
+        parallel=parallel,
+        workers=workers,
+        use_gpu=use_gpu,
+        on_epoch=lambda key, m: show[key](m),
+    )
+    for (name, fold), run in finished:
+        cvs[name].add(fold, run)
+        yield name
 
 
 def _refit(
@@ -291,23 +304,9 @@ def run_arms(
         return
     t0 = time.perf_counter()
     cvs = {name: start(name) for name in arms}
-    units = {(name, fold): cv.unit(fold) for name, cv in cvs.items() for fold in cv.folds}
-    _log_parallel(len(units), parallel, workers)
-    show = {
-        key: progress_printer(cvs[key[0]].label(key[1]), cvs[key[0]].cfg.epochs) for key in units
-    }
-    finished = run_units_parallel(
-        units,
-        shards,
-        parallel=parallel,
-        workers=workers,
-        on_epoch=lambda key, m: show[key](m),
-    )
-    for (name, fold), run in finished:
-        cv = cvs[name]
-        cv.add(fold, run)
-        if cv.complete:
-            yield name, cv.finish(False, workers, False), (time.perf_counter() - t0) / 60
+    for name in _pooled(cvs, parallel, workers, False):
+        if cvs[name].complete:
+            yield name, cvs[name].finish(False, workers, False), (time.perf_counter() - t0) / 60
 
 
 def _truth(shards: ShardSet | None) -> dict[str, list[int]] | None:
