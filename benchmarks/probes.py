@@ -10,6 +10,7 @@
     python benchmarks/probes.py layout           # ~1 min
     python benchmarks/probes.py oos-auc --run-dir runs/grid10 \
         --shards runs/grid10/data-noise0.3/shards
+    python benchmarks/probes.py heap --shards runs/grid10/data-noise0.3/shards   # ~3 min
 
 - imports: PSS anon of this process after importing torch + scikit-learn, then Ray Train,
   then our modules: the floor of every fold's process (bench_memory.py).
@@ -28,6 +29,10 @@
   (in sample, what the GMM sees) and on its test songs (out of sample: a network that never
   trained on the song), against the truth; read from songs.json, no training. The test-song
   figure is what out-of-sample scoring could reach with a network of this quality.
+- heap: where a local fold's private memory goes. One fold's first epochs in a fresh process
+  (warm-up, loss pass, SSSL epoch), its anonymous memory after each, and after glibc's
+  malloc_trim; twice: with glibc's default allocator settings and with a fixed 1 MB mmap
+  threshold (MALLOC_MMAP_THRESHOLD_), which hands every large freed buffer back at once.
 - layout: seconds of a small-CNN training step (batch 64, L = 3 s, one torch thread) and of an
   eval forward pass (batch 128), NCHW against channels-last, interleaved; median ratio.
 """
@@ -42,13 +47,15 @@ from pathlib import Path
 import numpy as np
 
 
-def imports() -> None:
-    def anon_mb() -> float:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss_Anon"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+def _anon_mb() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss_Anon"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
+
+def imports() -> None:
+    anon_mb = _anon_mb
     print(f"bare Python: {anon_mb():.0f} MB")
     import scipy  # noqa: F401
     import sklearn.svm  # noqa: F401
@@ -174,6 +181,69 @@ def oos_auc(run_dir: str, shard_dir: str) -> None:
         )
 
 
+def heap_stages(shards: str) -> None:
+    """The child of `heap`: one fold's first epochs, memory after each stage."""
+    import ctypes
+
+    import torch
+
+    from sssl_dist.config import SSSLConfig
+    from sssl_dist.data import SegmentTable, ShardSet
+    from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
+    from sssl_dist.fold import fold_song_ids
+    from sssl_dist.method import LossMemory
+    from sssl_dist.models import build_model
+
+    torch.set_num_threads(1)
+    shard_set = ShardSet(shards)
+    cfg = SSSLConfig(n_folds=10, epochs=4, warmup_epochs=1)
+    ids = fold_song_ids(shard_set, cfg, 0)
+    build = lambda part: SegmentTable.build(  # noqa: E731
+        [shard_set.by_id[s] for s in ids[part]], cfg.task, cfg.segment_seconds
+    )
+    table = build("train")
+    mels = shard_set.load_mels({s for part in ids.values() for s in part})
+    torch.manual_seed(0)
+    model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    w = Worker.build(cfg, table, build("val"), mels, shard_set.feature_config, model, opt)
+    stages = {"imports + data + model": _anon_mb()}
+    train_epoch(w, None, 0)
+    stages["warm-up epoch"] = _anon_mb()
+    losses = loss_pass(w)
+    stages["loss pass"] = _anon_mb()
+    split, _ = fit_split(cfg, table, losses.numpy(), [len(table)], 1, LossMemory.empty(len(table)))
+    t0 = time.perf_counter()
+    train_epoch(w, split.clean_w, 1)
+    seconds = time.perf_counter() - t0
+    stages["SSSL epoch"] = _anon_mb()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    stages["malloc_trim"] = _anon_mb()
+    peak = next(
+        int(line.split()[1]) / 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+    print(
+        ", ".join(f"{k} {v:.0f} MB" for k, v in stages.items())
+        + f"; peak RSS {peak:.0f} MB; the SSSL epoch took {seconds:.1f} s"
+    )
+
+
+def heap(shards: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    for label, extra in (
+        ("glibc defaults", {}),
+        ("MALLOC_MMAP_THRESHOLD_=1 MB", {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}),
+    ):
+        print(f"{label}:")
+        cmd = [sys.executable, __file__, "heap-stages", "--shards", shards]
+        subprocess.run(cmd, env={**os.environ, **extra}, check=True)
+
+
 def layout(repeats: int = 15) -> None:
     import torch
 
@@ -221,6 +291,9 @@ if __name__ == "__main__":
     s.add_argument("--warmup", type=int, default=3)
     sub.add_parser("gmm-caps")
     sub.add_parser("layout")
+    for name in ("heap", "heap-stages"):
+        s = sub.add_parser(name)
+        s.add_argument("--shards", required=True)
     s = sub.add_parser("oos-auc")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--shards", required=True)
@@ -235,6 +308,10 @@ if __name__ == "__main__":
         gmm_caps()
     elif a.probe == "layout":
         layout()
+    elif a.probe == "heap":
+        heap(a.shards)
+    elif a.probe == "heap-stages":
+        heap_stages(a.shards)
     elif a.probe == "oos-auc":
         oos_auc(a.run_dir, a.shards)
     else:
