@@ -55,23 +55,22 @@ def _anon_mb() -> float:
 
 
 def imports() -> None:
-    anon_mb = _anon_mb
-    print(f"bare Python: {anon_mb():.0f} MB")
+    print(f"bare Python: {_anon_mb():.0f} MB")
     import scipy  # noqa: F401
     import sklearn.svm  # noqa: F401
     import torch  # noqa: F401
 
-    print(f"+ torch, scikit-learn: {anon_mb():.0f} MB")
+    print(f"+ torch, scikit-learn: {_anon_mb():.0f} MB")
     import ray.train.torch  # noqa: F401
 
-    print(f"+ Ray Train: {anon_mb():.0f} MB")
+    print(f"+ Ray Train: {_anon_mb():.0f} MB")
     import matplotlib.pyplot  # noqa: F401
 
     import sssl_dist.fold  # noqa: F401
     import sssl_dist.parallel  # noqa: F401
     import sssl_dist.report  # noqa: F401
 
-    print(f"+ sssl_dist and matplotlib: {anon_mb():.0f} MB")
+    print(f"+ sssl_dist and matplotlib: {_anon_mb():.0f} MB")
 
 
 def batches(shards: str, n: int = 200) -> None:

@@ -92,16 +92,15 @@ def fit_loss_gmm(
     losses = np.asarray(losses, dtype=np.float64)
     finite = np.isfinite(losses)
     n_finite = int(finite.sum())
-    w = np.zeros(losses.shape[0], dtype=np.float64)
+    # w = 1 on the finite losses, 0 on NaN: the outcome when there is nothing to fit.
+    keep_all = finite.astype(np.float64)
     if n_finite < 2:
-        w[finite] = 1.0
-        return GmmFit(clean_prob=w, degenerate=f"only {n_finite} finite loss(es)")
+        return GmmFit(clean_prob=keep_all, degenerate=f"only {n_finite} finite loss(es)")
     # All finite (the usual case): no masked copy in and no masked scatter out (10^7 at scale).
     all_finite = n_finite == losses.size
     scaled = normalise_losses(losses if all_finite else losses[finite])
     if scaled is None:
-        w[finite] = 1.0
-        return GmmFit(clean_prob=w, degenerate="all losses equal")
+        return GmmFit(clean_prob=keep_all, degenerate="all losses equal")
     gmm = GaussianMixture(
         n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
     )
@@ -123,6 +122,7 @@ def fit_loss_gmm(
     if all_finite:
         w = posterior
     else:
+        w = np.zeros(losses.shape[0], dtype=np.float64)
         w[finite] = posterior
     return GmmFit(
         clean_prob=w,
