@@ -502,7 +502,7 @@ def _series(cells: dict) -> dict:
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
 KEY_FIELDS += ("selection", "targets", "set", "eval", "method")
 # Config keys that change only the SSSL step: an inherit cell under them is the plain inherit cell.
-SSSL_ONLY = {"tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_site"}
+SSSL_ONLY = {"tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_site", "split_network"}
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
 
 

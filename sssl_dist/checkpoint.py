@@ -19,6 +19,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,22 @@ _REQUIRED = (STATE_FILE, "history.json", "config.yaml")
 def copy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the model's state_dict, unaffected by later optimiser steps."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextmanager
+def weights_of(model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Run the block with `state` loaded into `model`, then put the model's own weights (and
+    buffers) back, bit for bit: the network that scores the split (split_network: best_val)
+    is a kept copy, while training goes on from the current one. None: the model as it is."""
+    if state is None:
+        yield
+        return
+    own = copy_weights(model)
+    model.load_state_dict(state)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from sssl_dist.checkpoint import (
     newest_persisted,
     save_checkpoint,
     training_state,
+    weights_of,
 )
 from sssl_dist.collectives import (
     all_gather_object,
@@ -116,13 +117,16 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "fold": loop.fold, "n_train": len(w.table)}
         sssl_epoch = cfg.method != "inherit" and epoch >= cfg.warmup_epochs
         if sssl_epoch:  # steps 1-3
-            clean_w = split_epoch(w, loop, epoch, metrics, memory)
+            scorer = best.state if cfg.split_network == "best_val" else None
+            if scorer is not None:
+                metrics["split_network_epoch"] = best.epoch
+            clean_w = split_epoch(w, loop, epoch, metrics, memory, scorer)
         t_train = time.perf_counter()
         metrics.update(train_epoch(w, clean_w if sssl_epoch else None, epoch))  # step 4
         t_val = time.perf_counter()
         if len(w.val_table):
             metrics.update(segment_accuracy(w))
-            if cfg.eval_epoch == "best_val":
+            if "best_val" in (cfg.eval_epoch, cfg.split_network):
                 best.offer(epoch, metrics["val_seg_acc"], w.plain)
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
@@ -201,13 +205,20 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
 
 
 def split_epoch(
-    w: Worker, loop: LoopConfig, epoch: int, metrics: dict[str, Any], memory: LossMemory
+    w: Worker,
+    loop: LoopConfig,
+    epoch: int,
+    metrics: dict[str, Any],
+    memory: LossMemory,
+    scorer: dict[str, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Steps 1-3: this epoch's split [N] (w on X, 0 on U), the same on every rank. `memory` is
-    rank 0's per-segment loss history (what the `mean_loss` selection fits on)."""
+    rank 0's per-segment loss history (what the `mean_loss` selection fits on); `scorer` the
+    weights that compute the losses (split_network: best_val), None for the current network."""
     t0 = time.perf_counter()
     # 1. loss pass over this rank's block (eval mode, Eq. 2), in position order
-    losses = loss_pass(w)
+    with weights_of(w.plain, scorer):
+        losses = loss_pass(w)
     t1 = time.perf_counter()
     # Ranks whose blocks hold longer songs finish later: wait here, timed apart, so the gather's
     # own cost is not confused with that imbalance.

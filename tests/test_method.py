@@ -353,3 +353,57 @@ def test_lr_schedule_by_epoch():
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
     with pytest.raises(ValueError, match="lr_schedule"):
         SSSLConfig(lr_schedule="step")
+
+
+def test_split_network_best_val_keeps_the_split_ahead_of_memorisation():
+    """Planted memorisation: an MLP learns 2-D points of which 30 % carry a flipped label until
+    it fits all of them. Its losses then no longer tell the flipped points apart, and the split
+    of the current network (the paper's) loses them. The best validation epoch's copy
+    (split_network: best_val) still finds them, and scoring with it leaves the trained network
+    exactly as it was, buffers included."""
+    from sssl_dist.checkpoint import BestEpoch, copy_weights, weights_of
+    from sssl_dist.models import build_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def points(n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        x = rng.normal(size=(n, 2)).astype(np.float32)
+        true = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+        flipped = rng.random(n) < 0.3
+        return torch.tensor(x), torch.tensor(np.where(flipped, 1 - true, true)), flipped
+
+    (x, y, flipped), (x_val, y_val, _) = points(200), points(400)  # labels as inherited
+    net = nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+    net.append(nn.Linear(256, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    best = BestEpoch()
+
+    def noise_auc(scorer: dict[str, torch.Tensor] | None) -> float:
+        with torch.no_grad(), weights_of(net, scorer):
+            losses = F.cross_entropy(net(x), y, reduction="none").numpy()
+        split = split_clean_noisy(losses, y.numpy(), num_classes=2, tau=0.5)
+        return roc_auc_score(flipped, 1 - split.clean_prob)
+
+    for epoch in range(12):
+        for _ in range(50):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            best.offer(epoch, (net(x_val).argmax(-1) == y_val).float().mean().item(), net)
+    with torch.no_grad():
+        assert (net(x).argmax(-1) == y).float().mean() > 0.97  # the wrong labels memorised
+    current, kept = noise_auc(None), noise_auc(best.state)
+    assert best.epoch < 3 and kept > 0.95 and current < 0.75, (best.epoch, kept, current)
+
+    # Scoring with a kept copy puts every weight and buffer of the model back, bit for bit.
+    cnn, other = build_model("small_cnn", 4, 0.0), build_model("small_cnn", 4, 0.0)
+    cnn.train()(torch.randn(8, 1, 96, 32))  # moves the BatchNorm running statistics
+    own, mels = copy_weights(cnn), torch.randn(3, 1, 96, 32)
+    with torch.no_grad(), weights_of(cnn.eval(), copy_weights(other.eval())):
+        torch.testing.assert_close(cnn(mels), other(mels), rtol=0, atol=0)
+    for name, tensor in cnn.state_dict().items():
+        assert torch.equal(tensor, own[name]), name
+    with pytest.raises(ValueError, match="val_fraction"):
+        SSSLConfig(split_network="best_val", val_fraction=0.0)

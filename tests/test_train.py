@@ -139,13 +139,19 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     that GPUs take runs here on the CPU, so only the device itself is untested without a GPU.
     The run also evaluates the best validation epoch (eval_epoch: best_val): the song decision
     and the final checkpoint's model are that epoch's. It trains X on DivideMix's refined
-    targets under a cosine learning rate, the step's two options beside the paper's."""
+    targets under a cosine learning rate, the step's two options beside the paper's, and
+    scores each split with the best validation epoch so far (split_network: best_val)."""
     from dataclasses import replace
 
     from sssl_dist.epoch import epoch_lr
 
     cfg = replace(
-        CFG, bf16=True, eval_epoch="best_val", clean_targets="refined", lr_schedule="cosine"
+        CFG,
+        bf16=True,
+        eval_epoch="best_val",
+        clean_targets="refined",
+        lr_schedule="cosine",
+        split_network="best_val",
     )
     run = run_fold(cfg, ShardSet(shard_dir), 1, storage_path=tmp_path, name="local", workers=0)
     assert len(run.history) == cfg.epochs
@@ -153,6 +159,9 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     best = max(e for e, s in enumerate(scores) if s == max(scores))  # ties: the later epoch
     assert run.result["evaluated_epoch"] == best
     assert run.result["val_seg_acc"] == scores[best]
+    for h in run.history[cfg.warmup_epochs :]:  # each split scored by the best epoch before it
+        before = scores[: h["epoch"]]
+        assert h["split_network_epoch"] == max(e for e, s in enumerate(before) if s == max(before))
     # The last epoch's figures beside them, from the same run.
     assert run.result["last_epoch_val_seg_acc"] == scores[-1]
     assert run.result["last_epoch_test_songs"] == run.result["test_songs"]
