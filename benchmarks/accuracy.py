@@ -21,6 +21,8 @@ benchmarks/results/.
     # other config override (part of the cell's key)
     python benchmarks/accuracy.py --methods sssl --clean-targets refined --eval-epochs best_val
     python benchmarks/accuracy.py --methods sssl --set mixup_alpha=0 --eval-epochs best_val
+    # the split scored by the best validation epoch's copy instead of the current network
+    python benchmarks/accuracy.py --methods sssl --split-networks best_val --eval-epochs best_val
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ def main() -> None:
     )
     p.add_argument(
         "--selections", nargs="+", default=["epoch_loss"], choices=["epoch_loss", "mean_loss"]
+    )
+    p.add_argument(
+        "--split-networks",
+        nargs="+",
+        default=["current"],
+        choices=["current", "best_val"],
+        help="the network whose losses the GMM splits: the current one (the paper) or the best "
+        "validation epoch's copy",
     )
     p.add_argument(
         "--clean-targets",
@@ -117,9 +127,15 @@ def main() -> None:
             progress=False,
         )
         grid = itertools.product(
-            a.tasks, a.lengths, a.gmm_scopes, a.selections, a.clean_targets, a.eval_epochs
+            a.tasks,
+            a.lengths,
+            a.gmm_scopes,
+            a.selections,
+            a.split_networks,
+            a.clean_targets,
+            a.eval_epochs,
         )
-        for task, length, scope, selection, targets, evaluated in grid:
+        for task, length, scope, selection, scorer, targets, evaluated in grid:
             fields = {
                 "songs": a.songs,
                 "folds": a.folds,
@@ -130,15 +146,17 @@ def main() -> None:
                 "L": length,
                 "gmm_scope": scope,
                 "selection": selection,
+                "split_network": scorer,
                 "targets": targets,
                 "set": _set_field(a.set),
                 "eval": evaluated,
             }
             # inherit never splits: run it once per cell, keyed as the paper's per-class split
             # of this epoch's loss; finished cells are kept (resumable).
-            first = (scope, selection, targets) == (
+            first = (scope, selection, scorer, targets) == (
                 a.gmm_scopes[0],
                 a.selections[0],
+                a.split_networks[0],
                 a.clean_targets[0],
             )
             todo = [
@@ -151,6 +169,7 @@ def main() -> None:
                 segment_seconds=length,
                 gmm_scope=scope,
                 selection=selection,
+                split_network=scorer,
                 clean_targets=targets,
                 eval_epoch=evaluated,
                 n_folds=a.folds,
@@ -209,17 +228,17 @@ def write_summary(out: Path, results: dict) -> None:
         "(majority of its seconds), for that task and L. min X share = the smallest class's "
         "share of X, lowest over SSSL epochs and folds (collapse shows here).",
         "",
-        "| noise | wrong | task | L | GMM scope | selection | X targets | set | eval | method "
-        "| test acc | test F1 | vote acc | majority | seg acc (truth) | noise AUC | prec U "
-        "| recall U | min X share | min |",
-        "|---" * 20 + "|",
+        "| noise | wrong | task | L | GMM scope | selection | split network | X targets | set "
+        "| eval | method | test acc | test F1 | vote acc | majority | seg acc (truth) | noise AUC "
+        "| prec U | recall U | min X share | min |",
+        "|---" * 21 + "|",
     ]
     for c in cells.values():
         f, m = c["fields"], c["metrics"]
         lines.append(
             f"| {f['noise']} | {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['gmm_scope']} | "
-            f"{f['selection']} | {f['targets']} | {f['set']} | {f['eval']} | {f['method']} | "
-            f"{_ms(m, 'test_acc')} | "
+            f"{f['selection']} | {f['split_network']} | {f['targets']} | {f['set']} | "
+            f"{f['eval']} | {f['method']} | {_ms(m, 'test_acc')} | "
             f"{_ms(m, 'test_f1')} | "
             f"{_ms(m, 'test_vote_acc')} | {_ms(m, 'test_majority_acc')} | "
             f"{_ms(m, 'val_seg_acc_truth')} | {_ms(m, 'noise_auc')} | "
@@ -245,6 +264,8 @@ def write_summary(out: Path, results: dict) -> None:
             comparisons.append(("per-class", _key(f, gmm_scope="per_class")))
         if f["selection"] == "mean_loss":
             comparisons.append(("epoch_loss", _key(f, selection="epoch_loss")))
+        if f["split_network"] == "best_val":
+            comparisons.append(("current split network", _key(f, split_network="current")))
         if f["targets"] == "refined":
             comparisons.append(("inherited X targets", _key(f, targets="inherited")))
         if f["set"] != "-" and f["method"] != "inherit":
@@ -255,8 +276,8 @@ def write_summary(out: Path, results: dict) -> None:
             d = _paired(results, base, key)
             lines.append(
                 f"- noise {f['noise']} {f['task']} L={f['L']}: {f['method']} "
-                f"({f['gmm_scope']}, {f['selection']}, X {f['targets']}, set {f['set']}, "
-                f"eval {f['eval']}) "
+                f"({f['gmm_scope']}, {f['selection']}, split network {f['split_network']}, "
+                f"X {f['targets']}, set {f['set']}, eval {f['eval']}) "
                 f"- {name}: {100 * d['mean']:+.1f} (std {100 * d['std']:.1f}, t = {d['t']:.2f}, "
                 f"{_wins(d)})"
             )
@@ -271,6 +292,7 @@ def write_summary(out: Path, results: dict) -> None:
     for c in cells.values():
         f = c["fields"]
         cell = " | ".join(f[k] for k in ("noise", "task", "L", "gmm_scope", "selection", "method"))
+        cell += f" (split network {f['split_network']})" if f["split_network"] != "current" else ""
         cell += f" (X {f['targets']})" if f["targets"] != "inherited" else ""
         cell += f" ({f['set']})" if f["set"] != "-" else ""
         cell += f" ({f['eval']})" if f["eval"] != "last" else ""
@@ -305,10 +327,9 @@ def _best_against_last(cells: dict, results: dict) -> list[str]:
         "Each cell: last → best (best - last; t over folds). Brier, ECE: lower is better; feature "
         "shift: train-to-test distance of the SVM's Eq. 10 features (lower: fewer surprises).",
         "",
-        "| noise | task | L | selection | X targets | set | method | evaluated epoch (1-based) | "
-        + " | ".join(name for _, name in BEST_VS_LAST)
-        + " |",
-        "|---" * (8 + len(BEST_VS_LAST)) + "|",
+        "| noise | task | L | selection | split network | X targets | set | method "
+        "| evaluated epoch (1-based) | " + " | ".join(name for _, name in BEST_VS_LAST) + " |",
+        "|---" * (9 + len(BEST_VS_LAST)) + "|",
     ]
     from sssl_dist.stats import paired_difference
 
@@ -332,8 +353,10 @@ def _best_against_last(cells: dict, results: dict) -> list[str]:
                 f"t {d['t']:.2f})"
             )
         lines.append(
-            f"| {f['noise']} | {f['task']} | {f['L']} | {f['selection']} | {f['targets']} | "
-            f"{f['set']} | {f['method']} | {chosen:.1f} | " + " | ".join(cells_txt) + " |"
+            f"| {f['noise']} | {f['task']} | {f['L']} | {f['selection']} | {f['split_network']} | "
+            f"{f['targets']} | {f['set']} | {f['method']} | {chosen:.1f} | "
+            + " | ".join(cells_txt)
+            + " |"
         )
     return lines
 
@@ -344,10 +367,10 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
         "",
         "## inherit against sssl (per-class split), one row per cell",
         "",
-        "| wrong | task | L | test acc inherit | test acc sssl | sssl - inherit (paired) "
+        "| wrong | task | L | eval | test acc inherit | test acc sssl | sssl - inherit (paired) "
         "| vote acc inherit | vote acc sssl | seg acc (truth) inherit → sssl | noise AUC "
         "| prec U | recall U | majority |",
-        "|---" * 13 + "|",
+        "|---" * 14 + "|",
     ]
     by_cell = lambda kv: (kv[1]["fields"]["task"], int(kv[1]["fields"]["L"]), kv[1]["wrong"])  # noqa: E731
     for key, c in sorted(cells.items(), key=by_cell):
@@ -356,16 +379,16 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
         paper_like = (
             f["gmm_scope"] == "per_class"
             and f["selection"] == "epoch_loss"
+            and f["split_network"] == "current"
             and f["targets"] == "inherited"
             and f["set"] == "-"
-            and f["eval"] == "last"
         )
         if f["method"] != "sssl" or not paper_like or base not in results:
             continue
         a, b = cells[base]["metrics"], c["metrics"]
         d = _paired(results, base, key)
         lines.append(
-            f"| {_pct(c['wrong'])} | {f['task']} | {f['L']} | {_ms(a, 'test_acc')} | "
+            f"| {_pct(c['wrong'])} | {f['task']} | {f['L']} | {f['eval']} | {_ms(a, 'test_acc')} | "
             f"{_ms(b, 'test_acc')} | {100 * d['mean']:+.1f} (t = {d['t']:.2f}; "
             f"{_wins(d)}) | {_ms(a, 'test_vote_acc')} | "
             f"{_ms(b, 'test_vote_acc')} | {100 * a['val_seg_acc_truth']['mean']:.1f} → "
@@ -500,7 +523,7 @@ def _series(cells: dict) -> dict:
 # batch makes results independent of it). Keys and headers come from these fields, never from
 # the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
-KEY_FIELDS += ("selection", "targets", "set", "eval", "method")
+KEY_FIELDS += ("selection", "split_network", "targets", "set", "eval", "method")
 # Config keys that change only the SSSL step: an inherit cell under them is the plain inherit cell.
 SSSL_ONLY = {"tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_site", "split_network"}
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
@@ -508,12 +531,17 @@ RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
 
 def _migrate(results: dict) -> dict:
     """Keys written before the `eval` field existed were all evaluated at the last epoch, and
-    before the `targets` field X always trained on its inherited labels."""
+    before the `targets` field X always trained on its inherited labels. Before the
+    `split_network` field the current network scored the split, unless `set` named it."""
     out = {}
     for k, v in results.items():
-        k = k if " eval=" in k else k.replace(" method=", " eval=last method=")
-        k = k if " targets=" in k else k.replace(" eval=", " targets=inherited eval=")
-        out[k if " set=" in k else k.replace(" eval=", " set=- eval=")] = v
+        f = {"eval": "last", "targets": "inherited", "set": "-"}
+        f.update(part.split("=", 1) for part in k.split())
+        if "split_network" not in f:
+            kept = [o for o in f["set"].split(",") if o != "-"]
+            f["split_network"] = "best_val" if "split_network:best_val" in kept else "current"
+            f["set"] = ",".join(o for o in kept if not o.startswith("split_network:")) or "-"
+        out[_key(f)] = v
     return out
 
 
@@ -535,6 +563,7 @@ def _cell_fields(fields: dict, method: str) -> dict:
             "method": method,
             "gmm_scope": "per_class",
             "selection": "epoch_loss",
+            "split_network": "current",
             "targets": "inherited",
             "set": _inherit_set(fields["set"]),
         }

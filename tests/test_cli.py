@@ -217,3 +217,33 @@ def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
     row = next(line for line in lines if line.startswith("| test_acc"))
     assert row == "| test_acc | 0.7000 | 0.8000 | +0.1000 | 1.73 |"
     assert not any("last epoch" in line for line in lines)  # that variant was not reported
+
+
+def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields():
+    """benchmarks/accuracy.py keys name every setting a cell depends on. A key written before a
+    field existed gets the value it ran with: the current split network, or the one its `set`
+    named, so a committed cell is never relabelled (or resumed) as another configuration."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks/accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    head = "songs=200 folds=10 epochs=8 warmup=3 noise=0.3 task=quadrant L=1 gmm_scope=per_class"
+    old = {
+        f"{head} selection=epoch_loss targets=inherited set=- eval=best_val method=sssl": 1,
+        f"{head} selection=epoch_loss targets=inherited set=split_network:best_val eval=best_val "
+        "method=sssl": 2,
+        f"{head} selection=mean_loss targets=inherited set=lr_schedule:cosine,"
+        "split_network:best_val eval=last method=sssl": 3,
+        f"{head} selection=epoch_loss method=inherit": 4,  # before eval, targets and set
+    }
+    new = accuracy._migrate(old)
+    tail = "targets=inherited set"
+    assert new == {
+        f"{head} selection=epoch_loss split_network=current {tail}=- eval=best_val method=sssl": 1,
+        f"{head} selection=epoch_loss split_network=best_val {tail}=- eval=best_val method=sssl": 2,
+        f"{head} selection=mean_loss split_network=best_val {tail}=lr_schedule:cosine eval=last "
+        "method=sssl": 3,
+        f"{head} selection=epoch_loss split_network=current {tail}=- eval=last method=inherit": 4,
+    }
+    assert accuracy._migrate(new) == new
