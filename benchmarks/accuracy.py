@@ -409,6 +409,8 @@ def _cell(out: Path, key: str, r: dict) -> dict:
         d = r["derived"]
         return {**base, **d, "by_epoch": {int(e): row for e, row in d["by_epoch"].items()}}
     cell_dir = out / _dir_name(f)
+    if not cell_dir.is_dir():
+        cell_dir = out / _legacy_dir_name(f)
     histories = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("fold-*/history.json"))]
     by_epoch: dict[int, dict[str, list[float]]] = {}
     min_x_share = None
@@ -578,6 +580,16 @@ def _inherit_set(field: str) -> str:
 
 def _dir_name(fields: dict) -> str:
     return _key(fields).replace(" ", "_").replace("=", "-")
+
+
+def _legacy_dir_name(fields: dict) -> str:
+    """A cell's directory as named before the `split_network` field: without it, and with a
+    best_val split network among the `set` overrides (so a summary still finds its histories)."""
+    sets = [o for o in fields["set"].split(",") if o != "-"]
+    if fields["split_network"] != "current":
+        sets.append(f"split_network:{fields['split_network']}")
+    old = {**fields, "set": ",".join(sorted(sets)) or "-"}
+    return "_".join(f"{k}-{old[k]}" for k in KEY_FIELDS if k != "split_network")
 
 
 def _paired(results: dict, base: str, key: str) -> dict:
