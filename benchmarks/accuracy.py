@@ -177,7 +177,7 @@ def main() -> None:
                 warmup_epochs=a.warmup,
             )
             base = with_overrides(base, parse_overrides(a.set))
-            cell_dir = lambda m, f=fields: out / _dir_name(_cell_fields(f, m))  # noqa: E731
+            cell_dir = lambda m, f=fields: _cell_dir(out, _cell_fields(f, m))  # noqa: E731
             for method, s, minutes in run_methods(
                 base, shards, cell_dir, todo, workers=a.workers, parallel=a.parallel
             ):
@@ -295,7 +295,7 @@ def write_summary(out: Path, results: dict) -> None:
         cell += f" (split network {f['split_network']})" if f["split_network"] != "current" else ""
         cell += f" (X {f['targets']})" if f["targets"] != "inherited" else ""
         cell += f" ({f['set']})" if f["set"] != "-" else ""
-        cell += f" ({f['eval']})" if f["eval"] != "last" else ""
+        cell += f" (eval {f['eval']})" if f["eval"] != "last" else ""
         for e, row in sorted(c["by_epoch"].items()):
             values = " | ".join(_num(row[k]) for k in EPOCH_KEYS)
             lines.append(f"| {cell} | {e + 1} | {values} |")
@@ -408,9 +408,7 @@ def _cell(out: Path, key: str, r: dict) -> dict:
     if "derived" in r:  # JSON made the epoch keys strings
         d = r["derived"]
         return {**base, **d, "by_epoch": {int(e): row for e, row in d["by_epoch"].items()}}
-    cell_dir = out / _dir_name(f)
-    if not cell_dir.is_dir():
-        cell_dir = out / _legacy_dir_name(f)
+    cell_dir = _cell_dir(out, f)
     histories = [json.loads(p.read_text()) for p in sorted(cell_dir.glob("fold-*/history.json"))]
     by_epoch: dict[int, dict[str, list[float]]] = {}
     min_x_share = None
@@ -580,6 +578,14 @@ def _inherit_set(field: str) -> str:
 
 def _dir_name(fields: dict) -> str:
     return _key(fields).replace(" ", "_").replace("=", "-")
+
+
+def _cell_dir(out: Path, fields: dict) -> Path:
+    """A cell's directory: its own name, or the name it had before the `split_network` field
+    where only that one exists (so a summary finds its histories and an unfinished cell resumes
+    from its checkpoints instead of starting afresh)."""
+    new, old = out / _dir_name(fields), out / _legacy_dir_name(fields)
+    return old if old.is_dir() and not new.is_dir() else new
 
 
 def _legacy_dir_name(fields: dict) -> str:

@@ -219,10 +219,11 @@ def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
     assert not any("last epoch" in line for line in lines)  # that variant was not reported
 
 
-def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields():
+def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields(tmp_path):
     """benchmarks/accuracy.py keys name every setting a cell depends on. A key written before a
     field existed gets the value it ran with: the current split network, or the one its `set`
-    named, so a committed cell is never relabelled (or resumed) as another configuration."""
+    named, so a committed cell is never relabelled (or resumed) as another configuration. A cell
+    directory named before the field is still found, to summarise or resume."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks/accuracy.py")
@@ -247,3 +248,16 @@ def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields():
         f"{head} selection=epoch_loss split_network=current {tail}=- eval=last method=inherit": 4,
     }
     assert accuracy._migrate(new) == new
+
+    fields = dict(part.split("=") for part in next(k for k, v in new.items() if v == 2).split())
+    fresh = tmp_path / accuracy._dir_name(fields)
+    assert accuracy._cell_dir(tmp_path, fields) == fresh  # nothing on disk: the new name
+    legacy = tmp_path / (
+        "songs-200_folds-10_epochs-8_warmup-3_noise-0.3_task-quadrant_L-1_gmm_scope-per_class_"
+        "selection-epoch_loss_targets-inherited_set-split_network:best_val_eval-best_val_"
+        "method-sssl"
+    )
+    legacy.mkdir()
+    assert accuracy._cell_dir(tmp_path, fields) == legacy  # an unfinished old cell resumes
+    fresh.mkdir()
+    assert accuracy._cell_dir(tmp_path, fields) == fresh
