@@ -156,6 +156,8 @@ def _pooled(
     """The folds of every cross-validation in `cvs` through one set of `parallel` slots, in
     the order given; each finished fold goes into its report, and the name of its
     cross-validation is yielded (the caller finishes one once it is complete)."""
+    if not cvs:
+        return  # nothing left to run: a resumed benchmark whose cells are all finished
     units = {(name, fold): cv.unit(fold) for name, cv in cvs.items() for fold in cv.folds}
     where = "each in one process (local mode)" if workers == 0 else f"each on {workers} worker(s)"
     log.info("%d fold runs, up to %d side by side, %s", len(units), parallel, where)

@@ -261,3 +261,13 @@ def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields(tmp_path):
     assert accuracy._cell_dir(tmp_path, fields) == legacy  # an unfinished old cell resumes
     fresh.mkdir()
     assert accuracy._cell_dir(tmp_path, fields) == fresh
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_comparison_with_nothing_left_to_run_finishes_quietly(parallel):
+    """A resumed benchmark hands `run_methods` an empty list once a cell is finished: that is
+    no work, not a crash (it raised StopIteration with folds side by side)."""
+    from sssl_dist.cv import run_methods
+
+    out = run_methods(SSSLConfig(), None, lambda m: Path("unused") / m, [], parallel=parallel)
+    assert list(out) == []
