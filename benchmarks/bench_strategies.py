@@ -1,0 +1,112 @@
+"""What each selection strategy costs per SSSL epoch, against today's defaults, in one run.
+
+Every arm trains the same fold of the same corpus in local mode (one process, the same loop as
+Ray Train's workers), twice: arms in order, then in reverse order, so a slow spell on this
+shared machine does not land on one arm only. Per arm it prints the median SSSL epoch (the
+first SSSL epoch of each run skipped: allocator warm-up) and its phases, and the ratio to the
+defaults' epoch:
+
+- loss pass: step 1, the losses the GMM splits (with `split_network: best_val`, the swap to the
+  kept copy and back is inside it);
+- gather + GMM: steps 2-3 (with `selection: mean_loss`, the memory update is inside it);
+- train: step 4, the mixup / KL optimiser steps;
+- rest: the validation pass and keeping the best epoch's copy (`eval_epoch` or `split_network`
+  best_val).
+
+The train phase also depends on how the split divides the segments (X and U batches cost
+differently), so the median share of segments in X is printed beside it.
+
+    python benchmarks/bench_strategies.py [--songs 60] [--epochs 7] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+# name -> overrides of the defaults; "defaults" first (the ratios' denominator).
+ARMS = {
+    "defaults (per-class GMM, epoch loss, current network, best_val eval)": {},
+    "gmm_scope: global (the paper's)": {"gmm_scope": "global"},
+    "selection: mean_loss": {"selection": "mean_loss"},
+    "split_network: best_val": {"split_network": "best_val"},
+    "clean_targets: refined": {"clean_targets": "refined"},
+    "eval_epoch: last (no best copy kept)": {"eval_epoch": "last"},
+}
+PHASES = ("time_loss_pass", "time_gather_gmm", "time_train")
+
+
+def sssl_epochs(history: list[dict]) -> list[dict]:
+    """SSSL epochs after the first one (which also pays for allocator warm-up)."""
+    return [h for h in history if "time_loss_pass" in h][1:]
+
+
+def phase_times(epochs: list[dict]) -> dict[str, float]:
+    """Median seconds of the epoch and of each phase; `rest` is what the phases leave over."""
+    out = {k: float(np.median([e[k] for e in epochs])) for k in ("time_epoch", *PHASES)}
+    rest = [e["time_epoch"] - sum(e[k] for k in PHASES) for e in epochs]
+    out["rest"] = float(np.median(rest))
+    out["clean_fraction"] = float(np.median([e["clean_fraction"] for e in epochs]))
+    return out
+
+
+def main(songs: int = 60, epochs: int = 7, repeats: int = 2) -> dict[str, float]:
+    import ray
+
+    from shards.synth import SynthConfig
+    from shards.write import shard_synthetic
+    from sssl_dist.config import SSSLConfig, with_overrides
+    from sssl_dist.fold import run_fold
+
+    work = Path(tempfile.mkdtemp(prefix="bench-strategies-"))
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    shards = shard_synthetic(
+        work / "corpus", work / "shards", SynthConfig(n_songs=songs, seed=5), progress=False
+    )
+    base = SSSLConfig(epochs=epochs, warmup_epochs=2, n_folds=5)
+    names = list(ARMS)
+    collected: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(repeats):
+        for i, name in enumerate(names if r % 2 == 0 else names[::-1]):
+            cfg = with_overrides(base, ARMS[name])
+            run = run_fold(cfg, shards, 0, storage_path=work / "ray", name=f"r{r}-a{i}", workers=0)
+            collected[name] += sssl_epochs(run.history)
+            n_train = run.history[0]["n_train"]
+    shutil.rmtree(work, ignore_errors=True)
+
+    times = {name: phase_times(collected[name]) for name in names}
+    ref = times[names[0]]["time_epoch"]
+    print(
+        f"Cost per SSSL epoch, {n_train} training segments, SmallCNN, local mode, "
+        f"{epochs} epochs ({base.warmup_epochs} warm-up), {repeats} runs per arm "
+        f"(medians of {len(collected[names[0]])} epochs)"
+    )
+    print(
+        f"{'arm':<70} {'epoch s':>8} {'ratio':>6} {'loss':>6} {'gmm':>6} {'train':>6} "
+        f"{'rest':>6} {'X':>5}"
+    )
+    for name in names:
+        t = times[name]
+        print(
+            f"{name:<70} {t['time_epoch']:8.2f} {t['time_epoch'] / ref:6.2f} "
+            f"{t['time_loss_pass']:6.2f} {t['time_gather_gmm']:6.2f} {t['time_train']:6.2f} "
+            f"{t['rest']:6.2f} {t['clean_fraction']:5.2f}"
+        )
+    return {name: times[name]["time_epoch"] / ref for name in names}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--songs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=2)
+    a = p.parse_args()
+    main(a.songs, a.epochs, a.repeats)
