@@ -241,10 +241,11 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     yet. The restart must still resume from it (issue 13: it restarted from scratch). With the
     `mean_loss` selection, the loss memory must survive the restart too, and the driver's split
     service must keep its split history: every SSSL epoch exactly once, re-fitted epochs not
-    counted twice."""
+    counted twice. The split is scored by the best validation epoch's copy (split_network:
+    best_val), so the copy must survive the restart as well, on both ranks."""
     from dataclasses import replace
 
-    cfg = replace(CFG, epochs=5, max_failures=2, selection="mean_loss")
+    cfg = replace(CFG, epochs=5, max_failures=2, selection="mean_loss", split_network="best_val")
     run_dir = tmp_path / "kill"
     progress = run_dir / PROGRESS_FILE
     killed: list[int] = []
@@ -278,6 +279,12 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     assert (counts == cfg.epochs - cfg.warmup_epochs).all(), np.unique(counts)
     assert [s["epoch"] for s in run.splits] == list(range(cfg.warmup_epochs, cfg.epochs))
     assert [s["n_clean"] for s in run.splits] == [h["n_clean"] for h in _epochs(run.history)]
+    scores = [h["val_seg_acc"] for h in run.history]
+    for h in _epochs(run.history):
+        assert h["gathered"]["gathered"] == h["n_train"]  # each segment once, from 2 ranks
+        assert h["gathered"]["per_rank"] == h["gathered"]["expected"]
+        before = scores[: h["epoch"]]  # the copy scoring it: the best epoch so far (ties: later)
+        assert h["split_network_epoch"] == max(e for e, v in enumerate(before) if v == max(before))
 
 
 def test_rank0_failure_in_the_gmm_step_ends_the_run_promptly(shard_dir, tmp_path, ray_session):
