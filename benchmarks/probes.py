@@ -5,6 +5,9 @@
     python benchmarks/probes.py paired --results benchmarks/results/eval-epoch/results.json \\
         --a "targets=inherited set=- eval=best_val method=sssl" \\
         --b "targets=refined set=- eval=best_val method=sssl" --metric last_epoch_test_acc
+    python benchmarks/probes.py pooled --results benchmarks/results/grid5/results.json \
+        benchmarks/results/grid10/results.json --a split_network=current \
+        --b split_network=best_val --where "set=- eval=best_val method=sssl" --metric test_acc
     python benchmarks/probes.py curves --run-dir runs/bench-cos --warmup 3
     python benchmarks/probes.py gmm-caps         # ~1 min
     python benchmarks/probes.py layout           # ~1 min
@@ -18,6 +21,10 @@
   contiguous in-memory copies of the same mels.
 - paired: one metric of two accuracy.py cells (keys chosen by a part of the key), fold by
   fold: b - a, its t and win counts (`--metric-b`: another metric for cell b).
+- pooled: `paired` over many cells at once: every cell whose key holds `--b` and each part
+  of `--where`, against the cell with `--b` replaced by `--a` (same corpus, same folds), in
+  one or more results files. Prints each pair and the fold differences of all pairs pooled
+  (mean, t, win counts): one option against another across a whole grid.
 - curves: for every cell directory of an accuracy.py run, segment accuracy against the truth
   at the warm-up peak, at the last epoch, and at the best validation epoch after warm-up
   (read from the fold histories; no training).
@@ -108,6 +115,38 @@ def paired(results: str, a: str, b: str, metric: str, metric_b: str | None = Non
         f"{metric} / {metric_b or metric}: a {mean(ca):.3f}, b {mean(cb):.3f}, "
         f"b - a {d['mean']:+.3f} (t {d['t']:.2f}, better on {d['better']}/{d['folds']}, "
         f"worse on {d['worse']})"
+    )
+
+
+def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
+    from accuracy import _migrate  # benchmarks/ is on the path: this script's directory
+
+    from sssl_dist.stats import paired_difference
+
+    parts = [b, *where.split()]
+    pool_a: dict[str, dict] = {}
+    pool_b: dict[str, dict] = {}
+    for path in results:
+        cells = _migrate(json.loads(Path(path).read_text()))
+        for key in sorted(k for k in cells if all(part in k.split() for part in parts)):
+            base = " ".join(a if part == b else part for part in key.split())
+            if base not in cells:
+                continue
+            ca, cb = (
+                {"per_fold": {f: {"v": r[metric]} for f, r in cells[k]["per_fold"].items()}}
+                for k in (base, key)
+            )
+            d = paired_difference(ca, cb, "v")
+            cell = " ".join(
+                p for p in key.split() if p.split("=")[0] in ("folds", "noise", "task", "L")
+            )
+            print(f"{cell}: b - a {d['mean']:+.3f} (t {d['t']:.2f}, {d['better']} / {d['worse']})")
+            for pool, c in ((pool_a, ca), (pool_b, cb)):
+                pool.update({f"{path} {cell} {f}": r for f, r in c["per_fold"].items()})
+    d = paired_difference({"per_fold": pool_a}, {"per_fold": pool_b}, "v")
+    print(
+        f"pooled {metric}, {d['folds']} fold pairs: b - a {d['mean']:+.3f} (t {d['t']:.2f}, "
+        f"better on {d['better']}, worse on {d['worse']})"
     )
 
 
@@ -285,6 +324,11 @@ if __name__ == "__main__":
     for name in ("--results", "--a", "--b", "--metric"):
         s.add_argument(name, required=True)
     s.add_argument("--metric-b", help="cell b's metric, when it differs (e.g. last_epoch_*)")
+    s = sub.add_parser("pooled")
+    s.add_argument("--results", nargs="+", required=True)
+    for name in ("--a", "--b", "--metric"):
+        s.add_argument(name, required=True)
+    s.add_argument("--where", default="", help="further key parts every cell must hold")
     s = sub.add_parser("curves")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--warmup", type=int, default=3)
@@ -303,6 +347,8 @@ if __name__ == "__main__":
         batches(a.shards)
     elif a.probe == "paired":
         paired(a.results, a.a, a.b, a.metric, a.metric_b)
+    elif a.probe == "pooled":
+        pooled(a.results, a.a, a.b, a.where, a.metric)
     elif a.probe == "gmm-caps":
         gmm_caps()
     elif a.probe == "layout":
