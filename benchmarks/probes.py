@@ -5,13 +5,14 @@
     python benchmarks/probes.py paired --results benchmarks/results/eval-epoch/results.json \\
         --a "targets=inherited set=- eval=best_val method=sssl" \\
         --b "targets=refined set=- eval=best_val method=sssl" --metric last_epoch_test_acc
-    python benchmarks/probes.py pooled --results benchmarks/results/grid5/results.json \
-        benchmarks/results/grid10/results.json --a split_network=current \
-        --b split_network=best_val --where "set=- eval=best_val method=sssl" --metric test_acc
+    python benchmarks/probes.py pooled --results benchmarks/results/grid5/results.json \\
+        benchmarks/results/grid10/results.json --a split_network=current \\
+        --b split_network=best_val --where "selection=epoch_loss set=- eval=best_val method=sssl" \\
+        --metric test_acc
     python benchmarks/probes.py curves --run-dir runs/bench-cos --warmup 3
     python benchmarks/probes.py gmm-caps         # ~1 min
     python benchmarks/probes.py layout           # ~1 min
-    python benchmarks/probes.py oos-auc --run-dir runs/grid10 \
+    python benchmarks/probes.py oos-auc --run-dir runs/grid10 \\
         --shards runs/grid10/data-noise0.3/shards
     python benchmarks/probes.py heap --shards runs/grid10/data-noise0.3/shards   # ~3 min
 
@@ -141,8 +142,8 @@ def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
                 p for p in key.split() if p.split("=")[0] in ("folds", "noise", "task", "L")
             )
             print(f"{cell}: b - a {d['mean']:+.3f} (t {d['t']:.2f}, {d['better']} / {d['worse']})")
-            for pool, c in ((pool_a, ca), (pool_b, cb)):
-                pool.update({f"{path} {cell} {f}": r for f, r in c["per_fold"].items()})
+            for pool, c in ((pool_a, ca), (pool_b, cb)):  # one id per file, cell and fold
+                pool.update({f"{path} {key} {f}": r for f, r in c["per_fold"].items()})
     d = paired_difference({"per_fold": pool_a}, {"per_fold": pool_b}, "v")
     print(
         f"pooled {metric}, {d['folds']} fold pairs: b - a {d['mean']:+.3f} (t {d['t']:.2f}, "
