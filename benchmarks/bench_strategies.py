@@ -43,11 +43,6 @@ ARMS = {
 PHASES = ("time_loss_pass", "time_gather_gmm", "time_train")
 
 
-def sssl_epochs(history: list[dict]) -> list[dict]:
-    """SSSL epochs after the first one (which also pays for allocator warm-up)."""
-    return [h for h in history if "time_loss_pass" in h][1:]
-
-
 def phase_times(epochs: list[dict]) -> dict[str, float]:
     """Median seconds of the epoch and of each phase; `rest` is what the phases leave over."""
     out = {k: float(np.median([e[k] for e in epochs])) for k in ("time_epoch", *PHASES)}
@@ -59,6 +54,7 @@ def phase_times(epochs: list[dict]) -> dict[str, float]:
 
 def main(songs: int = 60, epochs: int = 7, repeats: int = 2) -> dict[str, float]:
     import ray
+    from bench_train import sssl_epochs  # benchmarks/ is on the path: this script's directory
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic

@@ -60,6 +60,12 @@ def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:
     return times
 
 
+def sssl_epochs(history: list[dict]) -> list[dict]:
+    """A trainer run's SSSL epochs after the first one (which also pays for allocator warm-up);
+    the last epoch where there is no other."""
+    return [h for h in history if "time_loss_pass" in h][1:] or [history[-1]]
+
+
 def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
     import ray
 
@@ -96,9 +102,6 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         )
         runs[key] = (run.history, time.perf_counter() - t0)
     shutil.rmtree(work, ignore_errors=True)
-
-    def sssl_epochs(history):  # epochs after warm-up, skipping the first (allocator warm-up)
-        return [h for h in history if "time_loss_pass" in h][1:] or [history[-1]]
 
     # Medians: one slow epoch (another process on this shared machine) must not decide it.
     def median(epochs, key="time_epoch"):

@@ -107,7 +107,7 @@ def paired(results: str, a: str, b: str, metric: str, metric_b: str | None = Non
         found = [k for k in cells if part in k]
         if len(found) != 1:
             raise SystemExit(f"{part!r} matches {len(found)} cells, not 1: {found}")
-        return {"per_fold": {f: {"v": r[metric]} for f, r in cells[found[0]]["per_fold"].items()}}
+        return _metric_by_fold(cells[found[0]], metric)
 
     ca, cb = one(a, metric), one(b, metric_b or metric)
     d = paired_difference(ca, cb, "v")
@@ -117,6 +117,11 @@ def paired(results: str, a: str, b: str, metric: str, metric_b: str | None = Non
         f"b - a {d['mean']:+.3f} (t {d['t']:.2f}, better on {d['better']}/{d['folds']}, "
         f"worse on {d['worse']})"
     )
+
+
+def _metric_by_fold(cell: dict, metric: str) -> dict:
+    """One metric of a results.json cell, fold by fold, as `paired_difference` takes it ("v")."""
+    return {"per_fold": {f: {"v": r[metric]} for f, r in cell["per_fold"].items()}}
 
 
 def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
@@ -133,10 +138,7 @@ def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
             base = " ".join(a if part == b else part for part in key.split())
             if base not in cells:
                 continue
-            ca, cb = (
-                {"per_fold": {f: {"v": r[metric]} for f, r in cells[k]["per_fold"].items()}}
-                for k in (base, key)
-            )
+            ca, cb = (_metric_by_fold(cells[k], metric) for k in (base, key))
             d = paired_difference(ca, cb, "v")
             cell = " ".join(
                 p for p in key.split() if p.split("=")[0] in ("folds", "noise", "task", "L")
