@@ -9,25 +9,16 @@ result, so any number can be traced back to the exact settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-METHODS = ("inherit", "sssl-nokl", "sssl")
-TASKS = ("quadrant", "valence", "arousal")
-GMM_SCOPES = ("per_class", "global")
-SELECTIONS = ("epoch_loss", "mean_loss")
-SPLIT_NETWORKS = ("current", "best_val")
-GMM_SITES = ("driver", "rank0")
-EVAL_EPOCHS = ("last", "best_val")
-SVM_FEATURES = ("in_sample", "cross_fit")
-CLEAN_TARGETS = ("inherited", "refined")
-LR_SCHEDULES = ("constant", "cosine")
-BACKBONES = ("small_cnn", "vgg16")
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
 
@@ -47,6 +38,14 @@ class FeatureConfig:
     max_duration_s: float = 900.0
     # A file whose RMS is below this (dBFS) is "silent" and rejected. Our choice.
     silence_dbfs: float = -60.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, _FEATURE_RANGES)
+        if self.max_duration_s <= self.min_duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s}) must exceed "
+                f"min_duration_s ({self.min_duration_s})"
+            )
 
     @property
     def frames_per_second(self) -> float:
@@ -75,13 +74,13 @@ class SSSLConfig:
     lambda_kl: float = 1.0  # λ of Eq. 9; R-Drop paper's alpha range 0.3-5; our choice 1.0
     mixup_alpha: float = 0.75  # δ ~ Beta(α, α) in Eq. 6; MixMatch default 0.75
     # What one GMM is fitted over. Per-class (one GMM per inherited class) is the default: the
-    # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus
-    # (issue 6); "global" is the paper's own split.
+    # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus;
+    # "global" is the paper's own split.
     gmm_scope: Literal["per_class", "global"] = "per_class"
     # What the GMM is fitted on. "epoch_loss" is the paper's: this epoch's loss pass.
     # "mean_loss" averages each segment's loss over the SSSL epochs so far (temporal averaging,
     # as AUM does with margins), so one epoch in which the network memorises a wrong label does
-    # not pull that segment into X (issue 11). The paper's stays the default until measured.
+    # not pull that segment into X. The paper's stays the default until measured.
     selection: Literal["epoch_loss", "mean_loss"] = "epoch_loss"
     # Which network computes the losses the GMM sees. "current" (the paper): the network as it
     # is at this epoch, which has trained on these very labels. "best_val": the epoch with the
@@ -95,14 +94,14 @@ class SSSLConfig:
     # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
     # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
     # clean posterior and p the network's prediction, so a wrong label that slipped into X
-    # with a borderline w is not trained on at full strength (issue 11).
+    # with a borderline w is not trained on at full strength.
     clean_targets: Literal["inherited", "refined"] = "inherited"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
     gmm_reg_covar: float = 5e-4  # DivideMix
     # Above this many losses EM runs on a strided subsample and the posteriors are computed for
-    # all (issue 12: the full fit took 11-13 s at 10^7). Our choice; below it nothing changes.
+    # all (the full fit took 11-13 s at 10^7 losses). Our choice; below it nothing changes.
     # Measured at 10^7 losses against the full fit (BENCHMARKS.md): 2 * 10^5 changes 0.004 % of
     # the clean/noisy assignments (10^6: 0.002 %) and halves the split's time.
     gmm_max_fit: int = 200_000
@@ -120,7 +119,7 @@ class SSSLConfig:
     weight_decay: float = 5e-4  # DivideMix
     # Learning rate by epoch. "constant" (the paper is silent): lr throughout. "cosine":
     # lr * (1 + cos(pi * epoch / epochs)) / 2, cosine annealing without restarts (Loshchilov &
-    # Hutter 2017), so late epochs take small steps instead of jumping between minima (issue 11).
+    # Hutter 2017), so late epochs take small steps instead of jumping between minima.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     momentum: float = 0.9  # used by SGD only
 
@@ -129,7 +128,7 @@ class SSSLConfig:
     # epoch with the highest segment accuracy on the validation songs (inherited labels: no
     # truth is used), because the network gets worse as it memorises wrong labels. Measured
     # (BENCHMARKS.md, 200 songs, 5 folds): segment accuracy against the truth +7.0 points for
-    # sssl and +7.3 for inherit, ECE lower for both; issue 11.
+    # sssl and +7.3 for inherit, ECE lower for both.
     eval_epoch: Literal["last", "best_val"] = "best_val"
 
     # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
@@ -140,7 +139,7 @@ class SSSLConfig:
     # from the network that trained on them, more confident than an unseen song's. "cross_fit":
     # each training song's features come from a network trained without it (the training songs
     # split into `cross_fit_parts` song-grouped parts, one extra run per part), the stacking
-    # practice of Wolpert 1992 and cleanlab's out-of-sample rule (issue 11).
+    # practice of Wolpert 1992 and cleanlab's out-of-sample rule.
     svm_features: Literal["in_sample", "cross_fit"] = "in_sample"
     cross_fit_parts: int = 2
 
@@ -156,31 +155,13 @@ class SSSLConfig:
     gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("task", self.task, TASKS)
-        _check_choice("gmm_scope", self.gmm_scope, GMM_SCOPES)
-        _check_choice("selection", self.selection, SELECTIONS)
-        _check_choice("split_network", self.split_network, SPLIT_NETWORKS)
-        _check_choice("gmm_site", self.gmm_site, GMM_SITES)
-        _check_choice("clean_targets", self.clean_targets, CLEAN_TARGETS)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("eval_epoch", self.eval_epoch, EVAL_EPOCHS)
-        _check_choice("svm_features", self.svm_features, SVM_FEATURES)
+        _check_fields(self, _SSSL_RANGES)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})"
+            )
         if self.split_network == "best_val" and self.val_fraction <= 0:
             raise ValueError("split_network 'best_val' needs validation songs: val_fraction > 0")
-        if self.cross_fit_parts < 2:
-            raise ValueError(f"cross_fit_parts must be at least 2, got {self.cross_fit_parts}")
-        _check_choice("backbone", self.backbone, BACKBONES)
-        if not 1 <= self.segment_seconds <= 30:
-            raise ValueError(f"segment_seconds must be in 1..30, got {self.segment_seconds}")
-        if not 0.0 < self.tau < 1.0:
-            raise ValueError(f"tau must be in (0, 1), got {self.tau}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.warmup_epochs > self.epochs:
-            raise ValueError("warmup_epochs must not exceed epochs")
-        if self.n_folds < 2:
-            raise ValueError("n_folds must be at least 2")
 
     @property
     def num_classes(self) -> int:
@@ -197,6 +178,125 @@ class SSSLConfig:
 
 C = TypeVar("C", FeatureConfig, SSSLConfig)
 
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric field allows; a bound of None is no bound."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: the bound itself is excluded
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.high_open else x <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+            f"{')' if self.high_open else ']'}"
+        )
+
+
+def _at_least(low: float) -> _Range:
+    return _Range(low=low)
+
+
+def _above(low: float) -> _Range:
+    return _Range(low=low, low_open=True)
+
+
+# The allowed range of every numeric field. Choices need no entry: their `Literal` annotation
+# lists them, and integer, float and bool types come from the annotations too.
+_FEATURE_RANGES = {
+    "sample_rate": _at_least(1),
+    "n_fft": _at_least(1),
+    "hop_length": _at_least(1),
+    "n_mels": _at_least(1),
+    "min_duration_s": _above(0),
+    "max_duration_s": _above(0),
+    "silence_dbfs": _Range(high=0),  # dBFS: full scale is 0
+}
+_SSSL_RANGES = {
+    "segment_seconds": _Range(1, 30),
+    "hop_seconds": _at_least(1),
+    "dropout": _Range(0, 1, high_open=True),
+    "tau": _Range(0, 1, low_open=True, high_open=True),
+    "temperature": _above(0),
+    "lambda_kl": _at_least(0),
+    "mixup_alpha": _at_least(0),  # 0: no mixup
+    "min_class_share": _Range(0, 1),
+    "gmm_max_iter": _at_least(1),
+    "gmm_tol": _above(0),
+    "gmm_reg_covar": _at_least(0),
+    "gmm_max_fit": _at_least(2),  # a two-component mixture needs two losses
+    "warmup_epochs": _at_least(0),
+    "epochs": _at_least(1),
+    "batch_size": _at_least(1),
+    "lr": _above(0),
+    "weight_decay": _at_least(0),
+    "momentum": _Range(0, 1, high_open=True),
+    "theta": _Range(0, 1),  # a probability threshold (Eq. 10's f7)
+    "svm_c": _above(0),
+    "cross_fit_parts": _at_least(2),
+    "n_folds": _at_least(2),
+    "val_fraction": _Range(0, 1, high_open=True),
+    "seed": _at_least(0),  # numpy refuses negative seeds
+    "torch_threads": _at_least(1),
+    "max_failures": _at_least(-1),  # Ray's FailureConfig: -1 retries without limit
+    "gloo_timeout_s": _at_least(1),
+}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    # The module uses postponed annotations, so resolve the strings once per class.
+    return get_type_hints(cls)
+
+
+def choices(name: str, cls: type = SSSLConfig) -> tuple[str, ...]:
+    """The values a choice field allows, read from its `Literal` annotation."""
+    hint = _field_types(cls)[name]
+    if get_origin(hint) is not Literal:
+        raise ValueError(f"{cls.__name__}.{name} is not a choice field")
+    return get_args(hint)
+
+
+METHODS = choices("method")
+TASKS = choices("task")
+BACKBONES = choices("backbone")
+
+
+def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) -> None:
+    """Refuse a value of the wrong type, outside its choices or outside its range."""
+    for name, hint in _field_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        if get_origin(hint) is Literal:
+            if value not in get_args(hint):
+                raise ValueError(f"{name} must be one of {get_args(hint)}, got {value!r}")
+            continue
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            continue
+        # bool is a subclass of int, but `epochs: true` is a mistake, not 1.
+        if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if name in ranges and value not in ranges[name]:
+            raise ValueError(f"{name} must be {ranges[name]}, got {value!r}")
+
+
 # Keys that were renamed, so an old config file gets a message instead of a bare "unknown key".
 # "split" named three things (fold split, clean/noisy split, this field); now it names only the
 # clean/noisy split of the training segments.
@@ -209,11 +309,6 @@ def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 def to_dict(cfg: FeatureConfig | SSSLConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -224,24 +319,29 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     for old, new in _RENAMED.items():
         if old in data and old not in names:
             raise ValueError(f"config key {old!r} was renamed to {new!r}: please rename it")
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
     return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Coerce strings from the command line (`--set tau=0.6`) to the field's type."""
-    default = next(f.default for f in fields(cls) if f.name == name)
-    if not isinstance(value, str) or isinstance(default, str):
+    """Coerce strings (`--set tau=0.6`, or `lr: 1e-3`, which YAML reads as a string) to the
+    field's type; other values are checked as they are by the config itself."""
+    hint = _field_types(cls)[name]
+    if not isinstance(value, str) or hint not in (bool, int, float):
         return value
-    if isinstance(default, bool):
+    if hint is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{name} expects a boolean, got {value!r}")
-    return type(default)(value)
+    try:
+        return hint(value)
+    except ValueError:
+        kind = "an integer" if hint is int else "a number"
+        raise ValueError(f"{name} expects {kind}, got {value!r}") from None
 
 
 def with_overrides(cfg: C, overrides: dict[str, Any]) -> C:
@@ -261,20 +361,62 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-# The paper's own variant where our defaults differ (issue 11: one config value away).
-PAPER_CONFIG = Path(__file__).parent / "configs" / "paper_global_split.yaml"
+CONFIG_DIR = Path(__file__).parent / "configs"
+# The paper's own variant where our defaults differ (one config value away).
+PAPER_CONFIG = CONFIG_DIR / "paper_global_split.yaml"
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped in the package, for `--config NAME`."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_file(name_or_path: str | Path) -> Path:
+    """A config file given as a path, or as the name of a packaged config (`vgg16_gpu`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    # Only a bare name falls back to the package: a mistyped path must not load another file.
+    if (
+        path.parent == Path(".")
+        and path.stem in packaged_configs()
+        and path.suffix in ("", ".yaml")
+    ):
+        return CONFIG_DIR / f"{path.stem}.yaml"
+    raise FileNotFoundError(
+        f"config {str(name_or_path)!r} is neither a file nor a packaged config "
+        f"(packaged: {', '.join(packaged_configs())})"
+    )
+
+
+def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
     """The keys a YAML/JSON config file sets (the rest stay at their defaults)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    path = config_file(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not a valid config file: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys")
     return data
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans several)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).splitlines()[0]
+    where = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+    problem = f"{where}{exc.problem}"
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        problem += " (tags such as !!python/object are not allowed)"
+    return problem
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SSSLConfig:
-    """Read a YAML/JSON config file (or the defaults when path is None), then apply overrides."""
+    """Read a config file or packaged config (or the defaults when path is None), then apply
+    overrides."""
     data = read_config_file(path) if path is not None else {}
     data.update(overrides or {})
     return from_dict(SSSLConfig, data)

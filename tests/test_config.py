@@ -1,0 +1,183 @@
+"""The config validates itself: every bad value is refused with a one-line message naming its
+key, before any worker starts. No Ray here."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, get_args, get_origin, get_type_hints
+
+import pytest
+
+from sssl_dist.config import (
+    METHODS,
+    TASKS,
+    FeatureConfig,
+    SSSLConfig,
+    choices,
+    config_digest,
+    from_dict,
+    load_config,
+    packaged_configs,
+    parse_overrides,
+    read_config_file,
+)
+
+# Run identities are built from these digests: a change here re-runs every stored result.
+DEFAULT_DIGEST = "298d2fe1175e1932"
+FEATURE_DIGEST = "7fae48a34f01324a"
+PACKAGED_DIGESTS = {"paper_global_split": "5be8be08d433ab07", "vgg16_gpu": "d3f9ce29bb9e8b99"}
+
+
+def test_digests_of_existing_configs_are_unchanged():
+    assert config_digest(SSSLConfig()) == DEFAULT_DIGEST
+    assert config_digest(FeatureConfig()) == FEATURE_DIGEST
+    assert {n: config_digest(load_config(n)) for n in packaged_configs()} == PACKAGED_DIGESTS
+
+
+def _literal_fields(cls: type) -> list[tuple[str, tuple]]:
+    hints = get_type_hints(cls)
+    return [
+        (f.name, get_args(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if get_origin(hints[f.name]) is Literal
+    ]
+
+
+@pytest.mark.parametrize("name,allowed", _literal_fields(SSSLConfig))
+def test_every_choice_field_is_checked_from_its_annotation(name, allowed):
+    assert choices(name) == allowed
+    with pytest.raises(ValueError, match=rf"^{name} must be one of .*got 'bogus'$"):
+        SSSLConfig(**{name: "bogus"})
+    for value in allowed:  # every listed value is accepted
+        SSSLConfig(**{name: value}, **({"val_fraction": 0.1} if value == "best_val" else {}))
+
+
+def test_choice_fields_include_the_ones_that_were_unchecked():
+    names = [n for n, _ in _literal_fields(SSSLConfig)]
+    assert {"optimizer", "svm_kernel"} <= set(names)
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('adam', 'sgd'\)"):
+        SSSLConfig(optimizer="adamw")
+    assert METHODS == ("inherit", "sssl-nokl", "sssl")
+    assert TASKS == ("quadrant", "valence", "arousal")
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("batch_size", 0, r"batch_size must be >= 1, got 0"),
+        ("batch_size", 64.9, r"batch_size must be an integer, got 64.9"),
+        ("batch_size", True, r"batch_size must be an integer, got True"),
+        ("seed", None, r"seed must be an integer, got None"),
+        ("seed", -1, r"seed must be >= 0"),
+        ("lr", float("nan"), r"lr must be a finite number, got nan"),
+        ("lr", float("inf"), r"lr must be a finite number, got inf"),
+        ("lr", 0.0, r"lr must be > 0, got 0.0"),
+        ("lr", "0.1", r"lr must be a number, got '0.1'"),  # strings are coerced by from_dict
+        ("dropout", 1.5, r"dropout must be in \[0, 1\), got 1.5"),
+        ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+        ("val_fraction", 1.5, r"val_fraction must be in \[0, 1\), got 1.5"),
+        ("hop_seconds", 0, r"hop_seconds must be >= 1, got 0"),
+        ("epochs", -1, r"epochs must be >= 1, got -1"),
+        ("warmup_epochs", -1, r"warmup_epochs must be >= 0, got -1"),
+        ("warmup_epochs", 20, r"warmup_epochs \(20\) must not exceed epochs \(12\)"),
+        ("mixup_alpha", -0.1, r"mixup_alpha must be >= 0"),
+        ("lambda_kl", -1.0, r"lambda_kl must be >= 0"),
+        ("weight_decay", -1e-4, r"weight_decay must be >= 0"),
+        ("tau", 1.5, r"tau must be in \(0, 1\), got 1.5"),
+        ("temperature", 0.0, r"temperature must be > 0"),
+        ("segment_seconds", 31, r"segment_seconds must be in \[1, 30\]"),
+        ("n_folds", 1, r"n_folds must be >= 2"),
+        ("cross_fit_parts", 1, r"cross_fit_parts must be >= 2"),
+        ("torch_threads", 0, r"torch_threads must be >= 1"),
+        ("bf16", 1, r"bf16 must be true or false, got 1"),
+        ("theta", 2.0, r"theta must be in \[0, 1\]"),
+        ("svm_c", 0.0, r"svm_c must be > 0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        SSSLConfig(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("sample_rate", 0, r"sample_rate must be >= 1"),
+        ("n_mels", 12.5, r"n_mels must be an integer"),
+        ("hop_length", -512, r"hop_length must be >= 1"),
+        ("min_duration_s", 0.0, r"min_duration_s must be > 0"),
+        ("max_duration_s", float("inf"), r"max_duration_s must be a finite number"),
+        ("max_duration_s", 2.0, r"max_duration_s \(2.0\) must exceed min_duration_s \(5.0\)"),
+        ("silence_dbfs", 3.0, r"silence_dbfs must be <= 0"),
+    ],
+)
+def test_bad_feature_values_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        FeatureConfig(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "pair,message",
+    [
+        ("tau=abc", r"^tau expects a number, got 'abc'$"),
+        ("batch_size=64.9", r"^batch_size expects an integer, got '64.9'$"),
+        ("bf16=maybe", r"^bf16 expects a boolean, got 'maybe'$"),
+        ("lr=nan", r"^lr must be a finite number, got nan$"),
+        ("optimizer=rmsprop", r"^optimizer must be one of \('adam', 'sgd'\), got 'rmsprop'$"),
+    ],
+)
+def test_command_line_strings_are_refused_naming_the_key(pair, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, parse_overrides([pair]))
+
+
+def test_valid_strings_and_numbers_load_as_before(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string: it is coerced, as before.
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\ntau: 0.6\nlambda_kl: 2\nseed: 3\n")
+    cfg = load_config(tmp_path / "c.yaml", {"epochs": "4", "bf16": "yes"})
+    assert (cfg.lr, cfg.tau, cfg.lambda_kl, cfg.seed, cfg.epochs, cfg.bf16) == (
+        1e-3,
+        0.6,
+        2,
+        3,
+        4,
+        True,
+    )
+    assert from_dict(SSSLConfig, dataclasses.asdict(SSSLConfig())) == SSSLConfig()
+
+
+def test_yaml_file_with_problems_in_one_line(tmp_path):
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("tau: 0.6\nseed: !!python/object/apply:os.getpid []\n")
+    with pytest.raises(ValueError) as err:
+        load_config(tagged)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tagged) in msg and "line 2" in msg and "tag" in msg
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tau: [0.6,\n")
+    with pytest.raises(ValueError, match="broken.yaml: not a valid config file") as err:
+        load_config(broken)
+    assert "\n" not in str(err.value)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- tau\n")
+    with pytest.raises(ValueError, match="list.yaml: expected a mapping"):
+        load_config(listed)
+
+
+def test_packaged_configs_load_by_name(tmp_path, monkeypatch):
+    assert {"paper_global_split", "vgg16_gpu"} <= set(packaged_configs())
+    cfg = load_config("vgg16_gpu")
+    assert (cfg.backbone, cfg.bf16, cfg.task) == ("vgg16", True, "valence")
+    assert read_config_file("paper_global_split.yaml") == read_config_file("paper_global_split")
+    # A file of that name in the working directory wins over the packaged one.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg16_gpu").write_text("epochs: 5\n")
+    assert load_config("vgg16_gpu").epochs == 5
+
+
+def test_unknown_config_name_lists_the_packaged_ones(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'vgg_gpu' .*packaged: .*vgg16_gpu"):
+        load_config("vgg_gpu")
+    # A path that does not exist never falls back to a packaged config of the same name.
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        load_config(str(tmp_path / "vgg16_gpu.yaml"))
