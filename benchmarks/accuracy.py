@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 

@@ -17,7 +17,6 @@ an already warm process (the second of two in this process).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -25,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:

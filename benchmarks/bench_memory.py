@@ -23,7 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 # float16 log-mels: 128 bands x 2 bytes per frame, 22,050 / 512 frames a second.

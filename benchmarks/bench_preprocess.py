@@ -13,7 +13,6 @@ All on the same songs in one run; throughput is songs/s per core used.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -21,8 +20,6 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def naive(records, fc) -> int:

@@ -22,14 +22,11 @@ differently), so the median share of segments in X is printed beside it.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 # name -> overrides of the defaults; "defaults" first (the ratios' denominator).
 ARMS = {

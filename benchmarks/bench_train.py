@@ -13,7 +13,6 @@ Both use one torch thread per process (the trainer's default on CPU).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -22,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:

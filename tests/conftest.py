@@ -4,13 +4,17 @@ small synthetic corpus sharded once and reused by every test that needs real sha
 from __future__ import annotations
 
 import os
+import secrets
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-# Local tests only: Ray 2.60 turns token authentication on; an in-process cluster needs none.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray runs with token authentication on, as `ray.init` runs it for users in Ray 2.60. The
+# session's token is held in the environment (Ray's workers and the `sssl` subprocesses inherit
+# it), so the tests neither read nor write the user's ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
