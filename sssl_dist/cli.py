@@ -178,13 +178,32 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
-    from sssl_dist.export import predict_files
+    from sssl_dist.predict import AUDIO_SUFFIXES, find_audio, run_predict
 
-    files = a.audio[:SMOKE_PREDICT_FILES] if a.smoke else a.audio
-    max_seconds = SMOKE_PREDICT_SECONDS if a.smoke else None
-    failures = predict_files(a.model, files, a.out, max_seconds=max_seconds)
-    log.info("predictions in %s (%d of %d file(s) failed)", a.out, failures, len(files))
-    return 1 if failures else 0
+    # `sssl predict MODEL INPUTS...` for one model; `--model M --model M2 INPUTS...` for
+    # several in one pass (the audio is decoded once for all of them).
+    models = a.model or a.inputs[:1]
+    inputs = a.inputs if a.model else a.inputs[1:]
+    if not inputs:
+        raise ValueError("no inputs: give audio files, folders or a manifest CSV after the model")
+    files = find_audio(inputs)
+    files = files[:SMOKE_PREDICT_FILES] if a.smoke else files
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {inputs}")
+    summary = run_predict(
+        models,
+        files,
+        a.out,
+        max_seconds=SMOKE_PREDICT_SECONDS if a.smoke else None,
+        actors=a.actors,
+        gpu=a.gpu,
+        batch_files=a.batch_files,
+        part_files=a.part_files,
+        plots=True if a.plots else None,
+        start_ray=lambda: _init_ray(a.cpus),
+    )
+    log.info("predictions in %s (%d of %d file(s) failed)", a.out, summary.failed, summary.files)
+    return 1 if summary.failed else 0
 
 
 # ------------------------------------------------------------------------------- report
@@ -420,11 +439,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser(
-        "predict", help="emotion over time and song decision for audio files", formatter_class=fmt
+        "predict",
+        help="emotion over time and song decision for audio files, folders or a catalogue",
+        formatter_class=fmt,
+        description="sssl predict MODEL INPUTS... | sssl predict --model M [--model M2] INPUTS...",
     )
-    s.add_argument("model", help="model.sssl from a training report")
-    s.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any length)")
-    s.add_argument("--out", default="predictions", help="output directory")
+    s.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="[MODEL] INPUTS",
+        help="model.sssl (unless --model is given), then audio files (wav, flac, ogg, mp3, "
+        "aiff; any length), folders (searched recursively) or manifest CSVs (a 'path' column, "
+        "relative to the CSV)",
+    )
+    s.add_argument(
+        "--model",
+        action="append",
+        help="a model.sssl; repeat for several models in one pass (audio decoded once)",
+    )
+    s.add_argument("--out", default="predictions", help="output directory (re-run to resume)")
+    s.add_argument(
+        "--plots", action="store_true", help="per-file JSON, CSV and plot (auto: <= 20 files)"
+    )
+    s.add_argument("--gpu", action="store_true", help="one GPU per model actor")
+    s.add_argument("--actors", type=int, default=1, help="model actors (Ray Data actor pool)")
+    s.add_argument("--batch-files", type=int, default=8, help="files per model batch")
+    s.add_argument(
+        "--part-files", type=int, default=64, help="files per committed Parquet part (resume unit)"
+    )
+    s.add_argument("--cpus", type=int, default=None, help="CPUs of an in-process Ray (all)")
     s.add_argument(
         "--smoke",
         action="store_true",

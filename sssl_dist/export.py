@@ -9,7 +9,6 @@ random_state), so no pickled scikit-learn object is ever read.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -70,7 +69,21 @@ class LoadedModel:
     svm: SongClassifier
 
 
+_ARTIFACT_KEYS = (
+    "config",
+    "feature_config",
+    "label_names",
+    "state_dict",
+    "svm_features",
+    "svm_labels",
+)
+
+
 def load_model(path: str | Path) -> LoadedModel:
+    """Load and validate a `model.sssl`. Anything inconsistent (labels outside the task's
+    classes, other label names, a hop below 1 s, impossible feature settings, weights or SVM
+    data of the wrong shape) raises a one-line ValueError naming the file: a wrong model must
+    not turn into plausible predictions or a traceback deep in the segmenter."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -80,44 +93,144 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ValueError(f"{path} is not a loadable sssl model ({type(exc).__name__})") from None
     if not isinstance(art, dict) or art.get("format") != FORMAT:
         raise ValueError(f"{path} is not an {FORMAT} file")
+    try:
+        return _build_loaded(art)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: invalid model file: {detail}") from None
+
+
+def _build_loaded(art: dict[str, Any]) -> LoadedModel:
+    missing = [k for k in _ARTIFACT_KEYS if k not in art]
+    if missing:
+        raise ValueError(f"missing entries {missing}")
     cfg = from_dict(SSSLConfig, json.loads(art["config"]))
     fc = from_dict(FeatureConfig, json.loads(art["feature_config"]))
+    _check_segmentation(cfg)
+    _check_features(fc, cfg)
+    names = list(art["label_names"])
+    if names != list(cfg.label_names):
+        raise ValueError(f"label_names {names} do not match task {cfg.task!r}: {cfg.label_names}")
+    feats, labels = _checked_svm_data(art["svm_features"], art["svm_labels"], cfg)
     net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    net.load_state_dict(art["state_dict"])
+    try:
+        net.load_state_dict(art["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"weights do not fit a {cfg.backbone} with {cfg.num_classes} classes"
+        ) from exc
     net.eval()
-    svm = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(
-        art["svm_features"].numpy(), art["svm_labels"].numpy()
-    )
-    return LoadedModel(cfg, fc, list(art["label_names"]), net, svm)
+    _check_output_shape(net, cfg, fc)
+    svm = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(feats, labels)
+    return LoadedModel(cfg, fc, names, net, svm)
+
+
+def _check_segmentation(cfg: SSSLConfig) -> None:
+    # Segments start every hop_seconds (whole seconds, as in training): 0 would divide by zero.
+    if not isinstance(cfg.hop_seconds, int) or cfg.hop_seconds < 1:
+        raise ValueError(f"hop_seconds must be a whole number >= 1, got {cfg.hop_seconds!r}")
+    if not isinstance(cfg.segment_seconds, int) or cfg.segment_seconds < 1:
+        raise ValueError(
+            f"segment_seconds must be a whole number >= 1, got {cfg.segment_seconds!r}"
+        )
+
+
+def _check_features(fc: FeatureConfig, cfg: SSSLConfig) -> None:
+    for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+        value = getattr(fc, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"feature setting {name} must be a positive integer, got {value!r}")
+    if fc.hop_length > fc.n_fft:
+        raise ValueError(f"feature hop_length {fc.hop_length} exceeds n_fft {fc.n_fft}")
+    if round(cfg.segment_seconds * fc.frames_per_second) < 1:
+        raise ValueError("a segment would be shorter than one mel frame")
+
+
+def _checked_svm_data(feats: Any, labels: Any, cfg: SSSLConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The SVM's training data as arrays, or ValueError: labels must be classes of the task
+    (a label -1 would otherwise index the last class and predict it with p = 1.0)."""
+    k = cfg.num_classes
+    if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError("svm_features and svm_labels must be tensors")
+    if feats.ndim != 2 or feats.shape[1] != 7 * k or feats.shape[0] < 1:
+        raise ValueError(f"svm_features must be [songs, {7 * k}], got {list(feats.shape)}")
+    if labels.shape != (feats.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"svm_labels must be {feats.shape[0]} integers, got {list(labels.shape)}")
+    bad = labels[(labels < 0) | (labels >= k)]
+    if bad.numel():
+        raise ValueError(
+            f"svm_labels must be in 0..{k - 1} for task {cfg.task!r}, got {bad[0].item()}"
+        )
+    x = feats.double().numpy()
+    if not np.isfinite(x).all():
+        raise ValueError("svm_features contain NaN or inf")
+    return x, labels.numpy()
 
 
 @torch.no_grad()
+def _check_output_shape(net: torch.nn.Module, cfg: SSSLConfig, fc: FeatureConfig) -> None:
+    """One silent segment through the network: K probabilities that sum to 1."""
+    frames = int(round(cfg.segment_seconds * fc.frames_per_second))
+    out = net(torch.zeros(1, 1, fc.n_mels, frames))
+    if tuple(out.shape) != (1, cfg.num_classes):
+        raise ValueError(f"network gives shape {list(out.shape)}, expected [1, {cfg.num_classes}]")
+    if not torch.isfinite(out).all():
+        raise ValueError("network gives NaN or inf on a silent segment")
+
+
+@torch.no_grad()
+def predict_mel(
+    model: LoadedModel,
+    mel: np.ndarray,
+    duration_s: float,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment probabilities [S, K] and song probabilities [K] of one song's log-mel.
+
+    Raises AudioError for a song shorter than one segment, ValueError when the network gives
+    non-finite probabilities (a mel that should never have got here)."""
+    cfg = model.cfg
+    probs = segment_probabilities(model.net, mel, duration_s, cfg, model.fc, device, batch_size)
+    if not len(probs):
+        raise AudioError(f"too short for one {cfg.segment_seconds} s segment ({duration_s:.1f} s)")
+    if not np.isfinite(probs).all():
+        raise ValueError("the network gave NaN probabilities")
+    song_p = model.svm.predict_proba(song_features(probs, cfg.theta)[None], cfg.num_classes)[0]
+    return probs, song_p
+
+
 def predict_song(
     model: LoadedModel,
     audio_path: str | Path,
     batch_size: int = 128,
     max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Segment probabilities over time and the song-level decision for one file.
+    """Segment probabilities over time and the song-level decision for one file, in one
+    process (what `sssl predict` computes per file; kept as the single-file API).
 
     Any length and format (only the first `max_seconds` when given); raises AudioError for
     unreadable files or songs shorter than one segment.
     """
-    cfg, fc = model.cfg, model.fc
+    fc = model.fc
     y = decode(audio_path, fc, enforce_limits=False)
     if max_seconds is not None:
         y = y[: int(max_seconds * fc.sample_rate)]
-    mel = log_mel(y, fc)
     duration = y.size / fc.sample_rate
-    probs = segment_probabilities(model.net, mel, duration, cfg, fc, batch_size=batch_size)
-    if not len(probs):
-        raise AudioError(f"too short for one {cfg.segment_seconds} s segment ({duration:.1f} s)")
-    starts = np.arange(len(probs)) * cfg.hop_seconds
-    song_p = model.svm.predict_proba(song_features(probs, cfg.theta)[None], cfg.num_classes)[0]
+    probs, song_p = predict_mel(model, log_mel(y, fc), duration, batch_size)
+    return song_result(model, str(audio_path), duration, probs, song_p)
+
+
+def song_result(
+    model: LoadedModel, file: str, duration_s: float, probs: np.ndarray, song_p: np.ndarray
+) -> dict[str, Any]:
+    """One song's prediction as the JSON document `sssl predict` writes beside its plot."""
+    cfg = model.cfg
     decision = int(np.argmax(song_p))
+    starts = np.arange(len(probs)) * cfg.hop_seconds
     return {
-        "file": str(audio_path),
-        "duration_s": duration,
+        "file": file,
+        "duration_s": duration_s,
         "task": cfg.task,
         "labels": model.label_names,
         "decision": model.label_names[decision],
@@ -133,66 +246,3 @@ def predict_song(
             for s, p in zip(starts, probs, strict=True)
         ],
     }
-
-
-def output_names(files: list[str]) -> list[str]:
-    """One distinct output name per input: the file stem, or, where stems collide
-    (`a/song.mp3`, `b/song.mp3`), the parent folder and the stem (`a__song`), then the input's
-    position when even that collides."""
-    stems = [Path(f).stem or f"file{i}" for i, f in enumerate(files)]
-    names = [
-        stem if stems.count(stem) == 1 else f"{Path(f).parent.name or 'root'}__{stem}"
-        for f, stem in zip(files, stems, strict=True)
-    ]
-    return [name if names.count(name) == 1 else f"{name}-{i}" for i, name in enumerate(names)]
-
-
-def predict_files(
-    model_path: str | Path, files: list[str], out_dir: str | Path, max_seconds: float | None = None
-) -> int:
-    """Predict every file, writing <name>.json, <name>.segments.csv and <name>.png into out_dir
-    (names from `output_names`) plus predictions.csv; unreadable files are reported and
-    skipped. Returns the failure count."""
-    from sssl_dist.report import plot_emotion_curve
-
-    model = load_model(model_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, failures = [], 0
-    for f, stem in zip(files, output_names(files), strict=True):
-        try:
-            res = predict_song(model, f, max_seconds=max_seconds)
-        except AudioError as exc:
-            failures += 1
-            log.error("%s: skipped: %s", f, exc)
-            continue
-        (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        with (out / f"{stem}.segments.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["start_s", "end_s", *model.label_names])
-            w.writeheader()
-            w.writerows(res["segments"])
-        plot_emotion_curve(res, out / f"{stem}.png")
-        rows.append(
-            {
-                "file": f,
-                "output": stem,
-                "decision": res["decision"],
-                "probability": res["probability"],
-                "duration_s": round(res["duration_s"], 2),
-                "segments": len(res["segments"]),
-            }
-        )
-        log.info(
-            "%s: %s (p = %.2f, %d segments)",
-            f,
-            res["decision"],
-            res["probability"],
-            len(res["segments"]),
-        )
-    with (out / "predictions.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["file", "output", "decision", "probability", "duration_s", "segments"]
-        )
-        w.writeheader()
-        w.writerows(rows)
-    return failures
