@@ -22,6 +22,14 @@ class AudioError(ValueError):
     """A file that cannot be used, with a one-line reason."""
 
 
+# Decoded PCM lies in [-1, 1]; float files may overshoot a little. A peak above this is not
+# sound but garbage (a x1e18 file squares to inf inside the STFT and its mel becomes NaN).
+MAX_PEAK = 1e3
+# The range a log-mel of accepted audio can take: the floor is amin = 1e-10 (-100 dB); a full
+# square wave at MAX_PEAK reaches about 95 dB. Anything outside means the features are broken.
+MEL_DB_RANGE = (-100.5, 120.0)
+
+
 def probe_duration(path: str | Path) -> float | None:
     """Duration in seconds from the header, without decoding; None if the header is unreadable."""
     try:
@@ -48,8 +56,7 @@ def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) 
         data, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types; all mean unreadable
         raise AudioError(_undecodable_reason(path, exc)) from None
-    if data.size and not np.all(np.isfinite(data)):
-        raise AudioError(f"contains {int(np.sum(~np.isfinite(data)))} NaN/inf samples")
+    check_samples(data)
     y = data.mean(axis=1)  # down-mix to mono
     if native_sr != fc.sample_rate and y.size:
         y = librosa.resample(y, orig_sr=native_sr, target_sr=fc.sample_rate, res_type="soxr_hq")
@@ -95,6 +102,18 @@ def _undecodable_reason(path: Path, exc: Exception) -> str:
     return f"corrupt or truncated {kind} data ({detail})"
 
 
+def check_samples(data: np.ndarray) -> None:
+    """Reject samples the resampler and the STFT would turn into NaN: non-finite or absurdly
+    large values (before any arithmetic on them)."""
+    if not data.size:
+        return
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"contains {int(np.sum(~np.isfinite(data)))} NaN/inf samples")
+    peak = float(np.max(np.abs(data)))
+    if peak > MAX_PEAK:
+        raise AudioError(f"absurd amplitude (peak {peak:.3g} > {MAX_PEAK:g}; PCM lies in [-1, 1])")
+
+
 def check_signal(y: np.ndarray, fc: FeatureConfig, *, enforce_limits: bool = True) -> None:
     """Reject decoded audio that would poison training: empty, non-finite, silent, too short."""
     if y.size == 0:
@@ -116,7 +135,8 @@ def log_mel(y: np.ndarray, fc: FeatureConfig) -> np.ndarray:
     """Log-mel spectrogram [n_mels, frames] in dB (paper §3.1), computed once per song.
 
     The reference is fixed (1.0), not the song's maximum: loudness is an arousal cue, and a
-    per-song reference would erase it.
+    per-song reference would erase it. Raises AudioError when the result is unusable
+    (`check_mel`), so the shard stage and `sssl predict` both refuse such a file.
     """
     mel = librosa.feature.melspectrogram(
         y=y,
@@ -127,4 +147,20 @@ def log_mel(y: np.ndarray, fc: FeatureConfig) -> np.ndarray:
         window="hann",
         power=2.0,
     )
-    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+    db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+    check_mel(db)
+    return db
+
+
+def check_mel(mel: np.ndarray) -> None:
+    """Reject a log-mel that would poison training: one NaN segment makes every weight NaN in
+    one step, so the file is refused here, with its reason, and never becomes a number."""
+    bad = int(np.sum(~np.isfinite(mel)))
+    if bad:
+        raise AudioError(f"log-mel has {bad} NaN/inf value(s)")
+    lo, hi = float(mel.min(initial=0.0)), float(mel.max(initial=0.0))
+    if lo < MEL_DB_RANGE[0] or hi > MEL_DB_RANGE[1]:
+        raise AudioError(
+            f"log-mel out of range ({lo:.0f}..{hi:.0f} dB, expected within "
+            f"{MEL_DB_RANGE[0]:.0f}..{MEL_DB_RANGE[1]:.0f} dB)"
+        )
