@@ -1,18 +1,25 @@
 """Loaders for the public MER datasets as distributed, and for a plain manifest CSV.
 
-Each returns the songs as `SongRecord`s and a `LoadReport` listing what could not be paired:
-songs listed without audio, audio without a label row, duplicated ids. Nothing is dropped
-silently: the report goes to the log and into the shard manifest. Layouts: DESIGN.md.
+Each returns the songs as `SongRecord`s and a `LoadReport` listing what could not be used, one
+line each: songs listed without audio, audio without a label row, repeated ids, labels that do
+not parse, and conflicts (rows that disagree, files that share an id). Nothing is dropped
+silently: the report goes to the log and into the shard manifest. A file that cannot be read
+as a whole (not UTF-8, a malformed row, values on another scale than the midpoint's) raises
+ValueError naming it. Layouts: DESIGN.md.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sssl_dist.records import SongRecord, labels_from_quadrant, labels_from_va
 
@@ -27,11 +34,12 @@ GROUND_TRUTH_CSV = "ground_truth_per_second.csv"
 class LoadReport:
     missing_audio: list[str] = field(default_factory=list)  # listed ids with no audio file
     unlabelled_audio: list[str] = field(default_factory=list)  # audio files with no label row
-    duplicate_ids: list[str] = field(default_factory=list)  # ids seen more than once (first kept)
+    duplicate_ids: list[str] = field(default_factory=list)  # identical repeated rows (first kept)
     bad_rows: list[str] = field(default_factory=list)  # rows whose labels cannot be parsed
+    conflicts: list[str] = field(default_factory=list)  # ids refused: their sources disagree
 
     def log_summary(self, dataset: str) -> None:
-        for name in ("missing_audio", "unlabelled_audio", "duplicate_ids", "bad_rows"):
+        for name in self.__dict__:
             items = getattr(self, name)
             if items:
                 shown = ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
@@ -42,12 +50,38 @@ class LoadReport:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows with column names and values stripped (DEAM's headers carry a leading space)."""
+    """Rows with column names and values stripped (DEAM's headers carry a leading space).
+
+    A file that is not UTF-8 (a Latin-1 export, say) or a row with more fields than the
+    header (an unquoted comma, which would shift the label into the wrong column) raises
+    ValueError naming the file and the line. We refuse rather than guess an encoding: a wrong
+    guess would turn ids into other ids.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh, skipinitialspace=True))
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); re-encode it, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # DictReader files surplus fields under the key None
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: {len(row[None])} field(s) more than the "
+                    f"header's {len(reader.fieldnames)} (an unquoted comma?)"
+                )
+            rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line {reader.line_num}: {exc}") from None
+    return rows
 
 
 def _need_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: Path) -> None:
@@ -57,40 +91,94 @@ def _need_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: Pa
         raise ValueError(f"{path}: missing column(s) {missing}; found {sorted(present)}")
 
 
-def _audio_by_stem(folder: Path) -> dict[str, Path]:
+def parse_quadrant(text: str) -> int:
+    """0..3 from exactly `Q1`..`Q4` or `1`..`4` (any case); anything else (`QQ1`, `Q5`,
+    `1.0`) is refused, never read as something close."""
+    match = re.fullmatch(r"[Qq]?([1-4])", text.strip())
+    if match is None:
+        raise ValueError(f"quadrant {text!r} is not Q1-Q4 or 1-4")
+    return int(match.group(1)) - 1
+
+
+def _audio_by_stem(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """(stem -> its one audio file, stem -> files where several share it). Two files with
+    one stem (`Q1/s1.wav` and `Q2/s1.wav`, or `s1.mp3` beside `s1.wav`) cannot both be the
+    song of one label row: neither is used, and the clash is reported."""
     if not folder.is_dir():
         raise FileNotFoundError(f"audio folder not found: {folder}")
+    found: dict[str, list[Path]] = {}
     # Hidden files are not songs: macOS "._x.mp3" resource forks in unpacked archives, and the
     # ".x.tmp.ogg" our generator writes before its atomic rename.
-    return {
-        p.stem: p
-        for p in sorted(folder.rglob("*"))
-        if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
-    }
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."):
+            found.setdefault(p.stem, []).append(p)
+    unique = {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
+    clashes = {stem: paths for stem, paths in found.items() if len(paths) > 1}
+    return unique, clashes
+
+
+def _describe(fields: dict[str, Any]) -> str:
+    """A parsed row in a few words (its file where the row names one), for conflicts."""
+    if fields.get("valence_value") is not None:
+        label = f"valence {fields['valence_value']:g} arousal {fields['arousal_value']:g}"
+    else:
+        label = f"Q{fields['quadrant'] + 1}"
+    return f"{Path(fields['audio_path']).name} {label}" if "audio_path" in fields else label
+
+
+def _one_row_per_id(
+    rows: list[dict[str, str]],
+    id_of: Callable[[dict[str, str]], str],
+    parse: Callable[[dict[str, str]], dict[str, Any]],
+    report: LoadReport,
+) -> dict[str, dict[str, Any]]:
+    """song id -> its parsed row. Repeated identical rows keep the first (a duplicate);
+    repeated rows that disagree refuse the id (a conflict, naming both labels); rows that do
+    not parse are bad rows. Every refusal is a line in the report."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(id_of(row), []).append(row)
+    kept = {}
+    for song_id, group in groups.items():
+        try:
+            parsed = [parse(row) for row in group]
+        except (ValueError, KeyError) as exc:
+            report.bad_rows.append(f"{song_id} ({exc})")
+            continue
+        distinct = {json.dumps(p, sort_keys=True): p for p in parsed}
+        if len(distinct) > 1:
+            shown = " vs ".join(_describe(p) for p in distinct.values())
+            report.conflicts.append(f"{song_id}: {len(group)} rows disagree ({shown})")
+            continue
+        if len(group) > 1:
+            report.duplicate_ids.append(song_id)
+        kept[song_id] = parsed[0]
+    return kept
 
 
 def _pair(
     rows: list[dict[str, str]],
     id_column: str,
-    audio: dict[str, Path],
-    make: Callable[[str, dict[str, str], Path], SongRecord],
+    folder: Path,
+    parse: Callable[[dict[str, str]], dict[str, Any]],
+    source: str,
 ) -> tuple[list[SongRecord], LoadReport]:
-    """Join label rows with audio files by id, reporting every mismatch."""
-    report, records, seen = LoadReport(), [], set()
-    for row in rows:
-        song_id = row[id_column]
-        if song_id in seen:
-            report.duplicate_ids.append(song_id)
-            continue
-        seen.add(song_id)
+    """Join label rows with the audio files under `folder` by id, reporting every mismatch."""
+    report = LoadReport()
+    audio, clashes = _audio_by_stem(folder)
+    for stem, paths in clashes.items():
+        names = ", ".join(str(p.relative_to(folder)) for p in paths)
+        report.conflicts.append(f"{stem}: {len(paths)} audio files share the id ({names})")
+    labels = _one_row_per_id(rows, lambda row: row[id_column], parse, report)
+    records = []
+    for song_id, fields in labels.items():
+        if song_id in clashes:
+            continue  # refused above
         if song_id not in audio:
             report.missing_audio.append(song_id)
             continue
-        try:
-            records.append(make(song_id, row, audio[song_id]))
-        except (ValueError, KeyError) as exc:
-            report.bad_rows.append(f"{song_id} ({exc})")
-    report.unlabelled_audio = sorted(set(audio) - seen)
+        records.append(SongRecord(song_id, str(audio[song_id]), source, **fields))
+    report.unlabelled_audio = sorted(set(audio) - set(labels))
     return records, report
 
 
@@ -99,11 +187,51 @@ def _binary(value: float, midpoint: float) -> int:
     return int(value > midpoint)
 
 
-def _va_record(song_id, path, source, v, a, midpoint) -> SongRecord:
-    if math.isnan(v) or math.isnan(a):
-        raise ValueError("valence/arousal is not a number")
+def _number(text: str, name: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} {text!r} is not a finite number")
+    return value
+
+
+def _va_labels(valence: str, arousal: str, midpoint: float) -> dict[str, Any]:
+    v, a = _number(valence, "valence"), _number(arousal, "arousal")
     labels = labels_from_va(_binary(v, midpoint), _binary(a, midpoint))
-    return SongRecord(song_id, str(path), source, valence_value=v, arousal_value=a, **labels)
+    return {**labels, "valence_value": v, "arousal_value": a}
+
+
+# The scales MER annotations come on: PMEmo [0, 1], -1..1 (some circumplex tools), EiM and
+# DEAM 1..9. Values are matched to the narrowest one that holds them all.
+SCALES = ((0.0, 1.0), (-1.0, 1.0), (1.0, 9.0))
+
+
+def check_scale(values: list[float], midpoint: float, where: str, hint: str) -> None:
+    """Refuse a midpoint outside the scale the values come on: 1..9 values cut at 0.5 would
+    make every song positive and high. `hint` says how to set the midpoint, e.g.
+    "pass --midpoint {mid:g}"."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    a, b = next(((a, b) for a, b in SCALES if a <= lo and hi <= b), (lo, hi))
+    if not a < midpoint < b:
+        mid = (a + b) / 2
+        raise ValueError(
+            f"{where}: valence/arousal values span {lo:g}..{hi:g} (a {a:g}..{b:g} scale), but "
+            f"the midpoint is {midpoint:g}: {hint.format(mid=mid)}"
+        )
+
+
+def _column_values(rows: list[dict[str, str]], columns: tuple[str, ...]) -> list[float]:
+    """The values of some columns that parse as numbers (the rest become bad rows later)."""
+    values = []
+    for row in rows:
+        for column in columns:
+            try:
+                values.append(float(row.get(column) or "nan"))
+            except ValueError:
+                continue
+    return values
 
 
 def load_4q(root: Path, source: str = "4q") -> tuple[list[SongRecord], LoadReport]:
@@ -114,15 +242,11 @@ def load_4q(root: Path, source: str = "4q") -> tuple[list[SongRecord], LoadRepor
         csv_path = root / "MER_audio_taffc_dataset" / "panda_dataset_taffc_annotations.csv"
     rows = read_csv(csv_path)
     _need_columns(rows, ("Song", "Quadrant"), csv_path)
-    audio = _audio_by_stem(root / "MER_audio_taffc_dataset")
 
-    def make(song_id, row, path):
-        quadrant = row["Quadrant"].upper().lstrip("Q")
-        if quadrant not in ("1", "2", "3", "4"):
-            raise ValueError(f"quadrant {row['Quadrant']!r}")
-        return SongRecord(song_id, str(path), source, **labels_from_quadrant(int(quadrant) - 1))
+    def parse(row):
+        return labels_from_quadrant(parse_quadrant(row["Quadrant"]))
 
-    return _pair(rows, "Song", audio, make)
+    return _pair(rows, "Song", root / "MER_audio_taffc_dataset", parse, source)
 
 
 def _load_static_va(root, audio_dir, id_col, valence_col, arousal_col, midpoint, source):
@@ -131,12 +255,13 @@ def _load_static_va(root, audio_dir, id_col, valence_col, arousal_col, midpoint,
     csv_path = root / "annotations" / "static_annotations.csv"
     rows = read_csv(csv_path)
     _need_columns(rows, (id_col, arousal_col, valence_col), csv_path)
+    values = _column_values(rows, (valence_col, arousal_col))
+    check_scale(values, midpoint, str(csv_path), f"is this the {source} annotation file?")
 
-    def make(song_id, row, path):
-        v, a = float(row[valence_col]), float(row[arousal_col])
-        return _va_record(song_id, path, source, v, a, midpoint)
+    def parse(row):
+        return _va_labels(row[valence_col], row[arousal_col], midpoint)
 
-    return _pair(rows, id_col, _audio_by_stem(root / audio_dir), make)
+    return _pair(rows, id_col, root / audio_dir, parse, source)
 
 
 def load_pmemo(root: Path) -> tuple[list[SongRecord], LoadReport]:
@@ -174,13 +299,14 @@ def load_deam(root: Path) -> tuple[list[SongRecord], LoadReport]:
     for path in found:
         part = read_csv(path)
         _need_columns(part, ("song_id", "valence_mean", "arousal_mean"), path)
+        values = _column_values(part, ("valence_mean", "arousal_mean"))
+        check_scale(values, 5.0, str(path), "is this a DEAM annotation file?")
         rows += part
 
-    def make(song_id, row, path):
-        v, a = float(row["valence_mean"]), float(row["arousal_mean"])
-        return _va_record(song_id, path, "deam", v, a, 5.0)
+    def parse(row):
+        return _va_labels(row["valence_mean"], row["arousal_mean"], 5.0)
 
-    return _pair(rows, "song_id", _audio_by_stem(root / "MEMD_audio"), make)
+    return _pair(rows, "song_id", root / "MEMD_audio", parse, "deam")
 
 
 def load_manifest_csv(path: Path, midpoint: float = 0.5) -> tuple[list[SongRecord], LoadReport]:
@@ -190,34 +316,36 @@ def load_manifest_csv(path: Path, midpoint: float = 0.5) -> tuple[list[SongRecor
     path = Path(path)
     rows = read_csv(path)
     _need_columns(rows, ("path",), path)
-    report, records, seen = LoadReport(), [], set()
-    for row in rows:
+    check_scale(
+        _column_values([r for r in rows if not r.get("quadrant")], ("valence", "arousal")),
+        midpoint,
+        str(path),
+        "pass --midpoint {mid:g}",
+    )
+
+    def audio_of(row):
         audio = Path(row["path"])
-        audio = audio if audio.is_absolute() else path.parent / audio
-        song_id = row.get("id") or audio.stem
-        if song_id in seen:
-            report.duplicate_ids.append(song_id)
-            continue
-        seen.add(song_id)
-        if not audio.is_file():
+        return audio if audio.is_absolute() else path.parent / audio
+
+    def parse(row):  # the file belongs to the row: two files under one id are a conflict
+        return {"audio_path": str(audio_of(row)), **_manifest_labels(row, midpoint)}
+
+    report = LoadReport()
+    kept = _one_row_per_id(rows, lambda row: row.get("id") or audio_of(row).stem, parse, report)
+    records = []
+    for song_id, fields in kept.items():
+        if not Path(fields["audio_path"]).is_file():
             report.missing_audio.append(song_id)
             continue
-        try:
-            records.append(_manifest_record(song_id, audio, row, midpoint))
-        except ValueError as exc:
-            report.bad_rows.append(f"{song_id} ({exc})")
+        records.append(SongRecord(song_id=song_id, source="manifest", **fields))
     return records, report
 
 
-def _manifest_record(song_id: str, audio: Path, row: dict[str, str], midpoint: float):
+def _manifest_labels(row: dict[str, str], midpoint: float) -> dict[str, Any]:
     if row.get("quadrant"):
-        q = row["quadrant"].upper().lstrip("Q")
-        if q not in ("1", "2", "3", "4"):
-            raise ValueError(f"quadrant {row['quadrant']!r}")
-        return SongRecord(song_id, str(audio), "manifest", **labels_from_quadrant(int(q) - 1))
+        return labels_from_quadrant(parse_quadrant(row["quadrant"]))
     if row.get("valence") and row.get("arousal"):
-        v, a = float(row["valence"]), float(row["arousal"])
-        return _va_record(song_id, audio, "manifest", v, a, midpoint)
+        return _va_labels(row["valence"], row["arousal"], midpoint)
     raise ValueError("needs quadrant, or valence and arousal")
 
 
@@ -228,7 +356,7 @@ def read_ground_truth(root: Path) -> dict[str, list[int]]:
         return {}
     truth: dict[str, dict[int, int]] = {}
     for row in read_csv(path):
-        truth.setdefault(row["Song"], {})[int(row["Second"])] = int(row["Quadrant"].lstrip("Q")) - 1
+        truth.setdefault(row["Song"], {})[int(row["Second"])] = parse_quadrant(row["Quadrant"])
     return {song: [secs[i] for i in sorted(secs)] for song, secs in truth.items()}
 
 
