@@ -5,19 +5,24 @@ read time (`sssl_dist.data`), so one shard set serves L = 1..5 s. Per song a sha
 `<key>.mel.npy` (float16 [n_mels, frames], plain .npy, never a pickle) and `<key>.json`.
 
 A shard is written to a temporary name and renamed when complete, with a sidecar
-`<shard>.json` written last: a shard counts as done only when its sidecar names the same songs
-and the same feature digest. An interrupted run therefore never leaves a tar that the reader
-accepts, and re-running completes the set and skips finished shards.
+`<shard>.json` written last: a shard counts as done only when its sidecar records the same plan
+(each song's id, labels, truth, audio path and the file's size and mtime) and the same feature
+digest. An interrupted run therefore never leaves a tar that the reader accepts, and re-running
+completes the set, rebuilds the shards whose songs changed and skips the others. One run at a
+time writes into an output directory (a lock).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import re
 import time
+import uuid
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 import webdataset as wds
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from sssl_dist.audio import AudioError, decode, log_mel
@@ -40,22 +46,59 @@ SHARD_FORMAT = "sssl-shards/1"
 DEFAULT_FEATURES = FeatureConfig()  # frozen: safe as a shared default
 
 
+LOCK_NAME = ".shard.lock"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class ShardDirBusy(RuntimeError):
+    """Another `sssl shard` holds the output directory."""
+
+
 def shard_key(song_id: str) -> str:
-    """WebDataset splits keys at the first dot: keep ids to [A-Za-z0-9_-]."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", song_id)
+    """The tar key of a song. WebDataset splits keys at the first dot, so keys keep to
+    [A-Za-z0-9_-]. A plain id is its own key (shard sets written before stay valid); any
+    other id keeps its readable part plus a short hash of the exact id, so `ü1` and `é1` do
+    not both become `_1`."""
+    if _PLAIN_ID.fullmatch(song_id):
+        return song_id
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", song_id)
+    return f"{readable}-{hashlib.sha256(song_id.encode()).hexdigest()[:10]}"
+
+
+def check_unique_keys(song_ids: list[str]) -> None:
+    """Refuse a plan in which two songs would share a tar key (the reader could not tell
+    them apart)."""
+    counts = Counter(shard_key(s) for s in song_ids)
+    clashes = sorted(s for s in song_ids if counts[shard_key(s)] > 1)
+    if clashes:
+        raise ValueError(f"song ids that map to the same shard key: {clashes[:6]}; rename them")
+
+
+def plan_entry(record: SongRecord, truth: list[int] | None) -> dict[str, Any]:
+    """What a shard's content depends on for one song: its record (id, labels, audio path),
+    its per-second truth and its file's (size, mtime_ns). A change in any of them rebuilds
+    the shard: an annotation fix, a new truth, a replaced file."""
+    try:
+        st = os.stat(record.audio_path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        stamp = None  # missing: write_shard rejects it, and a file that appears later rebuilds
+    return {"record": record.to_dict(), "truth": truth, "file_stat": stamp}
 
 
 def write_shard(
-    records: list[dict[str, Any]], path: str, fc_dict: dict[str, Any], truth: dict[str, list[int]]
+    planned: list[dict[str, Any]], path: str, fc_dict: dict[str, Any]
 ) -> dict[str, Any]:
-    """Decode, mel and write one shard; returns its sidecar (songs written, rejects)."""
+    """Decode, mel and write the songs of one plan (`plan_entry`s); returns its sidecar
+    (the plan, songs written, rejects)."""
     fc = FeatureConfig(**fc_dict)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     songs, rejects = [], []
     t0 = time.perf_counter()
     with wds.TarWriter(str(tmp)) as tar:
-        for rec in records:
+        for entry in planned:
+            rec = entry["record"]
             try:
                 y = decode(rec["audio_path"], fc)
                 mel = log_mel(y, fc)
@@ -70,7 +113,7 @@ def write_shard(
                 "key": key,
                 "duration_s": y.size / fc.sample_rate,
                 "frames": int(mel.shape[1]),
-                "truth": truth.get(rec["song_id"]),
+                "truth": entry["truth"],
             }
             buf = io.BytesIO()
             np.save(buf, mel.astype(np.float16), allow_pickle=False)
@@ -81,7 +124,7 @@ def write_shard(
     tmp.replace(path)
     sidecar = {
         "file": path.name,
-        "planned": [r["song_id"] for r in records],
+        "planned": planned,
         "feature_digest": fc.digest(),
         "songs": songs,
         "rejects": rejects,
@@ -93,12 +136,17 @@ def write_shard(
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    """Write through a temporary name of this writer's own (pid + uuid: threads of one
+    process differ too), so concurrent writers never rename each other's file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _finished(path: Path, planned: list[str], digest: str) -> dict[str, Any] | None:
+def _finished(path: Path, planned: list[dict[str, Any]], digest: str) -> dict[str, Any] | None:
     """The sidecar of a complete shard for exactly this plan, or None."""
     side = path.with_name(path.name + ".json")
     if not (path.is_file() and side.is_file()):
@@ -128,32 +176,54 @@ def shard_dataset(
 ) -> dict[str, Any]:
     """Shard `records` into `out` with one Ray task per shard; returns the manifest.
 
-    Starts Ray in-process if it is not running. Raises RuntimeError when no song is usable.
+    Starts Ray in-process if it is not running. Raises ShardDirBusy when another run holds
+    `out`, ValueError when two song ids share a tar key, RuntimeError when no song is usable.
     """
     out = Path(out)
+    check_unique_keys([r.song_id for r in records])
     out.mkdir(parents=True, exist_ok=True)
-    truth = truth or {}
+    lock = lock_output(out)
+    try:
+        return _shard_locked(
+            records, out, fc, truth or {}, songs_per_shard, dataset, load_report, progress
+        )
+    finally:
+        lock.release()
+
+
+def lock_output(out: Path) -> FileLock:
+    """Hold `out` for this run. Two runs into one directory would overwrite each other's
+    shards, and one's stale-shard clean-up could delete the other's: the second fails now."""
+    lock = FileLock(str(out / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ShardDirBusy(
+            f"another `sssl shard` is writing to {out} (it holds {out / LOCK_NAME}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    return lock
+
+
+def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report, progress):
     ordered = sorted(records, key=lambda r: r.song_id)
-    plans = [ordered[i : i + songs_per_shard] for i in range(0, len(ordered), songs_per_shard)]
+    plans = [
+        [plan_entry(r, truth.get(r.song_id)) for r in ordered[i : i + songs_per_shard]]
+        for i in range(0, len(ordered), songs_per_shard)
+    ]
     digest = fc.digest()
     remote = ray.remote(num_cpus=1)(write_shard)
     sidecars: dict[int, dict[str, Any]] = {}
     pending = {}
     for i, plan in enumerate(plans):
         path = out / f"shard-{i:06d}.tar"
-        done = _finished(path, [r.song_id for r in plan], digest)
+        done = _finished(path, plan, digest)
         if done is not None:
             sidecars[i] = done
             continue
         if not ray.is_initialized():
             ray.init(log_to_driver=False, configure_logging=False)
-        ref = remote.remote(
-            [r.to_dict() for r in plan],
-            str(path),
-            asdict(fc),
-            {r.song_id: truth[r.song_id] for r in plan if r.song_id in truth},
-        )
-        pending[ref] = i
+        pending[remote.remote(plan, str(path), asdict(fc))] = i
     if sidecars:
         log.info("shards: %d of %d already complete, skipped", len(sidecars), len(plans))
     bar = tqdm(total=len(ordered), desc="shard songs", unit="song", disable=not progress)
