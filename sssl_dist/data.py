@@ -14,9 +14,11 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import logging
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sssl_dist.config import FeatureConfig
 from sssl_dist.records import task_label_of_quadrant
 
+log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 MEL_CACHE = "mel_cache"  # folder beside the shards holding the memory-mapped mels
 
@@ -124,15 +127,51 @@ class ShardSet:
         file next to the shards (or in the node's temp directory when the shard directory is
         read-only), written under a file lock to a temporary name and renamed, so concurrent
         ranks and trials build it once and never read half a file. Keyed by the shard-set
-        digest: re-sharding builds a new one.
+        digest: re-sharding builds a new one. A cache that fails validation on open (a file
+        cut short by a kill, an index that does not match the manifest) is rebuilt.
         """
         folder = self._cache_folder()
         store, index_path = folder / "mels.npy", folder / "index.json"
-        if not index_path.is_file():
+        cache = self._open_mel_cache(store, index_path)
+        if cache is None:
             with FileLock(str(folder / ".lock")):
-                if not index_path.is_file():
+                cache = self._open_mel_cache(store, index_path)  # another process built it
+                if cache is None:
+                    if index_path.exists():
+                        log.warning("mel cache %s is damaged: rebuilding it", folder)
+                    index_path.unlink(missing_ok=True)
                     self._build_mel_cache(store, index_path)
-        return np.load(store, mmap_mode="r"), json.loads(index_path.read_text())
+                    cache = self._open_mel_cache(store, index_path)
+        if cache is None:
+            raise RuntimeError(f"the mel cache in {folder} is invalid right after building it")
+        return cache
+
+    def _cache_index(self) -> dict[str, list[int]]:
+        """{song id: [offset, frames]}: the songs end to end, in song-id order."""
+        index, offset = {}, 0
+        for song in self.songs:
+            index[song["song_id"]] = [offset, int(song["frames"])]
+            offset += int(song["frames"])
+        return index
+
+    def _open_mel_cache(
+        self, store: Path, index_path: Path
+    ) -> tuple[np.ndarray, dict[str, list[int]]] | None:
+        """The memory-mapped cache if it is whole and matches the manifest, else None. Checks
+        the index against the manifest, and the file's size against its header's shape and
+        dtype (np.load would otherwise fail on a short file forever)."""
+        expected = self._cache_index()
+        shape = (self.feature_config.n_mels, sum(n for _, n in expected.values()))
+        try:
+            if json.loads(index_path.read_text()) != expected:
+                return None
+            found_shape, fortran, dtype, data_start = _npy_layout(store)
+        except (OSError, ValueError):  # missing, unreadable, bad JSON or bad .npy header
+            return None
+        size = data_start + math.prod(shape) * np.dtype(np.float16).itemsize
+        if found_shape != shape or fortran or dtype != np.float16 or store.stat().st_size != size:
+            return None
+        return np.load(store, mmap_mode="r"), expected
 
     def _cache_folder(self) -> Path:
         for base in (self.root / MEL_CACHE, Path(tempfile.gettempdir()) / "sssl-mel-cache"):
@@ -149,31 +188,48 @@ class ShardSet:
 
     def _build_mel_cache(self, store: Path, index_path: Path) -> None:
         n_mels = self.feature_config.n_mels
-        index, offset = {}, 0
-        for song in self.songs:
-            index[song["song_id"]] = [offset, int(song["frames"])]
-            offset += int(song["frames"])
-        tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_mels, offset))
+        index = self._cache_index()
+        frames = sum(n for _, n in index.values())
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            self._fill_mel_cache(tmp, index, (n_mels, frames))
+            os.replace(tmp, store)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed build leaves nothing behind
+        tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
+        tmp_index.write_text(json.dumps(index))
+        os.replace(tmp_index, index_path)  # written last: its presence means the cache is whole
+
+    def _fill_mel_cache(self, path: Path, index: dict[str, list[int]], shape: tuple) -> None:
+        """Write every song's mel from the shards into a new .npy at `path`."""
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
         seen = set()
         for sid, mel in self.read_tars(set(index)):
             lo, n = index[sid]
-            if mel.shape != (n_mels, n):
-                raise RuntimeError(f"{sid}: mel shape {mel.shape} != manifest ({n_mels}, {n})")
+            if mel.shape != (shape[0], n):
+                raise RuntimeError(f"{sid}: mel shape {mel.shape} != manifest ({shape[0]}, {n})")
             out[:, lo : lo + n] = mel
             seen.add(sid)
         out.flush()
         del out
         missing = set(index) - seen
         if missing:
-            tmp.unlink()
             raise RuntimeError(
                 f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
             )
-        os.replace(tmp, store)
-        tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
-        tmp_index.write_text(json.dumps(index))
-        os.replace(tmp_index, index_path)  # written last: its presence means the cache is whole
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, offset of the data) from a .npy file's header."""
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"{path}: .npy version {version} not written by us")
+        return shape, fortran, dtype, fh.tell()
 
 
 def _all_urls(urls):
