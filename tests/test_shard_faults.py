@@ -1,0 +1,310 @@
+"""Bad data and re-runs at the shard stage: every bad file or row is refused with a one-line
+reason, re-sharding rebuilds what changed, and concurrent writers cannot corrupt each other.
+
+New names are imported inside the tests, so each test stands or falls on its own."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import write_audio
+
+from shards.datasets import load_dataset
+from shards.write import shard_dataset
+from sssl_dist.data import ShardSet
+
+
+def _csv(path, header, rows, encoding="utf-8"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding=encoding) as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _manifest_set(tmp_path, rows, header=("path", "quadrant")):
+    """A manifest CSV over 6 s tones named in `rows` (first column: file name)."""
+    for row in rows:
+        if not (tmp_path / row[0]).exists():
+            write_audio(tmp_path / row[0], seconds=6, freq=300 + 40 * len(row[0]))
+    return _csv(tmp_path / "songs.csv", header, rows)
+
+
+# ---------------------------------------------------------------- mels checked when written
+def test_absurd_amplitude_is_rejected_not_sharded_as_nan(tmp_path, ray_session):
+    y = np.sin(np.arange(22050 * 6) / 10.0).astype(np.float32)
+    sf.write(tmp_path / "huge.wav", y * 1e18, 22050, subtype="FLOAT")  # finite, absurd
+    write_audio(tmp_path / "good.wav", seconds=6)
+    csv_path = _csv(
+        tmp_path / "songs.csv", ["path", "quadrant"], [["huge.wav", 1], ["good.wav", 2]]
+    )
+    records, _, _ = load_dataset("manifest", csv_path)
+    manifest = shard_dataset(records, tmp_path / "out", progress=False)
+    assert [s["song_id"] for s in manifest["songs"]] == ["good"]
+    (reject,) = manifest["rejects"]
+    assert reject["song_id"] == "huge" and reject["reason"].startswith("absurd amplitude")
+
+
+def test_a_broken_log_mel_is_refused():
+    from sssl_dist.audio import AudioError, check_mel
+
+    check_mel(np.full((4, 5), -30.0, np.float32))  # an ordinary mel passes
+    with pytest.raises(AudioError, match="NaN/inf"):
+        check_mel(np.array([[1.0, np.nan]], np.float32))
+    with pytest.raises(AudioError, match="out of range"):
+        check_mel(np.array([[1.0, 1e6]], np.float32))
+
+
+# ---------------------------------------------------------------- re-sharding rebuilds changes
+def test_reshard_rebuilds_changed_labels_and_replaced_files(tmp_path, ray_session):
+    for name in ("a", "b", "e", "f"):
+        write_audio(tmp_path / f"{name}.wav", seconds=6)
+    (tmp_path / "c.wav").write_bytes(b"")  # rejected at first
+    write_audio(tmp_path / "d.wav", seconds=6)
+    rows = [["a.wav", "Q1"], ["b.wav", "Q1"], ["c.wav", "Q2"], ["d.wav", "Q2"]]
+    rows += [["e.wav", "Q3"], ["f.wav", "Q3"]]
+    csv_path = _csv(tmp_path / "songs.csv", ["path", "quadrant"], rows)
+    out = tmp_path / "out"
+    first = shard_dataset(
+        load_dataset("manifest", csv_path)[0], out, songs_per_shard=2, progress=False
+    )
+    assert [r["song_id"] for r in first["rejects"]] == ["c"]
+    untouched = (out / "shard-000002.tar").stat().st_mtime_ns
+
+    rows[1] = ["b.wav", "Q4"]  # an annotation fix
+    _csv(csv_path, ["path", "quadrant"], rows)
+    write_audio(tmp_path / "c.wav", seconds=6)  # the empty file replaced by a good one
+    again = shard_dataset(
+        load_dataset("manifest", csv_path)[0], out, songs_per_shard=2, progress=False
+    )
+    quadrant = {s["song_id"]: s["quadrant"] for s in again["songs"]}
+    assert quadrant["b"] == 3 and "c" in quadrant and not again["rejects"]
+    assert (out / "shard-000002.tar").stat().st_mtime_ns == untouched  # unchanged: skipped
+    assert ShardSet(out).by_id["b"]["quadrant"] == 3
+
+
+# ---------------------------------------------------------------- loaders
+def test_quadrant_labels_are_parsed_strictly(tmp_path):
+    root = tmp_path / "4q"
+    for name in ("s1", "s2", "s3", "s4"):
+        write_audio(root / f"MER_audio_taffc_dataset/Q1/{name}.wav")
+    _csv(
+        root / "panda_dataset_taffc_annotations.csv",
+        ["Song", "Quadrant"],
+        [["s1", "QQ1"], ["s2", "q2"], ["s3", "3"], ["s4", "Q5"]],
+    )
+    records, report, _ = load_dataset("4q", root)
+    assert {r.song_id: r.quadrant for r in records} == {"s2": 1, "s3": 2}
+    assert sorted(report.bad_rows) == [
+        "s1 (quadrant 'QQ1' is not Q1-Q4 or 1-4)",
+        "s4 (quadrant 'Q5' is not Q1-Q4 or 1-4)",
+    ]
+
+
+def test_a_1_to_9_scale_cut_at_half_is_refused_with_the_right_midpoint(tmp_path):
+    csv_path = _manifest_set(
+        tmp_path, [["a.wav", "7", "2"], ["b.wav", "3", "8"]], ("path", "valence", "arousal")
+    )
+    with pytest.raises(ValueError, match=r"span 2\.\.8 \(a 1\.\.9 scale\).*pass --midpoint 5"):
+        load_dataset("manifest", csv_path)  # the default midpoint 0.5
+    records, _, _ = load_dataset("manifest", csv_path, midpoint=5)
+    assert {r.song_id: r.quadrant for r in records} == {"a": 3, "b": 1}  # Q4, Q2
+
+
+def test_a_pmemo_file_on_another_scale_is_refused(tmp_path):
+    write_audio(tmp_path / "chorus/1.wav")
+    _csv(
+        tmp_path / "annotations/static_annotations.csv",
+        ["musicId", "Arousal(mean)", "Valence(mean)"],
+        [["1", "6", "7"]],
+    )
+    with pytest.raises(ValueError, match="static_annotations.csv: valence/arousal values span"):
+        load_dataset("pmemo", tmp_path)
+
+
+def test_non_finite_values_are_bad_rows(tmp_path):
+    csv_path = _manifest_set(
+        tmp_path,
+        [["a.wav", "inf", "0.2"], ["b.wav", "0.3", "nan"], ["c.wav", "0.9", "0.1"]],
+        ("path", "valence", "arousal"),
+    )
+    records, report, _ = load_dataset("manifest", csv_path)
+    assert [r.song_id for r in records] == ["c"]
+    assert sorted(report.bad_rows) == [
+        "a (valence 'inf' is not a finite number)",
+        "b (arousal 'nan' is not a finite number)",
+    ]
+
+
+def test_one_stem_in_two_quadrant_folders_is_a_conflict(tmp_path):
+    root = tmp_path / "4q"
+    write_audio(root / "MER_audio_taffc_dataset/Q1/s1.wav")
+    write_audio(root / "MER_audio_taffc_dataset/Q2/s1.wav")
+    write_audio(root / "MER_audio_taffc_dataset/Q3/s2.wav")
+    _csv(
+        root / "panda_dataset_taffc_annotations.csv",
+        ["Song", "Quadrant"],
+        [["s1", "Q1"], ["s2", "Q3"]],
+    )
+    records, report, _ = load_dataset("4q", root)
+    assert [r.song_id for r in records] == ["s2"]
+    assert report.to_dict()["conflicts"] == [
+        "s1: 2 audio files share the id (Q1/s1.wav, Q2/s1.wav)"
+    ]
+    assert not report.missing_audio and not report.unlabelled_audio  # reported once, as a clash
+
+
+def test_a_repeated_id_with_another_label_is_a_conflict(tmp_path):
+    root = tmp_path / "4q"
+    write_audio(root / "MER_audio_taffc_dataset/Q1/s1.wav")
+    write_audio(root / "MER_audio_taffc_dataset/Q1/s2.wav")
+    _csv(
+        root / "panda_dataset_taffc_annotations.csv",
+        ["Song", "Quadrant"],
+        [["s1", "Q1"], ["s1", "Q4"], ["s2", "Q1"], ["s2", "Q1"]],
+    )
+    records, report, _ = load_dataset("4q", root)
+    assert [r.song_id for r in records] == ["s2"]  # an identical repeat is kept once
+    assert report.duplicate_ids == ["s2"]
+    assert report.conflicts == ["s1: 2 rows disagree (Q1 vs Q4)"]
+
+
+def test_an_unquoted_comma_names_the_file_and_line(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    path = tmp_path / "songs.csv"
+    path.write_text("path,quadrant\na.wav,Q1\nb.wav,Q2,extra\n")
+    with pytest.raises(ValueError, match=r"songs\.csv, line 3: 1 field\(s\) more than"):
+        load_dataset("manifest", path)
+
+
+def test_a_latin1_csv_names_the_file_and_line(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    path = _csv(
+        tmp_path / "songs.csv", ["path", "quadrant", "id"], [["a.wav", "Q1", "café"]], "latin-1"
+    )
+    with pytest.raises(ValueError, match=r"songs\.csv, line 2: not UTF-8 .*re-encode"):
+        load_dataset("manifest", path)
+
+
+# ---------------------------------------------------------------- tar keys
+def test_shard_keys_are_collision_free_and_plain_ids_keep_theirs():
+    from shards.write import shard_key
+
+    assert shard_key("MT0000040632") == "MT0000040632" and shard_key("a_b-1") == "a_b-1"
+    keys = {shard_key(s) for s in ("ü1", "é1", "_1", "a.1", "a 1")}
+    assert len(keys) == 5 and all("." not in k for k in keys)
+
+
+def test_ids_that_sanitise_alike_shard_and_load(tmp_path, ray_session):
+    write_audio(tmp_path / "x.wav", freq=300)
+    write_audio(tmp_path / "y.wav", freq=500)
+    path = _csv(
+        tmp_path / "songs.csv",
+        ["path", "quadrant", "id"],
+        [["x.wav", "Q1", "ü1"], ["y.wav", "Q2", "é1"]],
+    )
+    out = tmp_path / "out"
+    shard_dataset(load_dataset("manifest", path)[0], out, progress=False)
+    mels = ShardSet(out).load_mels()
+    assert set(mels) == {"ü1", "é1"} and not np.array_equal(mels["ü1"], mels["é1"])
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_two_ids_with_one_key_are_refused_before_writing(tmp_path):
+    from shards.write import shard_key
+    from sssl_dist.records import SongRecord
+
+    a = SongRecord("a.1", str(tmp_path / "a.wav"), "manifest", quadrant=0)
+    b = SongRecord(shard_key("a.1"), str(tmp_path / "b.wav"), "manifest", quadrant=0)
+    with pytest.raises(ValueError, match="same shard key"):
+        shard_dataset([a, b], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- concurrent writers
+def test_concurrent_json_writes_never_collide(tmp_path):
+    from shards.write import _write_json_atomic
+
+    target = tmp_path / "manifest.json"
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(lambda i: _write_json_atomic(target, {"i": i, "pad": "x" * 20000}), range(200))
+        )
+    assert json.loads(target.read_text())["i"] in range(200)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp left behind
+
+
+def test_a_second_shard_run_into_one_directory_fails_at_once(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = FileLock(str(out / ".shard.lock"))
+    ready, done = threading.Event(), threading.Event()
+
+    def hold():  # another run, in another thread: its own file descriptor
+        with held:
+            ready.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    ready.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match=f"another `sssl shard` is writing to {out}"):
+            shard_dataset([], out, progress=False)
+    finally:
+        done.set()
+        holder.join()
+    with pytest.raises(RuntimeError, match="no usable song"):  # free again: the run proceeds
+        shard_dataset([], out, progress=False)
+
+
+# ---------------------------------------------------------------- the mel cache
+@pytest.fixture
+def tiny_shards(tmp_path, ray_session):
+    path = _manifest_set(tmp_path / "audio", [["a.wav", "Q1"], ["bb.wav", "Q2"], ["ccc.wav", "Q3"]])
+    out = tmp_path / "shards"
+    shard_dataset(load_dataset("manifest", path)[0], out, songs_per_shard=2, progress=False)
+    return out
+
+
+def _cache_file(root, name):
+    (path,) = (root / "mel_cache").glob(f"*/{name}")
+    return path
+
+
+def test_a_truncated_mel_cache_is_rebuilt(tiny_shards):
+    want = {k: np.array(v) for k, v in ShardSet(tiny_shards).load_mels().items()}
+    store = _cache_file(tiny_shards, "mels.npy")
+    with store.open("r+b") as fh:  # a kill mid-write
+        fh.truncate(store.stat().st_size // 2)
+    got = ShardSet(tiny_shards).load_mels()
+    assert set(got) == set(want)
+    for sid, mel in got.items():
+        np.testing.assert_array_equal(mel, want[sid])
+
+
+def test_a_mel_cache_index_that_does_not_match_is_rebuilt(tiny_shards):
+    ShardSet(tiny_shards).load_mels()
+    _cache_file(tiny_shards, "index.json").write_text('{"a": [0, 3]}')
+    assert len(ShardSet(tiny_shards).load_mels()) == 3
+    _cache_file(tiny_shards, "index.json").write_text("{not json")
+    assert len(ShardSet(tiny_shards).load_mels()) == 3
+
+
+def test_a_failed_mel_cache_build_leaves_no_temp_file(tiny_shards):
+    tar = tiny_shards / "shard-000000.tar"
+    tar.write_bytes(os.urandom(3000))  # a damaged shard: the build fails
+    with pytest.raises(Exception):  # noqa: B017 - whatever the tar reader raises
+        ShardSet(tiny_shards).load_mels()
+    leftovers = [p.name for p in (tiny_shards / "mel_cache").rglob("*") if p.is_file()]
+    assert leftovers == [".lock"]
