@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	bash .ci/install-torch $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev,plots]"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 demo: install
