@@ -11,13 +11,15 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger("sssl")
 
+DEFAULT_ROPE_FRACTION = 0.01  # stats.DEFAULT_ROPE, without importing scipy for --help
 SMOKE_TRAIN = {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "n_folds": 2}
 # `sssl predict --smoke`: the first 2 files, the first 30 s of each.
 SMOKE_PREDICT_FILES, SMOKE_PREDICT_SECONDS = 2, 30.0
@@ -52,6 +54,47 @@ def _init_ray(num_cpus: int | None = None) -> None:
             time.perf_counter() - t0,
             int(ray.cluster_resources().get("CPU", 0)),
         )
+    # ray.init installs a SIGTERM handler that exits mid-call (an abort with a Ray dump):
+    # ours stops as Ctrl-C does.
+    _catch_sigterm()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: stop, keep what is finished, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _stop(exc: KeyboardInterrupt) -> NoReturn:
+    """After Ctrl-C or SIGTERM: stop Ray (its workers and any in-process training thread with
+    it) and exit 130 or 143 at once. Finished folds are in their reports and every finished
+    epoch is checkpointed, so the same command resumes; at most the epoch in flight is lost."""
+    terminated = isinstance(exc, Terminated)
+    log.error(
+        "%s: stopped. Finished folds and each run's last finished epoch are kept; run the same "
+        "command again to continue from there",
+        "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)",
+    )
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A training thread may still be inside trainer.fit (local mode): do not wait for it.
+        os._exit(143 if terminated else 130)
 
 
 # ------------------------------------------------------------------------------- synth
@@ -216,29 +259,64 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- compare
+def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise."""
+    from sssl_dist.compare import default_arms, parse_arm, read_arms
+
+    arms = read_arms(a.arms) if a.arms else {}
+    for words in a.arm or []:
+        name, overrides = parse_arm(words)
+        arms[name] = overrides
+    return arms or default_arms()
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
+    from sssl_dist.compare import Design, run_comparison
+    from sssl_dist.data import ShardSet
+
+    base = _train_config(a)
+    tasks = tuple(t.strip() for t in a.tasks.split(",")) if a.tasks else (base.task,)
+    design = Design(
+        arms=_arms(a),
+        tasks=tasks,
+        n_folds=a.folds or base.n_folds,
+        repeats=1 if a.smoke else a.repeats,
+        rope=a.rope / 100,
+        pairing=a.pairs,
+        folds=(0,) if a.smoke else None,
+    )
+    shards = ShardSet(a.shards)
+    out = Path(a.out or "runs/compare")
+    _init_ray()
+    comparison = run_comparison(
+        base, shards, out, design, workers=a.workers, parallel=a.parallel, use_gpu=a.gpu
+    )
+    print("\n" + verdict_lines(comparison) + "\n")
+    log.info("comparison: %s", out / "comparison.md")
+    return 0
+
+
+def verdict_lines(comparison: dict[str, Any]) -> str:
+    """What the terminal shows at the end: each task's pairs and their verdicts."""
+    lines = []
+    for task, t in comparison["tasks"].items():
+        for pair in t["pairs"]:
+            m = pair["metrics"].get("test_acc")
+            if m:
+                lines.append(f"{task}: {pair['b']} vs {pair['a']}: {m['verdict']}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------- demo
-def demo_arms() -> dict[str, dict[str, Any]]:
-    """What the main job compares (issue 11): inherited labels, the paper's SSSL (its global
-    split, its last epoch: configs/paper_global_split.yaml) and SSSL with our defaults."""
-    from sssl_dist.config import PAPER_CONFIG, read_config_file
-
-    return {
-        "inherit": {"method": "inherit"},
-        "sssl-paper": {"method": "sssl", **read_config_file(PAPER_CONFIG)},
-        "sssl": {"method": "sssl"},
-    }
-
-
-# The paired differences the main job prints: (baseline, arm).
-DEMO_PAIRS = (("inherit", "sssl"), ("inherit", "sssl-paper"), ("sssl-paper", "sssl"))
-
-
 def cmd_demo(a: argparse.Namespace) -> int:
-    """The main job: synth -> shard -> 3 arms x k folds -> comparison with paired t."""
+    """The main job: synth -> shard -> `sssl compare` of the three default arms."""
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
+    from sssl_dist.compare import Design, default_arms, run_comparison
     from sssl_dist.config import SSSLConfig, with_overrides
-    from sssl_dist.cv import comparison_table, run_arms
+    from sssl_dist.tables import comparison_markdown
 
     t0 = time.perf_counter()
     out = Path(a.out)
@@ -246,89 +324,42 @@ def cmd_demo(a: argparse.Namespace) -> int:
     base = SSSLConfig(n_folds=n_folds, epochs=a.epochs, warmup_epochs=a.warmup, task=a.task)
     if a.smoke:
         base = with_overrides(base, SMOKE_TRAIN)
-    folds = [0] if a.smoke else list(range(n_folds))
-    arms = demo_arms()
+    design = Design(default_arms(), (base.task,), n_folds, folds=(0,) if a.smoke else None)
     where = (
         f"{a.workers} Ray Train worker(s) per fold"
         if a.workers
         else "each fold in one process (local mode)"
     )
     log.info(
-        "main job: %d songs, task %s, L = %d s, %d of %d folds, %d epochs (%d warm-up), "
-        "%s, %d fold(s) at a time%s",
+        "main job: %d songs, task %s, L = %d s, %d folds, %d epochs (%d warm-up), %s, "
+        "%d fold(s) at a time%s",
         songs,
         base.task,
         base.segment_seconds,
-        len(folds),
-        n_folds,
+        len(design.folds or range(n_folds)),
         base.epochs,
         base.warmup_epochs,
         where,
         a.parallel,
         " [smoke]" if a.smoke else "",
     )
-    log.info("steps 1-2/4: generating the ground-truth corpus and sharding it with Ray workers")
+    log.info("steps 1-2/3: generating the ground-truth corpus and sharding it with Ray workers")
     _init_ray()
     shards = shard_synthetic(
         out / "data" / "corpus", out / "data" / "shards", SynthConfig(n_songs=songs, seed=a.seed)
     )
-    log.info("step 3/4: %d arms x %d fold(s): %s", len(arms), len(folds), ", ".join(arms))
-    summaries = {
-        name: summary
-        for name, summary, _ in run_arms(
-            base,
-            shards,
-            lambda name: out / name,
-            arms,
-            folds=folds,
-            workers=a.workers,
-            parallel=a.parallel,
-        )
-    }
-    log.info("step 4/4: comparison")
-    table = comparison_table(summaries)
-    minutes = (time.perf_counter() - t0) / 60
-    text = "\n".join(
-        [
-            f"# Main job: {songs} synthetic songs, task {base.task}, L = {base.segment_seconds} s",
-            "",
-            f"{len(folds)} fold(s) of {n_folds}, {base.epochs} epochs ({base.warmup_epochs} "
-            f"warm-up), {where}, {a.parallel} fold(s) at a time, {minutes:.1f} min on this "
-            "machine." + (" Smoke run: numbers mean nothing." if a.smoke else ""),
-            "",
-            "Arms: inherit = inherited labels; sssl-paper = the paper's SSSL (one global GMM, "
-            "last epoch; sssl_dist/configs/paper_global_split.yaml); sssl = SSSL with this "
-            "repository's defaults (per-class GMM, best validation epoch).",
-            "",
-            "Song-level test accuracy / F1 (SVM on Eq. 10 features), mean ± std over folds, in %.",
-            "Vote acc: majority vote of segment decisions. Seg acc (truth): validation segments "
-            "against the true per-second labels. Noise AUC: how well the last epoch's GMM split "
-            "ranks the truly mislabelled segments.",
-            "",
-            table,
-            "",
-            "Paired over the same folds (song-level test accuracy, t = mean / (std / √folds)):",
-            "",
-            *(_paired_line(summaries, base_arm, arm) for base_arm, arm in DEMO_PAIRS),
-            "",
-            "Per-arm reports (plots, per-fold metrics, model.sssl): "
-            + ", ".join(f"{name}/" for name in arms),
-        ]
-    )
-    (out / "comparison.md").write_text(text + "\n")
+    log.info("step 3/3: `sssl compare` of %s", ", ".join(design.arms))
+    comparison = run_comparison(base, shards, out, design, workers=a.workers, parallel=a.parallel)
+    text = comparison_markdown(comparison)
+    if a.smoke:
+        text += "\n\nSmoke run: the numbers mean nothing.\n"
     print("\n" + text + "\n")
-    log.info("main job finished in %.1f min; report: %s", minutes, out / "comparison.md")
-    return 0
-
-
-def _paired_line(summaries: dict[str, dict[str, Any]], base_arm: str, arm: str) -> str:
-    from sssl_dist.stats import paired_difference
-
-    d = paired_difference(summaries[base_arm], summaries[arm])
-    return (
-        f"- {arm} − {base_arm}: {100 * d['mean']:+.1f} points (std {100 * d['std']:.1f}, "
-        f"t = {d['t']:.2f}; better on {d['better']} of {d['folds']} folds, worse on {d['worse']})"
+    log.info(
+        "main job finished in %.1f min; report: %s",
+        (time.perf_counter() - t0) / 60,
+        out / "comparison.md",
     )
+    return 0
 
 
 # ------------------------------------------------------------------------------- parser
@@ -439,6 +470,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser(
+        "compare",
+        help="does SSSL help on my data, and by how much: arms on identical folds, one verdict "
+        "per pair",
+        formatter_class=fmt,
+        epilog=_config_epilog(),
+    )
+    training_args(s)
+    s.add_argument(
+        "--arms",
+        help="YAML mapping arm name -> config overrides (default: inherit, sssl-paper, sssl)",
+    )
+    s.add_argument(
+        "--arm",
+        nargs="+",
+        action="append",
+        metavar="NAME KEY=VALUE",
+        help="one arm: a name, then its overrides, e.g. --arm t1 temperature=1 (repeatable)",
+    )
+    s.add_argument(
+        "--tasks", help="comma list of valence, arousal, quadrant (default: the config's task)"
+    )
+    s.add_argument("--folds", type=int, help="k of k-fold CV (default: the config's n_folds)")
+    s.add_argument(
+        "--repeats", type=int, default=1, help="repetitions, each with its own folds and seed"
+    )
+    s.add_argument(
+        "--rope", type=float, default=100 * DEFAULT_ROPE_FRACTION,
+        help="region of practical equivalence, accuracy points",
+    )  # fmt: skip
+    s.add_argument(
+        "--pairs",
+        default="all",
+        choices=("all", "baseline", "ladder"),
+        help="which pairs: every pair, each arm against the first, or each against the one before",
+    )
+    s.add_argument(
+        "--parallel", type=int, default=1, help="fold runs side by side, shared by all cells"
+    )
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser(
         "predict",
         help="emotion over time and song decision for audio files, folders or a catalogue",
         formatter_class=fmt,
@@ -516,11 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    _catch_sigterm()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        _stop(exc)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         if args.verbose:

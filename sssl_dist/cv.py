@@ -25,7 +25,7 @@ from sssl_dist.data import ShardSet
 from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
 from sssl_dist.parallel import Unit, run_units_parallel
-from sssl_dist.stats import mean_std, paired_difference, pct_mean_std
+from sssl_dist.stats import mean_std, paired_difference
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,7 @@ def run_arms(
     folds: list[int] | None = None,
     workers: int = 2,
     parallel: int = 1,
+    use_gpu: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any], float]]:
     """Each arm's cross-validation on identical folds (same seed, same songs), so differences
     are paired. An arm is a name and its overrides of `base`: a method, or a method with
@@ -300,15 +301,15 @@ def run_arms(
         for i, name in enumerate(arms):
             log.info("arm %s (%d of %d)", name, i + 1, len(arms))
             cv = start(name)
-            for fold, run in _one_by_one(cv, workers, False):
+            for fold, run in _one_by_one(cv, workers, use_gpu):
                 cv.add(fold, run)
-            yield name, cv.finish(False, workers, False), (time.perf_counter() - cv.t0) / 60
+            yield name, cv.finish(False, workers, use_gpu), (time.perf_counter() - cv.t0) / 60
         return
     t0 = time.perf_counter()
     cvs = {name: start(name) for name in arms}
-    for name in _pooled(cvs, parallel, workers, False):
+    for name in _pooled(cvs, parallel, workers, use_gpu):
         if cvs[name].complete:
-            yield name, cvs[name].finish(False, workers, False), (time.perf_counter() - t0) / 60
+            yield name, cvs[name].finish(False, workers, use_gpu), (time.perf_counter() - t0) / 60
 
 
 def _truth(shards: ShardSet | None) -> dict[str, list[int]] | None:
@@ -325,12 +326,36 @@ def write_report(
     truth: dict[str, list[int]] | None,
     plots: bool = True,
 ) -> None:
-    """Plots first, then the tables: summary.md lists the plots that exist."""
-    if plots:
-        from sssl_dist.report import write_run_plots
-
-        write_run_plots(out, cfg, runs, truth)
+    """Tables first, then the plots: hours of training must never be lost to a plotting
+    failure, so the tables are on disk before any figure is drawn, and summary.md is written
+    once more only to list the plots that were drawn."""
     write_tables(out, summary, runs)
+    if plots and draw_plots(out, lambda: _run_plots(out, cfg, runs, truth)):
+        write_summary(out, summary, runs)
+
+
+def _run_plots(out, cfg, runs, truth) -> None:
+    from sssl_dist.report import write_run_plots
+
+    write_run_plots(out, cfg, runs, truth)
+
+
+def draw_plots(out: Path, draw: Callable[[], None]) -> bool:
+    """Run `draw` (which imports matplotlib itself); a failure of any kind costs the plots
+    only, is logged with how to redraw them, and never the tables already written."""
+    try:
+        draw()
+    except Exception as exc:  # noqa: BLE001 - any plotting error must leave the report intact
+        log.warning(
+            "plots not drawn in %s (%s: %s); the tables are written. Redraw them with "
+            "`sssl report %s` once the cause is fixed",
+            out,
+            type(exc).__name__,
+            exc,
+            out,
+        )
+        return False
+    return True
 
 
 def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = True) -> None:
@@ -386,6 +411,11 @@ def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    write_summary(out, summary, runs)
+
+
+def write_summary(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -> None:
+    """summary.md: the headline table, the plots present, the paired variants, the export."""
     m = summary["metrics"]
     lines = [
         f"# {summary['method']} · task {summary['task']} · L = {summary['segment_seconds']} s",
@@ -454,35 +484,8 @@ def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
                 f"{ours} against {paper}, same folds (b - a paired; Brier, ECE and feature shift:"
                 " lower is better):",
                 "",
-                f"| metric | a: {paper} | b: {ours} | b - a | t |",
+                f"| metric | a: {paper} | b: {ours} | b - a | corrected t |",
                 "|---|---|---|---|---|",
                 *rows,
             ]
     return lines
-
-
-def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """A Table-3-style markdown table: one row per arm (a method and its settings), mean ±
-    std over folds."""
-    cols = [
-        ("test_acc", "Acc"),
-        ("test_f1", "F1"),
-        ("test_vote_acc", "Vote acc"),
-        ("val_seg_acc_truth", "Seg acc (truth)"),
-        ("noise_auc", "Noise AUC"),
-    ]
-    head = "| arm | " + " | ".join(c for _, c in cols) + " |"
-    lines = [head, "|---" * (len(cols) + 1) + "|"]
-    baseline = None
-    for arm, s in summaries.items():
-        m = s["metrics"]
-        cells = [pct_mean_std(m, k) for k, _ in cols]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        baseline = baseline or m.get("test_majority_acc")
-    if baseline:
-        lines.append(
-            f"| majority class | {pct_mean_std({'b': baseline}, 'b')}"
-            + " | — " * (len(cols) - 1)
-            + "|"
-        )
-    return "\n".join(lines)

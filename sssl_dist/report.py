@@ -237,3 +237,36 @@ def write_run_plots(
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=110)
         plt.close(fig)
+
+
+def plot_forest(comparison: dict[str, Any], path: Path) -> None:
+    """`sssl compare`'s forest plot: one row per task, pair and metric, the mean gain with its
+    corrected 95 % CI, the ROPE band, and every fold's difference as a dot (in points)."""
+    rope = 100 * comparison["design"]["rope"]
+    rows = [
+        (f"{task}: {p['b']} − {p['a']}\n{key}", m)
+        for task, t in comparison["tasks"].items()
+        for p in t["pairs"]
+        for key, m in p["metrics"].items()
+        if m["stats"] is not None
+    ]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.7 * len(rows) + 1.2))
+    ax.axvspan(-rope, rope, color="0.88", label=f"ROPE ±{rope:.1f}")
+    ax.axvline(0, color="0.4", linewidth=0.8)
+    for i, (_, m) in enumerate(rows):
+        s = m["stats"]
+        lo, hi = (100 * c for c in s["ci"])
+        diffs = 100 * (np.asarray(m["b"]) - np.asarray(m["a"]))
+        jitter = np.linspace(-0.15, 0.15, diffs.size) if diffs.size > 1 else np.zeros(1)
+        ax.plot(diffs, i + jitter, "o", color="tab:blue", alpha=0.45, markersize=4)
+        ax.plot([lo, hi], [i, i], color="black", linewidth=2)
+        ax.plot(100 * s["mean"], i, "D", color="black", markersize=6)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain of the second arm, points (dots: folds; bar: 95 % CI, corrected t)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -57,12 +57,14 @@ def test_main_job_smoke_writes_comparison_and_reports(smoke_demo):
     text = (smoke_demo / "comparison.md").read_text()
     for arm in ("inherit", "sssl-paper", "sssl", "majority class"):
         assert f"| {arm} |" in text
-    for line in ("sssl − inherit", "sssl-paper − inherit", "sssl − sssl-paper"):
-        assert f"- {line}: " in text
-    paper = yaml.safe_load((smoke_demo / "sssl-paper" / "config.yaml").read_text())
+    for pair in ("sssl vs inherit", "sssl-paper vs inherit", "sssl vs sssl-paper"):
+        assert f"- **{pair}** (song accuracy): " in text
+    assert "naive" in text and "paired t" in text  # it says which t it does not use
+    assert (smoke_demo / "comparison.json").is_file()
+    paper = yaml.safe_load((smoke_demo / "quadrant" / "sssl-paper" / "config.yaml").read_text())
     assert (paper["method"], paper["gmm_scope"], paper["eval_epoch"]) == ("sssl", "global", "last")
     for method in ("inherit", "sssl-paper", "sssl"):
-        d = smoke_demo / method
+        d = smoke_demo / "quadrant" / method
         for name in (
             "config.yaml",
             "metrics.json",
@@ -77,12 +79,14 @@ def test_main_job_smoke_writes_comparison_and_reports(smoke_demo):
         metrics = json.loads((d / "metrics.json").read_text())
         assert 0 <= metrics["metrics"]["test_acc"]["mean"] <= 1
     for name in ("gmm_losses.png", "split_over_epochs.png"):
-        assert (smoke_demo / "sssl" / name).is_file()
-    assert list((smoke_demo / "sssl" / "ray").glob("*/tensorboard/events.out.tfevents.*"))
+        assert (smoke_demo / "quadrant" / "sssl" / name).is_file()
+    assert list(
+        (smoke_demo / "quadrant" / "sssl" / "ray").glob("*/tensorboard/events.out.tfevents.*")
+    )
 
 
 def test_model_artifact_is_weights_only_and_refits_svm(smoke_demo):
-    path = smoke_demo / "sssl" / "model.sssl"
+    path = smoke_demo / "quadrant" / "sssl" / "model.sssl"
     raw = torch.load(path, weights_only=True)  # would raise on any pickled object
     assert raw["format"] == "sssl-model/1" and raw["svm_features"].shape[1] == 7 * 4
     model = load_model(path)
@@ -91,7 +95,7 @@ def test_model_artifact_is_weights_only_and_refits_svm(smoke_demo):
 
 
 def test_predict_any_file_and_reports_bad_ones(smoke_demo, tmp_path, caplog):
-    model = smoke_demo / "sssl" / "model.sssl"
+    model = smoke_demo / "quadrant" / "sssl" / "model.sssl"
     long_song = tmp_path / "long.flac"
     sf.write(long_song, tone(200.0, 44100, stereo=True), 44100)  # several minutes, stereo
     short_song = tmp_path / "short.wav"
@@ -115,7 +119,7 @@ def test_predict_any_file_and_reports_bad_ones(smoke_demo, tmp_path, caplog):
 
 
 def test_predict_same_stems_do_not_overwrite_and_smoke_is_short(smoke_demo, tmp_path):
-    model = smoke_demo / "sssl" / "model.sssl"
+    model = smoke_demo / "quadrant" / "sssl" / "model.sssl"
     a, b = tmp_path / "a" / "song.wav", tmp_path / "b" / "song.wav"
     for path, freq in ((a, 220.0), (b, 880.0)):
         path.parent.mkdir()
@@ -136,7 +140,9 @@ def test_predict_same_stems_do_not_overwrite_and_smoke_is_short(smoke_demo, tmp_
 
 def test_report_rebuilds_from_run_dir(smoke_demo, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(smoke_demo / "sssl", run, ignore=shutil.ignore_patterns("*.png", "ray"))
+    shutil.copytree(
+        smoke_demo / "quadrant" / "sssl", run, ignore=shutil.ignore_patterns("*.png", "ray")
+    )
     shards = str(smoke_demo / "data" / "shards")
     # --smoke: the tables only.
     (run / "summary.md").unlink()

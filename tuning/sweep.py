@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
-from sssl_dist.cv import HEADLINE
+from sssl_dist.cv import HEADLINE, draw_plots
 from sssl_dist.data import ShardSet
 from sssl_dist.fold import run_fold, run_name
 from sssl_dist.stats import mean_std, pct
@@ -320,10 +320,14 @@ def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
         "best_config.yaml: the selected configuration, ready for `sssl train --config`.",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    draw_plots(out, lambda: _sweep_plots(out, summary))
+    print("\n".join(lines[:5]))
+
+
+def _sweep_plots(out: Path, summary: dict[str, Any]) -> None:
     from tuning.plots import write_sweep_plots
 
     write_sweep_plots(out, summary)
-    print("\n".join(lines[:5]))
 
 
 def paper_tables(rows: list[dict[str, Any]]) -> list[str]:

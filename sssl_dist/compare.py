@@ -1,0 +1,318 @@
+"""`sssl compare`: does one arm beat another on this shard set, and by how much.
+
+An arm is a name and its config overrides (`inherit`, the paper's SSSL, ours, a rung of an
+ablation). Every arm runs on identical folds and seeds: for each task and each repetition r
+the fold assignment and the training seed are `seed + r` (repeated stratified k-fold, song
+grouped), the same for every arm, so the differences are paired. All cells (task x arm x
+repetition) go through `cv.run_arms`, whose folds share the parallel slots; a re-run resumes
+every fold where it stopped.
+
+Each pair of arms gets the corrected repeated k-fold t, its CI and p, the Bayesian correlated
+t-test's probabilities, win/tie/loss counts, the detectable gain and a one-line verdict
+(stats.py), on song accuracy; where the shards carry per-second truth, segment accuracy against
+the truth and the noise AUC get the same statistics as secondary evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
+from sssl_dist.cv import draw_plots, run_arms
+from sssl_dist.data import ShardSet
+from sssl_dist.stats import DEFAULT_ROPE, compare_paired
+
+log = logging.getLogger(__name__)
+
+COMPARISON_MD, COMPARISON_JSON, FOREST_PNG = "comparison.md", "comparison.json", "forest.png"
+# The figure every verdict is about, then the secondary evidence (shards with per-second
+# truth only): (result key, what it is).
+PRIMARY = ("test_acc", "song accuracy")
+SECONDARY = (
+    ("val_seg_acc_truth", "segment accuracy against the truth"),
+    ("noise_auc", "noise AUC"),
+)
+PAIRINGS = ("all", "baseline", "ladder")
+
+
+def default_arms() -> dict[str, dict[str, Any]]:
+    """Inherited labels, the paper's SSSL (its global split, its last epoch:
+    configs/paper_global_split.yaml) and SSSL with this repository's defaults."""
+    return {
+        "inherit": {"method": "inherit"},
+        "sssl-paper": {"method": "sssl", **read_config_file(PAPER_CONFIG)},
+        "sssl": {"method": "sssl"},
+    }
+
+
+def read_arms(path: str | Path) -> dict[str, dict[str, Any]]:
+    """An arms YAML: a mapping of arm name to its config overrides (a mapping, maybe empty)."""
+    data = read_config_file(path)
+    bad = [name for name, o in data.items() if not isinstance(o, dict | type(None))]
+    if bad:
+        raise ValueError(f"{path}: each arm must map to config overrides; not so for {bad}")
+    return {str(name): dict(o or {}) for name, o in data.items()}
+
+
+def parse_arm(words: list[str]) -> tuple[str, dict[str, Any]]:
+    """`--arm NAME KEY=VALUE ...` -> (NAME, {KEY: VALUE})."""
+    from sssl_dist.config import parse_overrides
+
+    if not words or "=" in words[0]:
+        raise ValueError(f"--arm needs a name first, then KEY=VALUE overrides: {words}")
+    return words[0], parse_overrides(words[1:])
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a comparison runs: arms x tasks x repeats x n_folds folds."""
+
+    arms: dict[str, dict[str, Any]]
+    tasks: tuple[str, ...]
+    n_folds: int
+    repeats: int = 1
+    rope: float = DEFAULT_ROPE
+    pairing: str = "all"
+    folds: tuple[int, ...] | None = None  # a subset (smoke runs); None: all n_folds
+
+    def __post_init__(self) -> None:
+        if len(self.arms) < 2:
+            raise ValueError(f"a comparison needs at least 2 arms, got {list(self.arms)}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
+        if not 0 < self.rope < 1:
+            raise ValueError(f"--rope is a fraction of accuracy in (0, 1), got {self.rope}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"--pairs must be one of {PAIRINGS}, got {self.pairing!r}")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(a, b) pairs, each read as the gain of b over a."""
+        names = list(self.arms)
+        if self.pairing == "baseline":
+            return [(names[0], b) for b in names[1:]]
+        if self.pairing == "ladder":
+            return list(zip(names, names[1:], strict=False))
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+    def cell(self, task: str, arm: str, repeat: int) -> str:
+        """A cell's report directory under the comparison's: task/arm[-repeatR]."""
+        return f"{task}/{arm}" + (f"-repeat{repeat}" if repeat else "")
+
+    def cells(self, base: SSSLConfig) -> dict[str, dict[str, Any]]:
+        """Every cell's overrides of `base`: the arm's, its task, and the repetition's seed."""
+        out = {}
+        for task in self.tasks:
+            for r in range(self.repeats):
+                for arm, overrides in self.arms.items():
+                    extra = {"task": task, "n_folds": self.n_folds, "seed": base.seed + r}
+                    out[self.cell(task, arm, r)] = {**overrides, **extra}
+        return out
+
+
+def run_comparison(
+    base: SSSLConfig,
+    shards: ShardSet,
+    out: Path,
+    design: Design,
+    *,
+    workers: int = 0,
+    parallel: int = 1,
+    use_gpu: bool = False,
+) -> dict[str, Any]:
+    """Train every cell, then compare the arms; writes comparison.md, comparison.json and the
+    forest plot into `out`, and returns the comparison."""
+    cells = design.cells(base)
+    for overrides in cells.values():  # every cell's config is valid before any training
+        with_overrides(base, overrides)
+    folds = list(design.folds) if design.folds is not None else None
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, summary, minutes in run_arms(
+        base,
+        shards,
+        lambda name: out / name,
+        cells,
+        folds=folds,
+        workers=workers,
+        parallel=parallel,
+        use_gpu=use_gpu,
+    ):
+        summaries[name] = summary
+        log.info("cell %s finished (%.1f min since the comparison started)", name, minutes)
+    comparison = summarise_comparison(base, shards, design, summaries)
+    write_comparison(out, comparison)
+    return comparison
+
+
+def per_fold(summary: dict[str, Any], key: str) -> dict[int, float]:
+    """One metric of a cell, fold by fold (folds that report it)."""
+    return {int(f): r[key] for f, r in summary["per_fold"].items() if _finite(r.get(key))}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def paired_vectors(
+    design: Design, summaries: dict[str, dict[str, Any]], task: str, a: str, b: str, key: str
+) -> tuple[list[float], list[float], list[str]]:
+    """The two arms' values of `key` over the (repeat, fold) results both have, in one order."""
+    xs, ys, where = [], [], []
+    for r in range(design.repeats):
+        fa = per_fold(summaries[design.cell(task, a, r)], key)
+        fb = per_fold(summaries[design.cell(task, b, r)], key)
+        for f in sorted(set(fa) & set(fb)):
+            xs.append(fa[f])
+            ys.append(fb[f])
+            where.append(f"r{r}f{f}")
+    return xs, ys, where
+
+
+def warmup_epochs_used(
+    base: SSSLConfig, design: Design, summaries: dict[str, dict[str, Any]], task: str, arm: str
+) -> dict[str, Any]:
+    """Which epoch each fold of an arm evaluated (0-based), and how many fell in the warm-up
+    (where an SSSL arm exports what plain training on inherited labels would)."""
+    cfg = with_overrides(base, design.arms[arm])
+    epochs = {}
+    for r in range(design.repeats):
+        for f, e in per_fold(summaries[design.cell(task, arm, r)], "evaluated_epoch").items():
+            epochs[f"r{r}f{f}"] = int(e)
+    in_warmup = sum(e < cfg.warmup_epochs for e in epochs.values())
+    return {
+        "evaluated_epoch": epochs,
+        "in_warmup": in_warmup if cfg.method != "inherit" else None,
+        "warmup_epochs": cfg.warmup_epochs,
+        "method": cfg.method,
+    }
+
+
+def compare_metric(
+    design: Design,
+    summaries: dict[str, dict[str, Any]],
+    task: str,
+    a: str,
+    b: str,
+    key: str,
+    songs: int,
+) -> dict[str, Any] | None:
+    xs, ys, where = paired_vectors(design, summaries, task, a, b, key)
+    if not xs:
+        return None
+    if len(xs) < 2:
+        note = f"not tested: {len(xs)} paired fold result, a comparison needs at least 2"
+        return {"stats": None, "verdict": note, "a": xs, "b": ys, "where": where}
+    c = compare_paired(xs, ys, design.n_folds, design.repeats, design.rope, songs)
+    return {
+        "stats": c.to_dict(),
+        "verdict": c.sentence(),
+        "a": xs,
+        "b": ys,
+        "where": where,
+    }
+
+
+def summarise_comparison(
+    base: SSSLConfig, shards: ShardSet, design: Design, summaries: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything comparison.md and comparison.json show: Table 3, the pairs' statistics and
+    verdicts, the evaluated epochs; every per-fold figure is kept, so anyone can recompute."""
+    songs = len(shards.songs)
+    truth = shards.has_truth
+    tasks = {}
+    for task in design.tasks:
+        table = {}
+        for arm in design.arms:
+            vals = {
+                key: [
+                    v
+                    for r in range(design.repeats)
+                    for v in per_fold(summaries[design.cell(task, arm, r)], key).values()
+                ]
+                for key in ("test_acc", "test_f1", "test_majority_acc", *dict(SECONDARY))
+            }
+            table[arm] = {k: v for k, v in vals.items() if v}
+        pairs = []
+        for a, b in design.pairs():
+            metrics = {}
+            for key, _ in (PRIMARY, *(SECONDARY if truth else ())):
+                m = compare_metric(design, summaries, task, a, b, key, songs)
+                if m is not None:
+                    metrics[key] = m
+            pairs.append({"a": a, "b": b, "metrics": metrics})
+        epochs = {
+            arm: warmup_epochs_used(base, design, summaries, task, arm) for arm in design.arms
+        }
+        tasks[task] = {"table": table, "pairs": pairs, "epochs": epochs}
+    return {
+        "design": {
+            "arms": design.arms,
+            "tasks": list(design.tasks),
+            "n_folds": design.n_folds,
+            "repeats": design.repeats,
+            "folds": list(design.folds) if design.folds is not None else None,
+            "rope": design.rope,
+            "pairs": design.pairs(),
+        },
+        "songs": songs,
+        "shards": str(shards.root),
+        "shards_digest": shards.digest(),
+        "has_truth": truth,
+        "tasks": tasks,
+        "cells": {name: str(name) for name in summaries},
+    }
+
+
+def write_comparison(out: Path, comparison: dict[str, Any]) -> None:
+    """comparison.json and comparison.md first, then the forest plot."""
+    from sssl_dist.tables import comparison_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / COMPARISON_JSON).write_text(json.dumps(comparison, indent=1, default=_json))
+    (out / COMPARISON_MD).write_text(comparison_markdown(comparison) + "\n")
+    draw_plots(out, lambda: _forest(comparison, out / FOREST_PNG))
+
+
+def _forest(comparison: dict[str, Any], path: Path) -> None:
+    from sssl_dist.report import plot_forest
+
+    plot_forest(comparison, path)
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(type(obj))
+
+
+def warmup_sentence(epochs: dict[str, Any]) -> str | None:
+    """'SSSL's best epoch was in the warm-up on 4 of 5 folds: ...' for an SSSL arm, or None."""
+    n = epochs.get("in_warmup")
+    total = len(epochs["evaluated_epoch"])
+    if n is None or not total:
+        return None
+    if n == total:
+        return (
+            f"its evaluated epoch was in the warm-up on {_all_folds(total)}: it exported the "
+            "network plain training on inherited labels gives, so on this data its step did "
+            "not improve on plain training"
+        )
+    if n:
+        return (
+            f"its evaluated epoch was in the warm-up on {n} of {total} folds (there it exported "
+            "the plain-training network): on those folds its step did not improve on plain "
+            "training"
+        )
+    return f"its evaluated epoch came after the warm-up on {_all_folds(total)}"
+
+
+def _all_folds(n: int) -> str:
+    return "its one fold" if n == 1 else f"all {n} folds"

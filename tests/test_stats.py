@@ -1,0 +1,105 @@
+"""The comparison statistics against a reference (baycomp), and the verdict rule on planted
+per-fold numbers: helps, hurts, equivalent, inconclusive."""
+
+from __future__ import annotations
+
+import math
+
+import baycomp
+import numpy as np
+import pytest
+
+from sssl_dist.stats import compare_paired, corrected_t, paired_difference
+
+
+def _planted(gain: float, spread: float, k: int = 10, r: int = 1, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = 0.6 + 0.05 * rng.standard_normal(k * r)
+    noise = rng.standard_normal(k * r)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)  # exactly mean 0, sd 1
+    return a, a + gain + spread * noise
+
+
+@pytest.mark.parametrize("k,r", [(5, 1), (10, 1), (5, 3), (10, 10)])
+def test_corrected_t_p_and_bayes_equal_baycomp(k, r):
+    a, b = _planted(0.02, 0.03, k, r, seed=k + r)
+    c = compare_paired(a, b, k, r, rope=0.01)
+    mean, var, df = baycomp.CorrelatedTTest.compute_statistics(a, b, runs=r)
+    assert c.mean == pytest.approx(mean, abs=1e-12)
+    assert c.df == df
+    # The corrected t's variance is baycomp's Nadeau-Bengio variance.
+    assert (c.mean / c.t) ** 2 == pytest.approx(var, rel=1e-9)
+    # Two-sided p from the same Student posterior with no ROPE.
+    p_left, p_right = baycomp.CorrelatedTTest.probs(a, b, rope=0, runs=r)
+    assert c.p == pytest.approx(2 * min(p_left, p_right), abs=1e-9)
+    p_loss, p_rope, p_gain = baycomp.two_on_single(a, b, rope=0.01, runs=r)
+    assert (c.p_loss, c.p_rope, c.p_gain) == pytest.approx((p_loss, p_rope, p_gain), abs=1e-9)
+    # The CI is mean ± t_{0.975, df} se.
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, df) * math.sqrt(var)
+    assert c.ci == pytest.approx((mean - half, mean + half), abs=1e-9)
+
+
+def test_the_issues_recomputed_figure():
+    """With k = 5 and r = 1 the corrected t is the naive t times sqrt(1/5) / sqrt(1/5 + 1/4)."""
+    d = np.array([0.10, -0.02, 0.12, 0.03, 0.06])
+    naive = d.mean() / (d.std(ddof=1) / math.sqrt(5))
+    assert corrected_t(d, 5).t == pytest.approx(naive * math.sqrt(0.2 / 0.45), rel=1e-12)
+
+
+def test_an_arm_against_itself_is_exactly_no_difference():
+    a, _ = _planted(0.0, 0.0)
+    c = compare_paired(a, a.copy(), 10)
+    assert c.mean == 0.0 and c.ci == (0.0, 0.0) and c.p == 1.0
+    assert c.verdict == "equivalent" and c.ties == 10
+    assert c.sentence().startswith("no difference beyond the ROPE")
+
+
+def test_verdicts_on_planted_numbers():
+    helps = compare_paired(*_planted(0.08, 0.02), 10, songs=900)
+    assert helps.verdict == "helps" and helps.ci[0] > 0 and helps.wins == 10
+    assert helps.sentence().startswith("helps by +8.0 points [")
+    hurts = compare_paired(*_planted(-0.08, 0.02), 10)
+    assert hurts.verdict == "hurts" and hurts.ci[1] < 0
+    same = compare_paired(*_planted(0.0005, 0.002), 10, rope=0.01)
+    assert same.verdict == "equivalent" and same.ci[0] >= -0.01 and same.ci[1] <= 0.01
+    assert same.p_rope > 0.95
+    unclear = compare_paired(*_planted(0.03, 0.10, k=5), 5, songs=120)
+    assert unclear.verdict == "inconclusive"
+    line = unclear.sentence()
+    assert line.startswith("inconclusive: +3.0 points [") and "songs would resolve +3.0" in line
+    # The detectable gain exceeds the measured one, and more songs are needed than there are.
+    assert unclear.mde > 0.03 and unclear.songs_needed > 120
+
+
+def test_repeats_cannot_beat_the_bound():
+    """No number of repeats takes the corrected t past mean / (sd sqrt(1/(k-1)))."""
+    for r in (1, 2, 5, 50):
+        c = compare_paired(*_planted(0.05, 0.05, 5, r), 5, r)
+        assert abs(c.t) < abs(c.t_bound) + 1e-12
+        assert c.t_bound == pytest.approx(c.mean / (c.sd * math.sqrt(1 / 4)), rel=1e-12)
+
+
+def test_songs_needed_makes_the_gain_detectable():
+    """The songs model: sd shrinks as 1 / sqrt(songs), so at songs_needed the detectable gain
+    equals the measured gain."""
+    c = compare_paired(*_planted(0.02, 0.05), 10, songs=200)
+    assert c.mde * math.sqrt(200 / c.songs_needed) == pytest.approx(abs(c.mean), rel=1e-9)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="at least 2"):
+        compare_paired([0.5], [0.6], 5)
+    with pytest.raises(ValueError, match="one length"):
+        compare_paired([0.5, 0.6], [0.5], 2)
+
+
+def test_paired_difference_uses_the_corrected_t():
+    a = {"per_fold": {0: {"v": 0.5}, 1: {"v": 0.6}, 2: {"v": 0.7}, 3: {"v": 0.4}}}
+    b = {"per_fold": {0: {"v": 0.6}, 1: {"v": 0.6}, 2: {"v": 0.9}, 3: {"v": 0.5}, 9: {"v": 1}}}
+    d = paired_difference(a, b, "v", n_folds=10)  # fold 9 is in b only: not compared
+    diffs = np.array([0.1, 0.0, 0.2, 0.1])
+    assert d["folds"] == 4 and d["better"] == 3 and d["worse"] == 0
+    expected = diffs.mean() / math.sqrt((1 / 4 + 1 / 9) * diffs.var(ddof=1))
+    assert d["t"] == pytest.approx(expected, rel=1e-12)
