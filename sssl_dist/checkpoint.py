@@ -34,6 +34,9 @@ from sssl_dist.method import LossMemory
 
 STATE_FILE = "state.pt"
 FINAL_NAME = "final"
+# Epoch checkpoints kept beside `final` (Ray's num_to_keep with workers, ours in local mode):
+# the newest is what a restart resumes from, the one before it covers a half-written newest.
+KEEP_EPOCHS = 2
 # Files a checkpoint must hold, complete and parseable, to be resumed from.
 _REQUIRED = (STATE_FILE, "history.json", "config.yaml")
 
@@ -115,30 +118,88 @@ def save_checkpoint(
     cfg: SSSLConfig,
     metrics: dict[str, Any],
     dir_name: str,
-    keep: bool = False,
+    local_run_dir: str | None = None,
 ) -> None:
     """Report metrics with a checkpoint (rank 0 writes it; other ranks report metrics only).
 
-    Ray Train copies the directory to storage under `dir_name`, so it is deleted afterwards,
-    except with `keep` (local mode, num_workers=0), where Ray keeps pointing at the directory.
+    With Ray workers, Ray Train copies a temporary directory to storage under `dir_name`, and
+    the temporary directory is deleted afterwards. In local mode (num_workers=0) Ray persists
+    nothing, so the checkpoint is written under the run directory itself (`local_run_dir`),
+    where a re-run of the same run resumes from it, as it does with Ray workers.
     """
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    tmp = tempfile.mkdtemp(prefix="sssl-ckpt-")
+    if local_run_dir is not None:
+        path = Path(local_run_dir, dir_name)
+        tmp = Path(local_run_dir, f".{dir_name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_files(tmp, state, extra_json, cfg)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)  # a complete checkpoint appears at once, or not at all
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+        prune_epochs(Path(local_run_dir), KEEP_EPOCHS)
+        return
+    tmp = temp_dir()
     try:
-        torch.save(state, os.path.join(tmp, STATE_FILE))
-        for name, data in extra_json.items():
-            Path(tmp, name).write_text(json.dumps(data, default=json_default))
-        save_config(cfg, os.path.join(tmp, "config.yaml"))
+        _write_files(Path(tmp), state, extra_json, cfg)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name=dir_name,
         )
     finally:
-        if not keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_files(
+    directory: Path, state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig
+) -> None:
+    torch.save(state, directory / STATE_FILE)
+    for name, data in extra_json.items():
+        Path(directory, name).write_text(json.dumps(data, default=json_default))
+    save_config(cfg, directory / "config.yaml")
+
+
+def prune_epochs(run_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest epoch checkpoints of a local-mode run (Ray's
+    CheckpointConfig(num_to_keep) does this with Ray workers); `final` is never deleted."""
+    epochs = sorted(p for p in run_dir.glob("epoch-*") if p.is_dir())
+    for old in epochs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# Temporary checkpoint directories carry their writer's pid, so a later run can tell the
+# leftovers of a killed process from the live directories of a run beside it.
+TEMP_PREFIX = "sssl-ckpt-"
+
+
+def temp_dir() -> str:
+    """A new temporary directory for one checkpoint's files, named after this process."""
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def remove_stray_temp_dirs() -> int:
+    """Delete the temporary checkpoint directories whose writer no longer runs (a killed
+    worker or driver leaves them behind; each is a full checkpoint). Returns how many."""
+    removed = 0
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def json_default(obj: Any) -> Any:
@@ -168,6 +229,19 @@ def _readable_epoch(d: Path) -> int | None:
         return int(state["epoch"])
     except Exception:  # noqa: BLE001 - truncated pickle/JSON of any kind: not resumable
         return None
+
+
+def finished_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's complete `final` checkpoint (it holds result.json), or None: a re-run of a
+    finished run reads it back instead of training or scoring anything again."""
+    found = newest_persisted(run_dir, None)
+    if found is not None and (found / "result.json").is_file():
+        try:
+            json.loads((found / "result.json").read_text())
+        except ValueError:
+            return None
+        return found
+    return None
 
 
 def newest_persisted(run_dir: str | Path | None, registered: str | None) -> Path | None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
-import time
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sssl_dist.checkpoint import finished_checkpoint, remove_stray_temp_dirs, temp_dir
 from sssl_dist.config import SSSLConfig, config_digest, to_dict
 from sssl_dist.crossfit import apply_cross_fit, cross_fit_probabilities
 from sssl_dist.data import (
@@ -169,10 +168,26 @@ def run_fold(
 
     fold_ids = fold_ids or fold_song_ids(shards, cfg, fold)
     table = check_fold(cfg, shards, fold_ids, workers)
-    storage_path = (
-        str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
-    )
+    remote = "://" in str(storage_path)
+    if remote and workers == 0:
+        raise ValueError(
+            f"local mode (--workers 0) keeps its checkpoints on this machine's filesystem; "
+            f"storage {storage_path} is remote: use a local path or Ray workers"
+        )
+    storage_path = str(storage_path) if remote else str(Path(storage_path).resolve())
     run_dir = f"{storage_path}/{name}"
+    remove_stray_temp_dirs()
+    done = None if remote else finished_checkpoint(run_dir)
+    if done is not None:
+        # A finished run is read back as it is: re-running a command must never retrain or
+        # rescore it (with more than one rank, a second scoring pass is not the saved one).
+        log.info("%s is finished: reusing its final checkpoint", name)
+        import ray.train
+
+        found = ray.train.Checkpoint(str(done))
+        return _read_back(
+            found, storage_path, name, [], cfg, shards, fold, fold_ids, workers, use_gpu
+        )
     tb_dir = f"{run_dir}/tensorboard" if "://" not in run_dir else None
     loop = LoopConfig(
         config=to_dict(cfg),
@@ -220,9 +235,28 @@ def run_fold(
             ray.kill(service)
     if result.error:
         raise result.error
-    local = tempfile.mkdtemp(prefix="sssl-ckpt-")
-    result.checkpoint.to_directory(local)
-    run = FoldRun.read(local, checkpoint_dir=local, run_dir=run_dir)
+    return _read_back(
+        result.checkpoint, storage_path, name, splits, cfg, shards, fold, fold_ids, workers, use_gpu
+    )
+
+
+def _read_back(
+    checkpoint: Any,
+    storage_path: str,
+    name: str,
+    splits: list[dict[str, Any]],
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    fold: int,
+    fold_ids: dict[str, list[str]],
+    workers: int,
+    use_gpu: bool,
+) -> FoldRun:
+    """A local copy of the final checkpoint (a ray.train.Checkpoint) as a FoldRun,
+    cross-fitted where configured."""
+    local = temp_dir()
+    checkpoint.to_directory(local)
+    run = FoldRun.read(local, checkpoint_dir=local, run_dir=f"{storage_path}/{name}")
     run.splits = splits
     if cfg.svm_features == "cross_fit":
         train_probs = cross_fit_probabilities(
@@ -257,15 +291,26 @@ class ProgressTail:
 
 
 def _fit_with_progress(trainer, progress: Path | None, on_epoch):
-    """trainer.fit() in a thread while the driver tails rank 0's progress lines."""
+    """trainer.fit() in a daemon thread while the driver tails rank 0's progress lines. A
+    daemon thread, so that Ctrl-C or SIGTERM in the driver never waits for the fit to end:
+    the CLI then stops Ray, which ends the workers (every finished epoch is checkpointed)."""
     if progress is None or on_epoch is None:
         return trainer.fit()
     tail = ProgressTail(progress, on_epoch)
-    with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(trainer.fit)
-        while True:
-            done = future.done()
-            tail.poll()
-            if done:
-                return future.result()
-            time.sleep(0.5)
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="trainer.fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+        tail.poll()
+    tail.poll()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

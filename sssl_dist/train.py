@@ -137,7 +137,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
             cfg,
             _scalars(metrics),
             epoch_dir_name(epoch),
-            loop.local,
+            _local_run_dir(loop),
         )
     finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
 
@@ -182,9 +182,7 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     """Resume from the newest complete checkpoint: after a worker failure, or a re-run of the
     same run name. Every rank reads the same directory, so all ranks resume from one epoch."""
     registered = ray.train.get_checkpoint()
-    found = newest_persisted(
-        None if loop.local else loop.run_dir, registered.path if registered else None
-    )
+    found = newest_persisted(loop.run_dir, registered.path if registered else None)
     if found is None:
         return Progress()
     state = load_state(found)
@@ -321,7 +319,7 @@ def finish_fold(
         cfg,
         _scalars(final),
         FINAL_NAME,
-        loop.local,
+        _local_run_dir(loop),
     )
 
 
@@ -348,6 +346,11 @@ def _evaluate(
             results.update({k: v for k, v in chosen.items() if k.startswith("val_seg")})
             results.update({k: v for k, v in history[-1].items() if k.startswith("noise_")})
     return probs, results
+
+
+def _local_run_dir(loop: LoopConfig) -> str | None:
+    """Where local mode writes its checkpoints (None with Ray workers: Ray Train persists)."""
+    return loop.run_dir if loop.local else None
 
 
 def _is_number(v: Any) -> bool:
