@@ -181,3 +181,21 @@ def test_unknown_config_name_lists_the_packaged_ones(tmp_path):
     # A path that does not exist never falls back to a packaged config of the same name.
     with pytest.raises(FileNotFoundError, match="neither a file"):
         load_config(str(tmp_path / "vgg16_gpu.yaml"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "tau=abc"], "tau expects a number, got 'abc'"),
+        (["--set", "optimizer=adamw"], "optimizer must be one of ('adam', 'sgd'), got 'adamw'"),
+        (["--set", "epochs=-1"], "epochs must be >= 1, got -1"),
+        (["--config", "vgg_gpu"], "packaged: "),
+    ],
+)
+def test_train_refuses_a_bad_config_in_one_line_before_launch(tmp_path, caplog, args, message):
+    from sssl_dist.cli import main
+
+    # The shard directory does not exist: the config is refused before it is even looked at.
+    assert main(["train", "--shards", str(tmp_path / "none"), *args]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
