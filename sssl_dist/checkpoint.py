@@ -34,6 +34,9 @@ from sssl_dist.method import LossMemory
 
 STATE_FILE = "state.pt"
 FINAL_NAME = "final"
+# The last warm-up epoch's checkpoint, kept apart from the rotating ones for runs that share
+# the warm-up (warmup.py).
+WARMUP_NAME = "warmup"
 # Epoch checkpoints kept beside `final` (Ray's num_to_keep with workers, ours in local mode):
 # the newest is what a restart resumes from, the one before it covers a half-written newest.
 KEEP_EPOCHS = 2
@@ -94,13 +97,17 @@ def training_state(
     clean_w: np.ndarray | None,
     memory: LossMemory,
     best: BestEpoch | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds: tensors and plain values only (weights_only loadable). The loss
     memory is rank 0's (the `mean_loss` selection reads it; empty sums otherwise); `best` the
-    best validation epoch so far (eval_epoch: best_val)."""
+    best validation epoch so far (eval_epoch: best_val); `teacher` the EMA of the weights
+    (pseudo_label_network: ema), without which a resumed run would restart the average."""
     kept = {}
     if best is not None and best.state is not None:
         kept = {"best_model": best.state, "best_epoch": best.epoch, "best_score": best.score}
+    if teacher is not None:
+        kept["ema_model"] = teacher.state_dict()
     return kept | {
         "model": plain.state_dict(),
         "optimizer": opt.state_dict(),
@@ -132,12 +139,7 @@ def save_checkpoint(
         return
     if local_run_dir is not None:
         path = Path(local_run_dir, dir_name)
-        tmp = Path(local_run_dir, f".{dir_name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _write_files(tmp, state, extra_json, cfg)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)  # a complete checkpoint appears at once, or not at all
+        write_checkpoint_dir(path, state, extra_json, cfg)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
         prune_epochs(Path(local_run_dir), KEEP_EPOCHS)
         return
@@ -151,6 +153,19 @@ def save_checkpoint(
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_checkpoint_dir(
+    path: Path, state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig
+) -> None:
+    """A checkpoint directory at `path`, complete or not at all: written beside it under a
+    temporary name, then renamed (a kill mid-write leaves nothing a restart would read)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write_files(tmp, state, extra_json, cfg)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 def _write_files(

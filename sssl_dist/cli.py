@@ -243,6 +243,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         batch_files=a.batch_files,
         part_files=a.part_files,
         plots=True if a.plots else None,
+        actor_cpus=a.actor_cpus,
         start_ray=lambda: _init_ray(a.cpus),
     )
     log.info("predictions in %s (%d of %d file(s) failed)", a.out, summary.failed, summary.files)
@@ -291,7 +292,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
     out = Path(a.out or "runs/compare")
     _init_ray()
     comparison = run_comparison(
-        base, shards, out, design, workers=a.workers, parallel=a.parallel, use_gpu=a.gpu
+        base,
+        shards,
+        out,
+        design,
+        workers=a.workers,
+        parallel=a.parallel,
+        use_gpu=a.gpu,
+        share_warmup=not a.no_shared_warmup,
     )
     print("\n" + verdict_lines(comparison) + "\n")
     log.info("comparison: %s", out / "comparison.md")
@@ -375,6 +383,15 @@ def _config_epilog() -> str:
     lines += [f"  {k} = {v}" for k, v in to_dict(SSSLConfig()).items()]
     lines.append("sources of each default: sssl_dist/config.py")
     return "\n".join(lines)
+
+
+def shared_warmup_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--no-shared-warmup",
+        action="store_true",
+        help="train every arm's warm-up itself (by default arms with identical warm-ups train "
+        "it once; the results are the same)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--parallel", type=int, default=1, help="fold runs side by side, shared by all cells"
     )
+    shared_warmup_flag(s)
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser(
@@ -538,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-files", type=int, default=8, help="files per model batch")
     s.add_argument(
         "--part-files", type=int, default=64, help="files per committed Parquet part (resume unit)"
+    )
+    s.add_argument(
+        "--actor-cpus",
+        type=float,
+        default=None,
+        help="CPUs each model actor reserves (default: 1 with --gpu, 0 on CPU, where the "
+        "model is light beside decoding)",
     )
     s.add_argument("--cpus", type=int, default=None, help="CPUs of an in-process Ray (all)")
     s.add_argument(
@@ -581,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0, help="corpus seed")
     s.add_argument("--smoke", action="store_true", help="16 songs, 1 fold, 2 epochs")
+    shared_warmup_flag(s)
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -125,8 +125,10 @@ def run_comparison(
     workers: int = 0,
     parallel: int = 1,
     use_gpu: bool = False,
+    share_warmup: bool = True,
 ) -> dict[str, Any]:
-    """Train every cell, then compare the arms; writes comparison.md, comparison.json and the
+    """Train every cell, then compare the arms (cells with the same warm-up train it once:
+    warmup.py); writes comparison.md, comparison.json and the
     forest plot into `out`, and returns the comparison."""
     cells = design.cells(base)
     for overrides in cells.values():  # every cell's config is valid before any training
@@ -142,6 +144,7 @@ def run_comparison(
         workers=workers,
         parallel=parallel,
         use_gpu=use_gpu,
+        share_warmup=share_warmup,
     ):
         summaries[name] = summary
         log.info("cell %s finished (%.1f min since the comparison started)", name, minutes)

@@ -26,6 +26,7 @@ from sssl_dist.export import export_model
 from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
 from sssl_dist.parallel import Unit, run_units_parallel
 from sssl_dist.stats import mean_std, paired_difference
+from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,16 @@ class CrossValidation:
         # same settings on the same data.
         self.names = {fold: run_name(self.name, cfg, shards, fold) for fold in self.folds}
         self.runs: dict[int, FoldRun] = {}
+        # Per fold: (keeps its warm-up for others, the donor's warm-up it starts from).
+        self.warmup: dict[int, tuple[bool, Path | None]] = {}
         self.t0 = time.perf_counter()
 
     def label(self, fold: int) -> str:
         return f"[{self.name} fold {fold} ({self.folds.index(fold) + 1}/{len(self.folds)})]"
 
     def unit(self, fold: int) -> Unit:
-        return Unit(self.cfg, fold, self.out.resolve() / "ray", self.names[fold])
+        save, source = self.warmup.get(fold, (False, None))
+        return Unit(self.cfg, fold, self.out.resolve() / "ray", self.names[fold], save, source)
 
     def add(self, fold: int, run: FoldRun) -> None:
         self.runs[fold] = run
@@ -232,8 +236,30 @@ def _one_by_one(cv: CrossValidation, workers: int, use_gpu: bool) -> Iterator[tu
                 workers=workers,
                 use_gpu=use_gpu,
                 on_epoch=progress_printer(cv.label(fold), cv.cfg.epochs),
+                save_warmup=unit.save_warmup,
+                warmup_from=unit.warmup_from,
             ),
         )
+
+
+def share_warmups(cvs: dict[str, CrossValidation]) -> int:
+    """Per fold, the runs with one warm-up key (warmup.py) train it once: the first in order
+    keeps it, the others start from it. Returns how many warm-ups are not trained again."""
+    groups: dict[tuple[int, str], list[CrossValidation]] = {}
+    for cv in cvs.values():
+        key = warmup_key(cv.cfg)
+        for fold in cv.folds if key else ():
+            groups.setdefault((fold, key), []).append(cv)
+    shared = 0
+    for (fold, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        donor, *takers = members
+        donor.warmup[fold] = (True, None)
+        for cv in takers:
+            cv.warmup[fold] = (False, warmup_source(donor.unit(fold).run_dir))
+            shared += 1
+    return shared
 
 
 def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
@@ -283,9 +309,11 @@ def run_arms(
     workers: int = 2,
     parallel: int = 1,
     use_gpu: bool = False,
+    share_warmup: bool = True,
 ) -> Iterator[tuple[str, dict[str, Any], float]]:
     """Each arm's cross-validation on identical folds (same seed, same songs), so differences
-    are paired. An arm is a name and its overrides of `base`: a method, or a method with
+    are paired. Arms whose warm-up is the same training train it once (`share_warmup`). An
+    arm is a name and its overrides of `base`: a method, or a method with
     other settings (the paper's variant beside ours). Yields (name, summary, minutes) as each
     arm finishes, so a caller can save results as they come (the benchmark resumes).
 
@@ -294,19 +322,21 @@ def run_arms(
     whole comparison to its last fold.
     """
 
-    def start(name: str) -> CrossValidation:
-        return CrossValidation(with_overrides(base, arms[name]), shards, out_of(name), folds)
-
+    cvs = {
+        name: CrossValidation(with_overrides(base, arms[name]), shards, out_of(name), folds)
+        for name in arms
+    }
+    if share_warmup and (shared := share_warmups(cvs)):
+        log.info("%d fold run(s) start from a warm-up another arm trains", shared)
     if parallel <= 1:
-        for i, name in enumerate(arms):
+        for i, (name, cv) in enumerate(cvs.items()):
             log.info("arm %s (%d of %d)", name, i + 1, len(arms))
-            cv = start(name)
+            cv.t0 = time.perf_counter()
             for fold, run in _one_by_one(cv, workers, use_gpu):
                 cv.add(fold, run)
             yield name, cv.finish(False, workers, use_gpu), (time.perf_counter() - cv.t0) / 60
         return
     t0 = time.perf_counter()
-    cvs = {name: start(name) for name in arms}
     for name in _pooled(cvs, parallel, workers, use_gpu):
         if cvs[name].complete:
             yield name, cvs[name].finish(False, workers, use_gpu), (time.perf_counter() - t0) / 60

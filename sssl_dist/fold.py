@@ -32,6 +32,7 @@ from sssl_dist.data import (
 )
 from sssl_dist.split_service import start_split_service
 from sssl_dist.train import PROGRESS_FILE, LoopConfig, train_loop_per_worker
+from sssl_dist.warmup import adopt_warmup
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,12 @@ def run_fold(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     fault: str = "",
     fold_ids: dict[str, list[str]] | None = None,
+    save_warmup: bool = False,
+    warmup_from: Path | None = None,
 ) -> FoldRun:
     """Train one fold with a TorchTrainer and return its results (copied off the checkpoint).
-    `fold_ids` replaces the fold's songs (the final refit's, `refit_song_ids`).
+    `fold_ids` replaces the fold's songs (the final refit's, `refit_song_ids`). `save_warmup`
+    keeps the warm-up's end for other runs; `warmup_from` starts from another run's (warmup.py).
 
     Re-running with the same (storage_path, name) resumes from the newest complete checkpoint.
     """
@@ -188,6 +192,10 @@ def run_fold(
         return _read_back(
             found, storage_path, name, [], cfg, shards, fold, fold_ids, workers, use_gpu
         )
+    if warmup_from is not None and adopt_warmup(Path(warmup_from), run_dir, cfg):
+        log.info(
+            "%s starts after the warm-up it shares with %s", name, Path(warmup_from).parent.name
+        )
     tb_dir = f"{run_dir}/tensorboard" if "://" not in run_dir else None
     loop = LoopConfig(
         config=to_dict(cfg),
@@ -198,6 +206,7 @@ def run_fold(
         tensorboard_dir=tb_dir,
         local=workers == 0,
         fault=fault,
+        save_warmup=save_warmup and not remote,
     )
     service = None
     if cfg.gmm_site == "driver" and cfg.method != "inherit" and workers > 0:

@@ -23,6 +23,7 @@ from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 from sssl_dist.fold import FoldRun, ProgressTail, run_fold
 from sssl_dist.train import PROGRESS_FILE
+from sssl_dist.warmup import is_ready
 
 DRIVER_COPY = "fold-files"  # under a run directory: a finished fold's files for the driver
 
@@ -35,6 +36,12 @@ class Unit:
     fold: int
     storage_path: Path  # the run's Ray storage (the driver must be able to read it)
     name: str  # the run's name under storage_path
+    save_warmup: bool = False  # keep the warm-up's end for other units (warmup.py)
+    warmup_from: Path | None = None  # a donor's warm-up checkpoint to start from
+
+    @property
+    def run_dir(self) -> Path:
+        return self.storage_path / self.name
 
 
 K = TypeVar("K", bound=Hashable)
@@ -71,12 +78,9 @@ def run_units_parallel(
     queue, pending = list(units), {}
     try:
         while queue or pending:
-            while queue and len(pending) < parallel:
-                key = queue.pop(0)
-                u = units[key]
-                ref = task.remote(
-                    u.cfg, str(shards.root), u.fold, str(u.storage_path), u.name, workers, use_gpu
-                )
+            while len(pending) < parallel and (key := _next_runnable(queue, pending, units)):
+                queue.remove(key)
+                ref = task.remote(units[key], str(shards.root), workers, use_gpu)
                 pending[ref] = key
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for tail in tails.values():
@@ -108,13 +112,23 @@ def run_folds_parallel(
     )
 
 
-def _train_fold(
-    cfg: SSSLConfig, shard_dir: str, fold: int, storage: str, name: str, workers: int, gpu: bool
-) -> FoldRun:
+def _next_runnable(queue: list[K], pending: dict[Any, K], units: dict[K, Unit]) -> K | None:
+    """The first queued unit that can start now: one that shares a warm-up waits until its
+    donor has written it, unless the donor is no longer queued or running (it failed, or was
+    finished before this run: then the copy is there, or the unit trains its own warm-up)."""
+    producing = {units[k].run_dir for k in (*queue, *pending.values()) if units[k].save_warmup}
+    for key in queue:
+        source = units[key].warmup_from
+        if source is None or is_ready(source) or source.parent not in producing:
+            return key
+    return None
+
+
+def _train_fold(unit: Unit, shard_dir: str, workers: int, gpu: bool) -> FoldRun:
     """One fold in a Ray task; workers=0 trains in this process (Ray Train local mode)."""
     run = run_fold(
-        cfg, ShardSet(shard_dir), fold, storage_path=storage, name=name, workers=workers,
-        use_gpu=gpu,
+        unit.cfg, ShardSet(shard_dir), unit.fold, storage_path=unit.storage_path, name=unit.name,
+        workers=workers, use_gpu=gpu, save_warmup=unit.save_warmup, warmup_from=unit.warmup_from,
     )  # fmt: skip
     # The local copy of the fold's files lives on this task's node: move it under the run
     # directory, where the driver reads it (Ray's own persisted checkpoint lacks what the driver

@@ -36,6 +36,7 @@ import torch
 
 from sssl_dist.checkpoint import (
     FINAL_NAME,
+    WARMUP_NAME,
     BestEpoch,
     copy_weights,
     epoch_dir_name,
@@ -44,6 +45,7 @@ from sssl_dist.checkpoint import (
     save_checkpoint,
     training_state,
     weights_of,
+    write_checkpoint_dir,
 )
 from sssl_dist.collectives import (
     all_gather_object,
@@ -62,7 +64,7 @@ from sssl_dist.epoch import (
     song_probabilities,
     train_epoch,
 )
-from sssl_dist.method import LossMemory
+from sssl_dist.method import LossMemory, ema_teacher
 from sssl_dist.models import build_model
 from sssl_dist.song import song_level_results
 from sssl_dist.split_service import NAMESPACE
@@ -87,6 +89,8 @@ class LoopConfig:
     # The name of the fold's split service (namespace split_service.NAMESPACE); "" fits the GMM
     # on rank 0.
     split_service: str = ""
+    # Keep the last warm-up epoch's checkpoint as run_dir/warmup for other runs (warmup.py).
+    save_warmup: bool = False
 
 
 @dataclass
@@ -126,19 +130,21 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         t_val = time.perf_counter()
         if len(w.val_table):
             metrics.update(segment_accuracy(w))
-            if "best_val" in (cfg.eval_epoch, cfg.split_network):
-                best.offer(epoch, metrics["val_seg_acc"], w.plain)
+            # Tracked whatever eval_epoch and split_network say (only they read it), so runs
+            # that differ in those alone train identical warm-up checkpoints (warmup.py).
+            best.offer(epoch, metrics["val_seg_acc"], w.plain)
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _log_epoch(loop, metrics)
+        state = training_state(w.plain, w.opt, epoch, clean_w, memory, best, w.teacher)
+        files = {"history.json": history}
         save_checkpoint(
-            training_state(w.plain, w.opt, epoch, clean_w, memory, best),
-            {"history.json": history},
-            cfg,
-            _scalars(metrics),
-            epoch_dir_name(epoch),
-            _local_run_dir(loop),
+            state, files, cfg, _scalars(metrics), epoch_dir_name(epoch), _local_run_dir(loop)
         )
+        if loop.save_warmup and epoch == cfg.warmup_epochs - 1 and w.rank == 0:
+            # The warm-up's end, kept apart from the rotating epoch checkpoints: runs that
+            # differ only after the warm-up continue from it (warmup.py).
+            write_checkpoint_dir(Path(loop.run_dir, WARMUP_NAME), state, files, cfg)
     finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
 
 
@@ -190,6 +196,9 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     # the last epoch's, which training state continues from, as "last_model".
     w.plain.load_state_dict(state.get("last_model", state["model"]))
     w.opt.load_state_dict(state["optimizer"])
+    if "ema_model" in state:  # pseudo_label_network: ema, past its first SSSL epoch
+        w.teacher = ema_teacher(w.plain)
+        w.teacher.load_state_dict(state["ema_model"])
     torch.set_rng_state(state["torch_rng"])
     # Checkpoints written before `clean_targets` hold a bool mask: X with w = 1.
     split = state["clean_w"] if "clean_w" in state else state["clean_mask"].float()
@@ -305,7 +314,7 @@ def finish_fold(
             w.plain.load_state_dict(best.state)
             probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
     final.update(results, evaluated_epoch=best.epoch if last_weights else last)
-    state = training_state(w.plain, w.opt, last, clean_w, memory, best)
+    state = training_state(w.plain, w.opt, last, clean_w, memory, best, w.teacher)
     if last_weights is not None:  # what a re-run resumes training state from
         state["last_model"] = last_weights
     save_checkpoint(

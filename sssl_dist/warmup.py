@@ -1,0 +1,88 @@
+"""Shared warm-up: runs whose warm-up epochs are the same training train them once.
+
+Every method's first `warmup_epochs` are plain CE on the inherited labels (DivideMix's warm-up;
+`inherit` trains that way throughout), so the arms of a comparison, and sweep points that
+differ only in τ, λ or T, train byte-identical warm-ups on the same fold. One of them, the
+donor, keeps its last warm-up epoch's checkpoint as `run_dir/warmup`; the others copy it into
+their own run directory as that epoch's checkpoint before they start, and the ordinary resume
+(train.restore) continues from it. The result equals training from scratch (a test checks it):
+what a run resumes from holds the weights, the optimiser, the RNG and the best epoch so far.
+
+Two runs share when their configs agree on every field except those that act only after the
+warm-up (AFTER_WARMUP), on the same fold, shards and number of workers. A field added later is
+assumed to act during the warm-up until it is listed here: the safe default is not to share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from sssl_dist.checkpoint import WARMUP_NAME, _readable_epoch, epoch_dir_name, newest_persisted
+from sssl_dist.config import SSSLConfig, to_dict
+
+# Fields that no warm-up epoch reads: the method (the warm-up is CE for every method), the
+# split and the SSSL step (Eq. 3-9), which epoch is evaluated, the song-level decision, and
+# fault handling. `epochs` joins them under a constant learning rate (cosine's depends on it).
+AFTER_WARMUP = (
+    "method",
+    "tau",
+    "temperature",
+    "lambda_kl",
+    "mixup_alpha",
+    "gmm_scope",
+    "selection",
+    "split_network",
+    "clean_targets",
+    "min_class_share",
+    "gmm_max_iter",
+    "gmm_tol",
+    "gmm_reg_covar",
+    "gmm_max_fit",
+    "gmm_site",
+    "eval_epoch",
+    "theta",
+    "svm_c",
+    "svm_kernel",
+    "svm_features",
+    "cross_fit_parts",
+    "max_failures",
+    "gloo_timeout_s",
+)
+
+
+def warmup_key(cfg: SSSLConfig) -> str | None:
+    """A digest of everything the warm-up epochs read, or None when there is no warm-up."""
+    if cfg.warmup_epochs < 1:
+        return None
+    fields = {k: v for k, v in to_dict(cfg).items() if k not in AFTER_WARMUP}
+    if cfg.lr_schedule == "constant":
+        fields.pop("epochs")
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warmup_source(run_dir: str | Path) -> Path:
+    """Where a donor run keeps its warm-up's end."""
+    return Path(run_dir) / WARMUP_NAME
+
+
+def is_ready(source: Path) -> bool:
+    """The donor's warm-up checkpoint is complete on disk."""
+    return source.is_dir() and _readable_epoch(source) is not None
+
+
+def adopt_warmup(source: Path, run_dir: str | Path, cfg: SSSLConfig) -> bool:
+    """Copy the donor's warm-up checkpoint into `run_dir` as its last warm-up epoch, unless the
+    run already has a checkpoint of its own (it resumes from that) or the copy is not ready
+    (it trains the warm-up itself). True when copied."""
+    run_dir = Path(run_dir)
+    if not is_ready(source) or newest_persisted(run_dir, None) is not None:
+        return False
+    target = run_dir / epoch_dir_name(cfg.warmup_epochs - 1)
+    tmp = run_dir / f".{target.name}.adopt.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.rename(target)
+    return True

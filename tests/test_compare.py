@@ -1,0 +1,90 @@
+"""`sssl compare` end to end on real shards: arms on identical folds, a shared warm-up that
+changes no result, an arm against itself, a resumed comparison that trains nothing again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sssl_dist.cli import main
+from sssl_dist.compare import Design, default_arms, run_comparison
+from sssl_dist.config import SSSLConfig
+from sssl_dist.data import ShardSet
+from sssl_dist.train import PROGRESS_FILE
+
+# Two warm-up epochs of three, so sharing them is most of the work.
+BASE = SSSLConfig(n_folds=2, epochs=3, warmup_epochs=2, batch_size=32)
+
+
+def _per_fold(comparison_dir: Path, design: Design) -> dict:
+    out = {}
+    for task in design.tasks:
+        for arm in design.arms:
+            for fold in range(design.n_folds):
+                p = comparison_dir / design.cell(task, arm, 0) / f"fold-{fold}" / "result.json"
+                out[(arm, fold)] = json.loads(p.read_text())
+    return out
+
+
+def _progress_epochs(cell: Path) -> list[list[int]]:
+    return [
+        [json.loads(line)["epoch"] for line in p.open()]
+        for p in sorted(cell.glob(f"ray/*/{PROGRESS_FILE}"))
+    ]
+
+
+def test_shared_warmup_gives_the_results_of_training_each_arm_from_scratch(
+    shard_dir, tmp_path, ray_session
+):
+    shards = ShardSet(shard_dir)
+    design = Design(default_arms(), ("quadrant",), BASE.n_folds)
+    shared = run_comparison(BASE, shards, tmp_path / "shared", design, parallel=2)
+    alone = run_comparison(BASE, shards, tmp_path / "alone", design, parallel=2, share_warmup=False)
+    assert _per_fold(tmp_path / "shared", design) == _per_fold(tmp_path / "alone", design)
+    assert shared["tasks"] == alone["tasks"]
+    # The premise: inherit trained the warm-up, the SSSL arms started after it.
+    assert _progress_epochs(tmp_path / "shared" / "quadrant" / "inherit") == [[0, 1, 2]] * 2
+    for arm in ("sssl-paper", "sssl"):
+        assert _progress_epochs(tmp_path / "shared" / "quadrant" / arm) == [[2]] * 2
+        assert _progress_epochs(tmp_path / "alone" / "quadrant" / arm) == [[0, 1, 2]] * 2
+    md = (tmp_path / "shared" / "comparison.md").read_text()
+    assert "| majority class |" in md and "sssl vs inherit" in md
+    assert (tmp_path / "shared" / "forest.png").is_file()
+
+
+def test_an_arm_against_itself_is_no_difference_and_a_rerun_trains_nothing(
+    shard_dir, tmp_path, ray_session, capsys
+):
+    out = tmp_path / "self"
+    cmd = ["compare", "--shards", str(shard_dir), "--workers", "0", "--out", str(out),
+           "--arm", "a", "method=inherit", "--arm", "b", "method=inherit", "--folds", "2",
+           "--set", "epochs=2", "warmup_epochs=1", "batch_size=32"]  # fmt: skip
+    assert main(cmd) == 0
+    first = json.loads((out / "comparison.json").read_text())
+    (pair,) = first["tasks"]["quadrant"]["pairs"]
+    stats = pair["metrics"]["test_acc"]["stats"]
+    assert stats["mean"] == 0.0 and stats["ci"] == [0.0, 0.0] and stats["verdict"] == "equivalent"
+    assert pair["metrics"]["test_acc"]["verdict"].startswith("no difference beyond the ROPE")
+    assert "quadrant: b vs a: no difference beyond the ROPE" in capsys.readouterr().out
+    progress = {p: p.read_text() for p in out.glob(f"**/{PROGRESS_FILE}")}
+    assert main(cmd) == 0  # resumed with everything finished: nothing trains again
+    assert {p: p.read_text() for p in out.glob(f"**/{PROGRESS_FILE}")} == progress
+    assert json.loads((out / "comparison.json").read_text()) == first
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arm", "only", "method=inherit"], "at least 2 arms"),
+        (["--arm", "method=inherit"], "needs a name first"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--arm", "a", "tau=abc", "--arm", "b"], "tau"),
+    ],
+)
+def test_bad_comparisons_are_refused_before_training(shard_dir, tmp_path, caplog, args, message):
+    cmd = ["compare", "--shards", str(shard_dir), "--out", str(tmp_path / "x"), *args]
+    assert main(cmd) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "x" / "quadrant").exists()
