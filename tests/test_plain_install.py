@@ -45,7 +45,7 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
     probe = "import importlib.util as u; print(u.find_spec('pytest') is None)"
     assert _run([str(venv / "bin" / "python"), "-c", probe], env).strip() == "True"
     corpus, shards = tmp_path / "corpus", tmp_path / "shards"
-    _run([sssl, "synth", "--smoke", "--out", str(corpus)], env)
+    _run([sssl, "synth", "--songs", "24", "--out", str(corpus)], env)
     _run(
         [sssl, "shard", "--dataset", "synthetic", "--root", str(corpus), "--out", str(shards)],
         env,
@@ -72,3 +72,10 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
         env,
     )  # fmt: skip
     assert (tmp_path / "tune" / "summary.md").is_file()
+    compared = tmp_path / "compare"
+    _run(
+        [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
+         str(compared)],
+        env,
+    )  # fmt: skip
+    assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
