@@ -46,6 +46,7 @@ def _init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
         log.info("connected to Ray cluster at %s", address)
     else:
+        private_auth_token()
         ray.init(
             num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
         )
@@ -57,6 +58,34 @@ def _init_ray(num_cpus: int | None = None) -> None:
     # ray.init installs a SIGTERM handler that exits mid-call (an abort with a Ray dump):
     # ours stops as Ctrl-C does.
     _catch_sigterm()
+
+
+def private_auth_token(home: Path | None = None) -> Path | None:
+    """Make sure the token an in-process Ray will use is readable by its owner only.
+
+    Ray 2.60 turns token authentication on when `ray.init()` starts a local Ray, and writes a
+    new ~/.ray/auth_token with the process umask: world-readable (644) by default. Created here
+    first, with mode 600, it is the one Ray reads (256 random bits, as Ray's own generator
+    makes); an existing one is tightened to 600. Nothing is done when the token comes from the
+    environment or authentication is disabled. Returns the token file, or None."""
+    env = os.environ
+    if env.get("RAY_AUTH_MODE") == "disabled" or env.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(env["RAY_AUTH_TOKEN_PATH"]) if env.get("RAY_AUTH_TOKEN_PATH") else None
+    path = path or (home or Path.home()) / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+            log.info("%s was readable by others: now mode 600", path)
+        return path
+    import secrets
+
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
 
 
 class Terminated(KeyboardInterrupt):

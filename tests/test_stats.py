@@ -103,3 +103,21 @@ def test_paired_difference_uses_the_corrected_t():
     assert d["folds"] == 4 and d["better"] == 3 and d["worse"] == 0
     expected = diffs.mean() / math.sqrt((1 / 4 + 1 / 9) * diffs.var(ddof=1))
     assert d["t"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_sweep_compares_its_choice_with_the_defaults_on_the_same_folds():
+    from sssl_dist.config import SSSLConfig
+    from tuning.sweep import chosen_against_defaults
+
+    base = SSSLConfig(n_folds=5)
+    folds = {str(f): {"test_acc": 0.60 + 0.01 * f} for f in range(5)}
+    better = {str(f): {"test_acc": 0.70 + 0.01 * f + 0.002 * (f % 2)} for f in range(5)}
+    summary = {
+        "rows": [{"config": "tau=0.5", "tau": 0.5}, {"config": "tau=0.7", "tau": 0.7}],
+        "honest": {"config": "tau=0.7", "tau": 0.7},
+        "per_config": {"tau=0.5": folds, "tau=0.7": better},
+    }
+    (line, _) = chosen_against_defaults(base, summary)
+    assert "(tau=0.5) on the same 5 folds" in line and "helps by +10." in line
+    summary["honest"] = {"config": "tau=0.5", "tau": 0.5}  # the choice is the default
+    assert chosen_against_defaults(base, summary) == []

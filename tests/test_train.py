@@ -333,7 +333,7 @@ def test_fold_is_refused_before_launch_when_songs_are_too_short_or_ranks_too_man
 
 
 def _run_script(code: str, timeout: int = 300, env_extra: dict | None = None):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))  # token auth, as users run
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
@@ -375,7 +375,7 @@ def test_ray_start_and_job_submit(shard_dir, tmp_path):
     group: `ray stop` would kill every Ray process on the machine, this session's too.
     """
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ)  # token auth on (the session token from conftest), as users run
     out = tmp_path / "job-out"
     ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay < 108 B
     log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed in finally
