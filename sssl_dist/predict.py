@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,11 @@ import pyarrow.parquet as pq
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, from_dict, to_dict
-from sssl_dist.export import LoadedModel, load_model, predict_mel, song_result
+
+# The decode tasks import this module: torch and scikit-learn (export.py) are imported only
+# where a model is used, so a decode worker starts without them.
+if TYPE_CHECKING:
+    from sssl_dist.export import LoadedModel
 
 log = logging.getLogger("sssl.predict")
 
@@ -191,6 +195,9 @@ class SegmentPredictor:
     def __init__(self, model_paths: list[str], names: list[str], gpu: bool, threads: int):
         import torch
 
+        from sssl_dist.export import load_model, predict_mel
+
+        self.predict_mel = predict_mel
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if gpu else "cpu"
         self.models = {n: load_model(p) for n, p in zip(names, model_paths, strict=True)}
@@ -213,7 +220,7 @@ class SegmentPredictor:
         per_model: dict[str, dict[str, Any]] = {}
         for name, model in self.models.items():
             try:
-                probs, song_p = predict_mel(model, spec, duration_s, device=self.device)
+                probs, song_p = self.predict_mel(model, spec, duration_s, device=self.device)
                 per_model[name] = {"probs": probs.tolist(), "song": song_p.tolist()}
             except Exception as exc:  # noqa: BLE001 - recorded as this file's failure
                 per_model[name] = {"error": failure_reason(exc)}
@@ -385,6 +392,7 @@ def write_file_outputs(
     out: Path, key: str, result: dict, models: dict[str, LoadedModel], output: dict[str, str]
 ) -> None:
     """<output>.json, .segments.csv and .png of one file, per model (small runs, --plots)."""
+    from sssl_dist.export import song_result
     from sssl_dist.report import plot_emotion_curve
 
     for name, res in result.get("models", {}).items():
@@ -438,6 +446,8 @@ class PredictSummary:
 
 def load_models(model_paths: list[str]) -> dict[str, LoadedModel]:
     """Every model, validated; they must share one feature front end to share one decode."""
+    from sssl_dist.export import load_model
+
     names = model_names(model_paths)
     models = {n: load_model(p) for n, p in zip(names, model_paths, strict=True)}
     fcs = {json.dumps(to_dict(m.fc), sort_keys=True) for m in models.values()}
@@ -477,6 +487,7 @@ def run_predict(
     part_files: int = 64,
     part_seconds: float = 30.0,
     plots: bool | None = None,
+    actor_cpus: float | None = None,
     start_ray: Callable[[], None] | None = None,
 ) -> PredictSummary:
     """Predict every file with every model into out_dir (resumable; see the module docstring).
@@ -484,8 +495,9 @@ def run_predict(
     Files are decoded once in Ray tasks; `actors` model actors (one GPU each with `gpu`) take
     `batch_files` mels at a time; a part is committed every `part_files` finished files or
     `part_seconds`, whichever comes first. `plots` None means: only for runs of at most
-    PLOT_MAX_FILES files. `start_ray` is called once there is work to do (Ray must then be up);
-    a run with nothing left to do starts no Ray."""
+    PLOT_MAX_FILES files. `actor_cpus` is what each model actor reserves (default: 1 with
+    a GPU, 0 on CPU; reserve more for a heavy network on CPU). `start_ray` is called once
+    there is work to do (Ray must be up after it); a run with nothing left starts no Ray."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     models = load_models(model_paths)
@@ -508,7 +520,14 @@ def run_predict(
         if start_ray is not None:
             start_ray()
         stream = predict_stream(
-            todo, model_paths, list(models), models, max_seconds, actors, gpu, batch_files
+            todo,
+            model_paths,
+            models,
+            max_seconds=max_seconds,
+            actors=actors,
+            gpu=gpu,
+            batch_files=batch_files,
+            actor_cpus=actor_cpus,
         )
         batch, last = Batch(), time.monotonic()
         for key, result in stream:
@@ -546,12 +565,13 @@ def _commit(
 def predict_stream(
     todo: list[tuple[str, str]],
     model_paths: list[str],
-    names: list[str],
     models: dict[str, LoadedModel],
+    *,
     max_seconds: float | None,
     actors: int,
     gpu: bool,
     batch_files: int,
+    actor_cpus: float | None,
 ) -> Iterator[tuple[str, dict]]:
     """(file key, result) as files finish, from the Ray Data pipeline. Ray Data streams:
     its executor holds back decode tasks while mels wait for the actors (back-pressure on
@@ -567,7 +587,11 @@ def predict_stream(
     # hold up the short ones queued behind it in the same block.
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 2000))
     ds = ds.map(decode_row, fn_kwargs={"fc": fc, "max_seconds": max_seconds}, num_cpus=1)
-    actor_cpus = 1.0 if gpu else 0.5  # on CPU the model is the lighter stage (measured)
+    if actor_cpus is None:
+        # On CPU the model is the light stage (SmallCNN: about a quarter of a file's decode +
+        # mel time, measured): its actors reserve no CPU, so decode tasks fill every core. An
+        # actor holding the only CPU of a 1-CPU Ray would wait forever for mels.
+        actor_cpus = 1.0 if gpu else 0.0
     ds = ds.map_batches(
         SegmentPredictor,
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -575,9 +599,9 @@ def predict_stream(
         batch_format="numpy",
         fn_constructor_kwargs={
             "model_paths": [str(Path(p).resolve()) for p in model_paths],
-            "names": names,
+            "names": list(models),
             "gpu": gpu,
-            "threads": 1,
+            "threads": max(1, int(actor_cpus)),
         },
         num_cpus=actor_cpus,
         num_gpus=1 if gpu else 0,
@@ -607,13 +631,13 @@ class Progress:
         dt = max(time.perf_counter() - self.t0, 1e-9)
         return (
             f"{self.files}/{self.todo} files ({self.failed} failed) | {self.files / dt:.2f} files/s"
-            f" | {self.audio_s / 3600 / dt:.3f} audio-h/s | {self.audio_s / 3600:.2f} audio-h"
+            f" | {self.audio_s / 3600 / dt:.3g} audio-h/s | {self.audio_s / 3600:.3g} audio-h"
         )
 
     def finish(self, s: PredictSummary) -> None:
         log.info(
             "predict done: %d file(s), %d predicted now, %d already done, %d failed in all; "
-            "%.2f audio-h in %.1f s (%.2f files/s, %.3f audio-h/s)",
+            "%.3g audio-h in %.1f s (%.2f files/s, %.3g audio-h/s)",
             s.files,
             s.predicted,
             s.skipped,

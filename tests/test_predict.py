@@ -136,6 +136,11 @@ def bad_and_odd_files(root: Path) -> tuple[dict[Path, float], dict[str, str]]:
     }
     for i, (path, seconds) in enumerate(good.items()):
         write_audio(path, seconds, freq=220.0 * (i + 1))
+    long_song = root / "two" / "long stereo.flac"  # minutes long, stereo, 44.1 kHz
+    sf.write(long_song, tone(200.0, 44100, stereo=True), 44100)
+    good[long_song] = 200.0
+    sf.write(root / "rate16k.wav", tone(7.0, 16000), 16000)
+    good[root / "rate16k.wav"] = 7.0
     odd = Path(os.fsdecode(bytes(root) + b"/latin1-caf\xe9.wav"))  # not UTF-8
     os.rename(write_audio(root / "latin1.wav", 5.0), os.fsencode(odd))
     good[odd] = 5.0
@@ -243,7 +248,7 @@ def test_finished_run_is_a_no_op_and_other_models_are_refused(
 def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_path, ray_session):
     """SIGKILL the CLI once parts exist; the re-run finishes the rest: every good file once,
     the bad one with its reason, nothing duplicated."""
-    n = 40
+    n = 24
     songs = [
         write_audio(tmp_path / "in" / f"d{i % 4}" / f"song {i}.wav", 5.0 + i % 3) for i in range(n)
     ]
@@ -263,7 +268,7 @@ def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_pat
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 60
-    while len(list((out / "done").glob("part-*.json"))) < 3 and time.monotonic() < deadline:
+    while not list((out / "done").glob("part-*.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -279,3 +284,11 @@ def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_pat
     assert failures["file"].tolist() == [str(tmp_path / "in" / "bad.mp3")]
     assert sorted(pd.read_csv(out / "predictions.csv")["file"]) == sorted(files["file"])
     assert not [p for t in ("segments", "files", "failures", "done") for p in (out / t).glob(".*")]
+
+
+def test_smoke_takes_two_files_and_their_first_30_seconds(quadrant_model, tmp_path, ray_session):
+    songs = [str(write_audio(tmp_path / f"s{i}.wav", 60.0)) for i in range(3)]
+    out = tmp_path / "out"
+    assert main(["predict", str(quadrant_model), *songs, "--out", str(out), "--smoke"]) == 0
+    counts = segments(out).groupby("file").size()
+    assert counts.to_dict() == {songs[0]: 28, songs[1]: 28}  # 30 s of L = 3 s, hop 1 s
