@@ -66,7 +66,7 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
     _run(
         [
             sssl, "tune", "--shards", str(shards), "--space",
-            str(REPO / "tuning" / "spaces" / "smoke.yaml"), "--smoke", "--workers", "0",
+            str(REPO / "tuning" / "spaces" / "smoke.yaml"), "--smoke", "--workers", "1",
             "--out", str(tmp_path / "tune"),
         ],
         env,

@@ -121,3 +121,11 @@ def test_a_sweep_compares_its_choice_with_the_defaults_on_the_same_folds():
     assert "(tau=0.5) on the same 5 folds" in line and "helps by +10." in line
     summary["honest"] = {"config": "tau=0.5", "tau": 0.5}  # the choice is the default
     assert chosen_against_defaults(base, summary) == []
+
+
+def test_a_sweep_without_ray_train_workers_is_refused_before_it_starts(tmp_path):
+    from sssl_dist.config import SSSLConfig
+    from tuning.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="needs Ray Train workers"):
+        run_sweep("unused.yaml", SSSLConfig(), "unused", tmp_path, workers=0)

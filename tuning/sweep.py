@@ -149,6 +149,15 @@ def run_sweep(
     """Run (or resume) the sweep and write tables, plots and best_config.yaml into `out`."""
     from ray import tune
 
+    if workers < 1:
+        # Ray 2.60 refuses every ray.train call (context, report) made inside a Tune trial's
+        # own process, which is where a local-mode (num_workers=0) fit would run.
+        raise ValueError(
+            "sssl tune needs Ray Train workers (--workers 1 or more): Ray 2.60 does not run a "
+            "local-mode fit inside a Tune trial; for local-mode folds side by side use "
+            "`sssl compare` or `sssl train --parallel`"
+        )
+
     space = load_space(space_path)
     base = with_overrides(base, space.get("base", {}))
     configs = configurations(space)
@@ -180,10 +189,7 @@ def run_sweep(
     }
     # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
     # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
-    # In local mode (workers=0) the trial trains in its own process: it reserves that CPU.
-    trainable = tune.with_resources(
-        _with_params(keys), {"CPU": 1 if workers == 0 else 0, "memory": 2**20}
-    )
+    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
     tune_dir, name = out / "tune", "sweep"
     if tune.Tuner.can_restore(tune_dir / name):
         log.info("resuming the interrupted sweep in %s", tune_dir / name)
