@@ -61,7 +61,10 @@ def make_corpus(root: Path, n_files: int, n_long: int, long_seconds: float) -> l
         y = np.stack([y, y[::-1]], 1) if i % 2 else y
         path = root / f"d{i % 10}" / f"song {i:04d}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, y.astype(np.float32), sr)
+        # In blocks: libsndfile's Vorbis encoder crashes on one write of minutes of audio.
+        with sf.SoundFile(path, "w", sr, 1 if y.ndim == 1 else 2) as fh:
+            for lo in range(0, len(y), sr):
+                fh.write(y[lo : lo + sr].astype(np.float32))
         files.append(str(path))
     return files
 

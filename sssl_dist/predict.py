@@ -412,6 +412,20 @@ def write_file_outputs(
         plot_emotion_curve(doc, Path(f"{stem}.png"))
 
 
+def write_outputs_or_record(
+    batch: Batch, out: Path, key: str, result: dict, models: dict, output: dict[str, str]
+) -> None:
+    """write_file_outputs, with any error recorded as the file's failure: its rows stay in
+    the tables, and the run goes on."""
+    try:
+        write_file_outputs(out, key, result, models, output)
+    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+        reason = f"per-file outputs not written: {failure_reason(exc)}"
+        batch.failures.append({"file": key, "model": None, "reason": reason})
+        batch.failed_files += 1
+        log.error("%s: %s", key, reason)
+
+
 def csv_rows(songs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{c: s[c] for c in CSV_COLUMNS} for s in songs]
 
@@ -531,9 +545,9 @@ def run_predict(
         )
         batch, last = Batch(), time.monotonic()
         for key, result in stream:
-            if plots:
-                write_file_outputs(out, key, result, models, outputs[key])
             add_result(batch, key, result, models, outputs[key])
+            if plots:
+                write_outputs_or_record(batch, out, key, result, models, outputs[key])
             log_failures(key, result)
             if len(batch.files) >= part_files or time.monotonic() - last >= part_seconds:
                 _commit(store, batch, schemas, csv_path, progress)
@@ -541,7 +555,8 @@ def run_predict(
         if batch.files:
             _commit(store, batch, schemas, csv_path, progress)
     failures = store.read("failures")
-    failed = len(set(failures.column("file").to_pylist())) if failures else 0
+    # This command's files with a failure row, from this run or an earlier one into `out`.
+    failed = len(set(failures.column("file").to_pylist()) & set(keys)) if failures else 0
     summary = PredictSummary(
         len(files),
         len(files) - len(todo),

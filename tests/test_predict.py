@@ -286,9 +286,27 @@ def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_pat
     assert not [p for t in ("segments", "files", "failures", "done") for p in (out / t).glob(".*")]
 
 
-def test_smoke_takes_two_files_and_their_first_30_seconds(quadrant_model, tmp_path, ray_session):
+def test_smoke_and_a_failing_plot_does_not_stop_the_run(
+    quadrant_model, tmp_path, ray_session, monkeypatch
+):
+    """--smoke: 2 files, their first 30 s. An error writing one file's plot (here a full
+    disk) is that file's failure row; its predictions stay and the run goes on."""
+    import sssl_dist.report
+
     songs = [str(write_audio(tmp_path / f"s{i}.wav", 60.0)) for i in range(3)]
+    real_plot = sssl_dist.report.plot_emotion_curve
+
+    def plot(result, path):
+        if result["file"] == songs[0]:
+            raise OSError(28, "No space left on device")
+        real_plot(result, path)
+
+    monkeypatch.setattr(sssl_dist.report, "plot_emotion_curve", plot)
     out = tmp_path / "out"
-    assert main(["predict", str(quadrant_model), *songs, "--out", str(out), "--smoke"]) == 0
+    assert main(["predict", str(quadrant_model), *songs, "--out", str(out), "--smoke"]) == 1
     counts = segments(out).groupby("file").size()
     assert counts.to_dict() == {songs[0]: 28, songs[1]: 28}  # 30 s of L = 3 s, hop 1 s
+    failures = pd.read_parquet(out / "failures")
+    assert failures["file"].tolist() == [songs[0]]
+    assert "per-file outputs not written: OSError" in failures["reason"][0]
+    assert (out / "s1.png").is_file()
