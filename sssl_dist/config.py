@@ -96,6 +96,43 @@ class SSSLConfig:
     # clean posterior and p the network's prediction, so a wrong label that slipped into X
     # with a borderline w is not trained on at full strength.
     clean_targets: Literal["inherited", "refined"] = "inherited"
+    # The SSSL step's ablation ladder: each rung adds one component to the one before (rung 0
+    # is `method: inherit`, CE on every segment). "filter": CE on X only, U dropped, the
+    # small-loss baseline of Co-teaching (Han et al. 2018) on the GMM's clean set. "pseudo":
+    # X plus U with U's labels replaced by sharpened predictions (Eq. 4-5), no mixup, no
+    # R-Drop. "pseudo_mixup": plus mixup (Eq. 6-7). "full": plus R-Drop's KL over U (Eq. 8),
+    # the paper's step (Eq. 4-9); `sssl-nokl` drops the KL from it.
+    sssl_step: Literal["filter", "pseudo", "pseudo_mixup", "full"] = "full"
+    # Which network predicts U's pseudo-labels (and X's refined targets). "current" (the
+    # paper): the network being trained. "ema": an exponential moving average of its weights,
+    # the teacher of Mean Teacher (Tarvainen & Valpola 2017), whose targets do not chase the
+    # student's last few steps. The average starts from the network at the first SSSL epoch.
+    pseudo_label_network: Literal["current", "ema"] = "current"
+    # α of the teacher's update θ' <- α θ' + (1 - α) θ after every optimiser step. Mean Teacher
+    # uses 0.99 in its ramp-up and 0.999 later; 0.99 (a memory of ~100 steps, about one epoch
+    # of 200 songs at L = 3) because our SSSL phase lasts a few epochs, not 10^5 steps.
+    ema_decay: float = 0.99
+    # Where BatchNorm's running statistics (what eval mode normalises with: loss pass,
+    # validation, prediction) come from in SSSL epochs. "running" (PyTorch's): the training
+    # forwards, whose inputs are mixed (Eq. 6) and never seen at evaluation. "clean":
+    # recomputed after each SSSL epoch's last step on `bn_stats_segments` unmixed training
+    # segments, with the epoch's final weights: PreciseBN (Wu & Johnson 2021) and SWA's
+    # update_bn (Izmailov et al. 2018). Training still normalises with batch statistics.
+    bn_stats: Literal["running", "clean"] = "running"
+    # PreciseBN finds population statistics from a few thousand samples accurate; our choice,
+    # about one pass over the training segments of 200 songs at L = 3.
+    bn_stats_segments: int = 4096
+    # The optimiser at the switch to SSSL. "keep": Adam's moments (SGD's momentum) carry on
+    # from the warm-up. "reset": cleared at the first SSSL epoch, as a fresh optimiser would
+    # be, because they were estimated on the warm-up's CE, not on Eq. 9. Our choice to measure.
+    sssl_optimizer: Literal["keep", "reset"] = "keep"
+    # The SSSL epochs' learning rate as a multiple of the schedule's (1: the same): a smaller
+    # step once the loss changes, as in fine-tuning. Our choice to measure.
+    sssl_lr_scale: float = 1.0
+    # Which samples mixup (Eq. 6) pairs. "all" (the paper, MixMatch and DivideMix): partners
+    # from X ∪ Û. "clean": X with X only, Û trained unmixed, so no inherited label is ever
+    # blended with a pseudo-label (MixMatch's mixing without its unlabelled half).
+    mixup_scope: Literal["all", "clean"] = "all"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
@@ -231,6 +268,9 @@ _SSSL_RANGES = {
     "temperature": _above(0),
     "lambda_kl": _at_least(0),
     "mixup_alpha": _at_least(0),  # 0: no mixup
+    "ema_decay": _Range(0, 1, high_open=True),  # 1 would never move the teacher
+    "bn_stats_segments": _at_least(1),
+    "sssl_lr_scale": _above(0),
     "min_class_share": _Range(0, 1),
     "gmm_max_iter": _at_least(1),
     "gmm_tol": _above(0),
@@ -303,9 +343,29 @@ def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) ->
 _RENAMED = {"split": "gmm_scope"}
 
 
+# Fields added after run identities were first stored. Each one's default reproduces the
+# training before it existed, bit for bit, so at its default it stays out of the digest: adding
+# an option renames (and re-runs) no stored result.
+_DIGEST_SKIPS_DEFAULT = (
+    "sssl_step",
+    "pseudo_label_network",
+    "ema_decay",
+    "bn_stats",
+    "bn_stats_segments",
+    "sssl_optimizer",
+    "sssl_lr_scale",
+    "mixup_scope",
+)
+
+
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
     """Short hash of every field: work done under other settings is never reused for these."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()
+    data = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name in _DIGEST_SKIPS_DEFAULT:
+        if name in data and data[name] == defaults[name]:
+            del data[name]
+    blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

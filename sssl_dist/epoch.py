@@ -34,6 +34,9 @@ from sssl_dist.method import (
     DegenerateSplitWarning,
     LossMemory,
     Split,
+    clean_bn_statistics,
+    ema_teacher,
+    ema_update,
     normalise_losses,
     per_sample_ce,
     split_clean_noisy,
@@ -59,6 +62,9 @@ class Worker:
     plain: torch.nn.Module  # the bare network inside it
     opt: torch.optim.Optimizer
     fc: FeatureConfig  # the shard set's features (for song-level segmenting)
+    # The EMA of `plain`'s weights that predicts the pseudo-labels (pseudo_label_network: ema);
+    # None until the first SSSL epoch creates it, or a checkpoint restores it.
+    teacher: torch.nn.Module | None = None
 
     @classmethod
     def build(
@@ -231,10 +237,36 @@ def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int
 
 
 def epoch_lr(cfg: SSSLConfig, epoch: int) -> float:
-    """The learning rate of `epoch` under `cfg.lr_schedule` (config.py)."""
+    """The learning rate of `epoch` under `cfg.lr_schedule` (config.py), times
+    `cfg.sssl_lr_scale` in the SSSL epochs."""
+    lr = cfg.lr
     if cfg.lr_schedule == "cosine":
-        return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
-    return cfg.lr
+        lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+    if cfg.method != "inherit" and epoch >= cfg.warmup_epochs:
+        lr *= cfg.sssl_lr_scale
+    return lr
+
+
+def begin_sssl_epoch(w: Worker, epoch: int) -> None:
+    """What the candidate fixes do as an SSSL epoch begins. At the first one, the optimiser's
+    state is cleared (`sssl_optimizer: reset`); a resumed run that restarts that epoch clears
+    it again, as the uninterrupted run did. The EMA teacher (`pseudo_label_network: ema`) is
+    created from the network unless a checkpoint restored it: it starts where the warm-up
+    ended, so runs that share the warm-up need nothing from it."""
+    if w.cfg.sssl_optimizer == "reset" and epoch == w.cfg.warmup_epochs:
+        w.opt.state.clear()  # Adam: moments and step counts; SGD: momentum buffers
+    if w.cfg.pseudo_label_network == "ema" and w.teacher is None:
+        w.teacher = ema_teacher(w.plain)
+
+
+def bn_statistics_batches(w: Worker, epoch: int) -> list[np.ndarray]:
+    """`bn_stats: clean`: the training positions the running statistics are recomputed on,
+    `bn_stats_segments` of them in random batches, the same on every rank (seeded by seed and
+    epoch). Random, not song-ordered: PyTorch averages the batches' own variances, which
+    miss the spread between batches if each batch holds one song."""
+    order = np.random.default_rng([w.cfg.seed, epoch, 1]).permutation(len(w.table))
+    chosen = order[: w.cfg.bn_stats_segments]
+    return [chosen[i : i + w.eval_batch] for i in range(0, chosen.size, w.eval_batch)]
 
 
 def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, float]:
@@ -255,6 +287,10 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
     steps = steps_per_epoch(len(w.table), per_rank * w.world)
     batches = epoch_batches(len(w.table), steps, per_rank * w.world, cfg.seed, epoch)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + w.rank)
+    if clean_w is not None:
+        begin_sssl_epoch(w, epoch)
+    # The network that predicts the step's targets: the one being trained, or its EMA.
+    targets_by = w.teacher if w.teacher is not None else w.plain
     sums = np.zeros(2)
     for batch in batches:
         idx = rank_share(batch, w.rank, w.world)
@@ -267,11 +303,18 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
                 out = ce_loss(w.model, x, y)
             else:
                 weights = torch.from_numpy(clean_w[idx]).to(w.device)
-                out = sssl_loss(w.model, w.plain, x, y, weights, cfg, gen)
+                out = sssl_loss(w.model, targets_by, x, y, weights, cfg, gen)
         w.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         w.opt.step()
+        if w.teacher is not None:
+            ema_update(w.teacher, w.plain, cfg.ema_decay)
         sums += (out.l_mix, out.l_kl)
+    if clean_w is not None and cfg.bn_stats == "clean":
+        # Eval mode (next loss pass, validation, prediction) normalises with statistics of
+        # unmixed inputs under the epoch's final weights, not those the mixed batches left.
+        batches = bn_statistics_batches(w, epoch)
+        clean_bn_statistics(w.plain, (w.batcher.inputs(i).to(w.device) for i in batches))
     return {"l_mix": sums[0] / steps, "l_kl": sums[1] / steps, "steps": steps, "lr": lr}
 
 

@@ -1,4 +1,5 @@
-"""The SSSL method of Sun et al., one function per equation (Eq. 2-9).
+"""The SSSL method of Sun et al., one function per equation (Eq. 2-9), and the candidate fixes
+measured beside it (Mean Teacher's EMA, PreciseBN), one function each.
 
 Nothing here knows about Ray or distribution: the training loop in `train.py` composes these
 functions. Shapes use B for batch, K for classes, N for all training segments.
@@ -6,8 +7,10 @@ functions. Shapes use B for batch, K for classes, N for all training segments.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.mixture import GaussianMixture
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -367,3 +371,60 @@ def rdrop_kl(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
 def total_loss(l_mix: torch.Tensor, l_kl: torch.Tensor, lambda_kl: float) -> torch.Tensor:
     """Eq. 9: L = L_MIX + λ L_KL (λ = 0 gives the paper's ablation "Proposed*")."""
     return l_mix + lambda_kl * l_kl
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate fixes beside the paper's step (config.py: pseudo_label_network, bn_stats)
+# --------------------------------------------------------------------------------------------
+def ema_teacher(model: nn.Module) -> nn.Module:
+    """The Mean Teacher (Tarvainen & Valpola 2017): a copy of `model` that only `ema_update`
+    changes, never a gradient."""
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, model: nn.Module, decay: float) -> None:
+    """Mean Teacher's update after each optimiser step: θ'_t = α θ'_{t-1} + (1 - α) θ_t, α = decay.
+
+    Applied to every floating-point entry of the state: weights, and BatchNorm's running
+    statistics, so the teacher's eval mode normalises with statistics of its own kind (timm's
+    ModelEmaV2 does the same); integer entries (BN's batch counter) are copied. Written as the
+    reference code writes it (`ema.mul_(α).add_(θ, alpha=1 - α)`). Under DDP every rank's
+    weights are equal after the step, so every rank's teacher weights stay equal too.
+    """
+    for mine, theirs in zip(
+        teacher.state_dict().values(), model.state_dict().values(), strict=True
+    ):
+        if mine.is_floating_point():
+            mine.mul_(decay).add_(theirs, alpha=1 - decay)
+        else:
+            mine.copy_(theirs)
+
+
+@torch.no_grad()
+def clean_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """PreciseBN (Wu & Johnson 2021, §3), as SWA's `update_bn` (Izmailov et al. 2018): replace
+    every BatchNorm's running statistics by their average over `batches` (inputs [B, ...]),
+    computed with the model's current weights, forgetting what the training forwards left.
+
+    Only the BatchNorm layers run in training mode, so dropout draws nothing and the same
+    batches give the same statistics on every rank. The momentum of each layer is set to None
+    (PyTorch's cumulative average) for the pass and restored after it.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)

@@ -1,7 +1,8 @@
 """One optimisation step's loss for each method, composed from the equations in `method.py`.
 
 `model` is what the gradient flows through (a DDP wrapper under Ray Train) and `plain` the
-bare module, used for the no-gradient pseudo-label pass. Every step makes exactly one forward
+network of the no-gradient pseudo-label pass: the bare module, or its EMA teacher (config.py:
+pseudo_label_network). Neither pass through `plain` is a DDP call. Every step makes exactly one forward
 call through `model`, whatever X and U hold: DDP synchronises buffers on each forward call and
 gradients on each backward, so all ranks must make the same calls in the same order. R-Drop's
 two dropout passes are therefore one forward over the inputs stacked twice (as the R-Drop
@@ -62,39 +63,75 @@ def sssl_loss(
     cfg: SSSLConfig,
     generator: torch.Generator | None = None,
 ) -> StepLosses:
-    """Eq. 4-9 on one batch. x [B, ...], labels [B] (inherited), clean_w [B]: each sample's
-    clean posterior w if it is in X (w > τ), 0 if it is in U.
+    """Eq. 4-9 on one batch, or a lower rung of the ladder (`cfg.sssl_step`). x [B, ...],
+    labels [B] (inherited), clean_w [B]: each sample's clean posterior w if it is in X
+    (w > τ), 0 if it is in U. `plain` is the network that predicts the targets: the bare
+    module, or the EMA teacher (`pseudo_label_network: ema`).
 
     X keeps its labels (one-hot; refined with w under `clean_targets: refined`); U's labels are
     erased and replaced by sharpened predictions (Eq. 4-5); mixup runs over X ∪ Û (Eq. 6-7);
     R-Drop's KL is taken over U (Eq. 8); the total is Eq. 9. `sssl-nokl` is the same with λ = 0
-    and no second pass.
+    and no second pass. The rungs below "full" drop, from the top, the KL, then mixup, then U.
     """
-    k = cfg.num_classes
     clean = clean_w > 0
-    x_clean, x_noisy = x[clean], x[~clean]
-    one_hot = F.one_hot(labels[clean], k).to(x.dtype)
-    targets = [one_hot]
-    refine = cfg.clean_targets == "refined"
-    # One no-gradient prediction pass: over U (Eq. 4), and over X too when X is refined.
-    if refine or x_noisy.shape[0]:
-        probs = _predict(plain, x if refine else x_noisy)
-        if refine:
-            targets = [refine_labels(one_hot, probs[clean], clean_w[clean], cfg.temperature)]
-            probs = probs[~clean]
-        if x_noisy.shape[0]:
-            targets.append(pseudo_label(probs, cfg.temperature))
-    mixed_x, mixed_y, _ = mixup(
-        torch.cat([x_clean, x_noisy]),
-        torch.cat([t.to(x.dtype) for t in targets]),
-        cfg.mixup_alpha,
-        generator,
-    )
-    use_kl = cfg.method == "sssl" and cfg.lambda_kl > 0
-    inputs = torch.cat([mixed_x, x_noisy, x_noisy]) if use_kl else mixed_x
-    logits = model(inputs).float()
-    b, n_u = mixed_x.shape[0], x_noisy.shape[0]
-    l_mix = mix_loss(logits[:b], mixed_y.float())
-    l_kl = rdrop_kl(logits[b : b + n_u], logits[b + n_u :]) if use_kl else logits.sum() * 0.0
+    n_u = int((~clean).sum())
+    uses_u = cfg.sssl_step != "filter"  # rung 1 drops U: its inputs are never looked at
+    x_clean, x_noisy = x[clean], x[~clean] if uses_u else x[:0]
+    y_clean, y_noisy = step_targets(plain, x, labels, clean_w, cfg, uses_u)
+    inputs, targets = step_inputs(x_clean, y_clean, x_noisy, y_noisy, cfg, generator)
+    use_kl = cfg.sssl_step == "full" and cfg.method == "sssl" and cfg.lambda_kl > 0
+    logits = model(torch.cat([inputs, x_noisy, x_noisy]) if use_kl else inputs).float()
+    b, m = inputs.shape[0], x_noisy.shape[0]
+    l_mix = mix_loss(logits[:b], targets.float())
+    l_kl = rdrop_kl(logits[b : b + m], logits[b + m :]) if use_kl else logits.sum() * 0.0
     loss = total_loss(l_mix, l_kl, cfg.lambda_kl if use_kl else 0.0)
     return StepLosses(loss, float(l_mix.detach()), float(l_kl.detach()), x_clean.shape[0], n_u)
+
+
+def step_targets(
+    plain: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    clean_w: torch.Tensor,
+    cfg: SSSLConfig,
+    uses_u: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets of X [n_x, K] and of U [n_u, K] (Eq. 4-5; [0, K] when `uses_u` is False),
+    in x.dtype, from at most one no-gradient prediction pass of `plain`: over U, plus X when
+    X's labels are refined (DivideMix)."""
+    clean = clean_w > 0
+    one_hot = F.one_hot(labels[clean], cfg.num_classes).to(x.dtype)
+    refine = cfg.clean_targets == "refined"
+    with_u = uses_u and bool((~clean).any())
+    if not (refine or with_u):
+        return one_hot, one_hot[:0]
+    if refine:
+        probs = _predict(plain, x if uses_u else x[clean])
+        probs_x, probs_u = (probs[clean], probs[~clean]) if uses_u else (probs, probs[:0])
+        y_clean = refine_labels(one_hot, probs_x, clean_w[clean], cfg.temperature)
+    else:
+        y_clean, probs_u = one_hot, _predict(plain, x[~clean])
+    y_noisy = pseudo_label(probs_u, cfg.temperature) if with_u else one_hot[:0]
+    return y_clean.to(x.dtype), y_noisy.to(x.dtype)
+
+
+def step_inputs(
+    x_clean: torch.Tensor,
+    y_clean: torch.Tensor,
+    x_noisy: torch.Tensor,
+    y_noisy: torch.Tensor,
+    cfg: SSSLConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the step trains on: X then U (inputs [n, ...], soft targets [n, K]), mixed by
+    Eq. 6 over X ∪ Û (`mixup_scope: all`), over X alone (`clean`: Û unmixed), or not at all
+    (rungs "filter" and "pseudo")."""
+    if cfg.sssl_step in ("filter", "pseudo"):
+        return torch.cat([x_clean, x_noisy]), torch.cat([y_clean, y_noisy])
+    if cfg.mixup_scope == "clean":
+        mixed_x, mixed_y, _ = mixup(x_clean, y_clean, cfg.mixup_alpha, generator)
+        return torch.cat([mixed_x, x_noisy]), torch.cat([mixed_y, y_noisy])
+    mixed_x, mixed_y, _ = mixup(
+        torch.cat([x_clean, x_noisy]), torch.cat([y_clean, y_noisy]), cfg.mixup_alpha, generator
+    )
+    return mixed_x, mixed_y

@@ -36,6 +36,16 @@ AFTER_WARMUP = (
     "selection",
     "split_network",
     "clean_targets",
+    # The step's ladder and candidate fixes (config.py): each acts from the first SSSL epoch
+    # on (the EMA teacher starts there, the BN recompute and the optimiser reset happen there).
+    "sssl_step",
+    "pseudo_label_network",
+    "ema_decay",
+    "bn_stats",
+    "bn_stats_segments",
+    "sssl_optimizer",
+    "sssl_lr_scale",
+    "mixup_scope",
     "min_class_share",
     "gmm_max_iter",
     "gmm_tol",
