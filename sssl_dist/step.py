@@ -2,11 +2,11 @@
 
 `model` is what the gradient flows through (a DDP wrapper under Ray Train) and `plain` the
 network of the no-gradient pseudo-label pass: the bare module, or its EMA teacher (config.py:
-pseudo_label_network). Neither pass through `plain` is a DDP call. Every step makes exactly one forward
-call through `model`, whatever X and U hold: DDP synchronises buffers on each forward call and
-gradients on each backward, so all ranks must make the same calls in the same order. R-Drop's
-two dropout passes are therefore one forward over the inputs stacked twice (as the R-Drop
-reference code does).
+pseudo_label_network); a pass through `plain` is no DDP call. Every step makes exactly one
+forward call through `model`, whatever X and U hold and whichever rung of `sssl_step` runs:
+DDP synchronises buffers on each forward call and gradients on each backward, so all ranks
+must make the same calls in the same order. R-Drop's two dropout passes are therefore one
+forward over the inputs stacked twice (as the R-Drop reference code does).
 """
 
 from __future__ import annotations
