@@ -6,12 +6,12 @@
 
 The output directory is the resumable record of a run:
 
-    run.json                   the models (with their sha256) and settings of this output
     segments/part-NNNNN.parquet   file, model, start_s, end_s, p_<label>...,
                                   p_valence_pos, p_arousal_pos (null where the task has no axis)
     files/part-NNNNN.parquet      file, model, output, task, decision, probability, p_<label>...
     failures/part-NNNNN.parquet   file, model (null when the audio itself failed), reason
     done/part-NNNNN.json          commit marker: the files that part finished
+    done/run.json                 the models (their sha256) and settings of this output
     predictions.csv            one row per file and model, for spreadsheets
     <output>.json/.segments.csv/.png   per-file results and plots (small runs or --plots)
 
@@ -137,6 +137,8 @@ def model_names(paths: list[str]) -> list[str]:
     raw = [
         safe_name(str(Path(p).parent)) if Path(p).stem == "model" else safe_name(p) for p in paths
     ]
+    # A model's per-file outputs go to a folder of its name: never into a table's folder.
+    raw = [f"{n}-model" if n in (*_TABLES, "done") else n for n in raw]
     return [n if raw.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(raw)]
 
 
@@ -477,7 +479,7 @@ def check_run_record(out: Path, model_paths: list[str], max_seconds: float | Non
         "models": [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in model_paths],
         "max_seconds": max_seconds,
     }
-    path = out / "run.json"
+    path = out / "done" / "run.json"  # not beside the per-file JSONs: a song may be run.mp3
     if path.is_file():
         old = json.loads(path.read_text())
         if {k: old.get(k) for k in record} != record:
@@ -485,7 +487,7 @@ def check_run_record(out: Path, model_paths: list[str], max_seconds: float | Non
                 f"{out} holds predictions of other models or settings; use another --out"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**record, "paths": [str(Path(p).resolve()) for p in model_paths]}))
 
 

@@ -232,9 +232,11 @@ def test_several_models_in_one_pass_match_the_single_file_path(tmp_path, ray_ses
 def test_finished_run_is_a_no_op_and_other_models_are_refused(
     quadrant_model, tmp_path, ray_session
 ):
-    songs = [str(write_audio(tmp_path / f"s{i}.wav", 5.0)) for i in range(3)]
+    # A song named like the run's own record: its run.json must not be taken for the record.
+    songs = [str(write_audio(tmp_path / f"{name}.wav", 5.0)) for name in ("run", "s1", "s2")]
     out = tmp_path / "out"
     run_predict([str(quadrant_model)], songs, out)
+    assert json.loads((out / "run.json").read_text())["file"] == songs[0]
     before = sorted(p.name for p in (out / "segments").iterdir())
     again = run_predict([str(quadrant_model)], songs, out, start_ray=pytest.fail)
     assert (again.skipped, again.predicted) == (3, 0)
