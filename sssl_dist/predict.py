@@ -327,27 +327,47 @@ def add_result(
             batch.failures.append({"file": key, "model": name, "reason": res["error"]})
             failed = True
             continue
-        m = models[name]
         probs, song_p = np.asarray(res["probs"]), np.asarray(res["song"])
-        starts = np.arange(len(probs)) * m.cfg.hop_seconds
-        val, aro = valence_arousal(m.cfg.task, m.label_names, probs)
-        for i, start in enumerate(starts):
-            row = {"file": key, "model": name, "start_s": int(start)}
-            row["end_s"] = int(start) + m.cfg.segment_seconds
-            row.update({f"p_{lab}": float(probs[i, k]) for k, lab in enumerate(m.label_names)})
-            row["p_valence_pos"] = None if val is None else float(val[i])
-            row["p_arousal_pos"] = None if aro is None else float(aro[i])
-            batch.segments.append(row)
-        decision = int(np.argmax(song_p))
-        sval, saro = valence_arousal(m.cfg.task, m.label_names, song_p[None])
-        song = {"file": key, "model": name, "output": output[name], "task": m.cfg.task}
-        song.update(decision=m.label_names[decision], probability=float(song_p[decision]))
-        song.update({f"p_{lab}": float(song_p[k]) for k, lab in enumerate(m.label_names)})
-        song["p_valence_pos"] = None if sval is None else float(sval[0])
-        song["p_arousal_pos"] = None if saro is None else float(saro[0])
-        song.update(duration_s=round(result["duration_s"], 2), segments=len(probs))
-        batch.songs.append(song)
+        batch.segments += segment_rows(key, name, models[name], probs)
+        song = song_row(key, name, models[name], song_p)
+        song.update(output=output[name], duration_s=round(result["duration_s"], 2))
+        batch.songs.append({**song, "segments": len(probs)})
     batch.failed_files += failed
+
+
+def class_columns(model: LoadedModel, p: np.ndarray) -> list[dict[str, Any]]:
+    """Per row of p [n, K]: p_<label> for each class, P(valence+) and P(arousal+)."""
+    val, aro = valence_arousal(model.cfg.task, model.label_names, p)
+    return [
+        {
+            **{f"p_{lab}": float(p[i, k]) for k, lab in enumerate(model.label_names)},
+            "p_valence_pos": None if val is None else float(val[i]),
+            "p_arousal_pos": None if aro is None else float(aro[i]),
+        }
+        for i in range(len(p))
+    ]
+
+
+def segment_rows(key: str, name: str, model: LoadedModel, probs: np.ndarray) -> list[dict]:
+    """One row per segment: where it lies in the file (s) and its probabilities."""
+    hop, length = model.cfg.hop_seconds, model.cfg.segment_seconds
+    return [
+        {"file": key, "model": name, "start_s": i * hop, "end_s": i * hop + length, **cols}
+        for i, cols in enumerate(class_columns(model, probs))
+    ]
+
+
+def song_row(key: str, name: str, model: LoadedModel, song_p: np.ndarray) -> dict[str, Any]:
+    """The song-level decision (the SVM on Eq. 10 features) and its probabilities."""
+    decision = int(np.argmax(song_p))
+    return {
+        "file": key,
+        "model": name,
+        "task": model.cfg.task,
+        "decision": model.label_names[decision],
+        "probability": float(song_p[decision]),
+        **class_columns(model, song_p[None])[0],
+    }
 
 
 def log_failures(key: str, result: dict) -> None:
