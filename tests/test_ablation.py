@@ -460,3 +460,42 @@ def test_ema_resumed_run_equals_an_uninterrupted_one(shard_dir, tmp_path, ray_se
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert not torch.equal(a["model"]["head.weight"], a["ema_model"]["head.weight"])
+
+
+def _ddp_rank(rank: int, init_file: str, overrides: dict, out: str) -> None:
+    """One of two gloo ranks: a warm-up epoch and an SSSL epoch through DDP, then each rank's
+    student and teacher weights saved for the test to compare."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        w = _worker(replace(SMALL, **overrides))
+        ddp = nn.parallel.DistributedDataParallel(w.plain)
+        w = replace(w, model=ddp, rank=rank, world=2)
+        train_epoch(w, None, 0)
+        # Two segments in X: most ranks' shares of a batch hold no X at all.
+        clean_w = np.zeros(len(w.table), np.float32)
+        clean_w[[0, 7]] = 0.9
+        train_epoch(w, clean_w, 1)
+        weights = {k: v for k, v in w.plain.state_dict().items() if "running" not in k}
+        torch.save({"student": weights, "teacher": w.teacher.state_dict()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_keep_identical_teachers_even_when_a_rank_has_no_x(tmp_path):
+    """Under DDP each rank updates its own EMA after each step: the two ranks' teacher weights
+    stay equal, as their students' do, through batches where one rank's share holds no X
+    (the filter rung then forwards an empty batch there: still one DDP call per step)."""
+    import torch.multiprocessing as mp
+
+    overrides = {"sssl_step": "filter", "pseudo_label_network": "ema", "bn_stats": "clean"}
+    out = str(tmp_path / "rank")
+    mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), overrides, out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for part in ("student", "teacher"):
+        for k, v in ranks[0][part].items():
+            if "running" not in k and "num_batches" not in k:
+                assert torch.equal(v, ranks[1][part][k]), (part, k)
+    assert not torch.equal(ranks[0]["teacher"]["head.weight"], ranks[0]["student"]["head.weight"])
