@@ -157,12 +157,15 @@ def cmd_shard(a: argparse.Namespace) -> int:
         dataset=a.dataset,
         load_report=report.to_dict(),
     )
+    refused = len(report.bad_rows) + len(report.conflicts)
     log.info(
-        "sharded %d song(s) into %d shard(s) in %.1f s (%d rejected); manifest: %s",
+        "sharded %d song(s) into %d shard(s) in %.1f s (%d file(s) rejected, %d row(s) refused "
+        "by the loader); reasons in %s",
         len(manifest["songs"]),
         len(manifest["shards"]),
         time.perf_counter() - t0,
         len(manifest["rejects"]),
+        refused,
         Path(a.out) / "manifest.json",
     )
     return 0
