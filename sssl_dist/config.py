@@ -343,10 +343,8 @@ def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) ->
 _RENAMED = {"split": "gmm_scope"}
 
 
-# Fields added after run identities were first stored. Each one's default reproduces the
-# training before it existed, bit for bit, so at its default it stays out of the digest: adding
-# an option renames (and re-runs) no stored result.
-_DIGEST_SKIPS_DEFAULT = (
+# The SSSL step's ablation rungs and candidate fixes: each acts from the first SSSL epoch on.
+STEP_FIELDS = (
     "sssl_step",
     "pseudo_label_network",
     "ema_decay",
@@ -356,6 +354,10 @@ _DIGEST_SKIPS_DEFAULT = (
     "sssl_lr_scale",
     "mixup_scope",
 )
+# Fields added after run identities were first stored. Each one's default reproduces the
+# training before it existed, bit for bit, so at its default it stays out of the digest: adding
+# an option renames (and re-runs) no stored result.
+_DIGEST_SKIPS_DEFAULT = STEP_FIELDS
 
 
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:

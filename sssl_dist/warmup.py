@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from sssl_dist.checkpoint import WARMUP_NAME, _readable_epoch, epoch_dir_name, newest_persisted
-from sssl_dist.config import SSSLConfig, to_dict
+from sssl_dist.config import STEP_FIELDS, SSSLConfig, to_dict
 
 # Fields that no warm-up epoch reads: the method (the warm-up is CE for every method), the
 # split and the SSSL step (Eq. 3-9), which epoch is evaluated, the song-level decision, and
@@ -36,16 +36,7 @@ AFTER_WARMUP = (
     "selection",
     "split_network",
     "clean_targets",
-    # The step's ladder and candidate fixes (config.py): each acts from the first SSSL epoch
-    # on (the EMA teacher starts there, the BN recompute and the optimiser reset happen there).
-    "sssl_step",
-    "pseudo_label_network",
-    "ema_decay",
-    "bn_stats",
-    "bn_stats_segments",
-    "sssl_optimizer",
-    "sssl_lr_scale",
-    "mixup_scope",
+    *STEP_FIELDS,  # the step's ablation rungs and candidate fixes
     "min_class_share",
     "gmm_max_iter",
     "gmm_tol",
