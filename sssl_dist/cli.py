@@ -551,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--pairs",
         default="all",
-        choices=("all", "baseline", "ladder"),
-        help="which pairs: every pair, each arm against the first, or each against the one before",
+        help="which pairs: all (every pair), baseline (each arm against the first), ladder (each "
+        "against the one before), or a list A:B,C:D (the gain of B over A)",
     )
     s.add_argument(
         "--parallel", type=int, default=1, help="fold runs side by side, shared by all cells"

@@ -89,12 +89,19 @@ class Design:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
         if not 0 < self.rope < 1:
             raise ValueError(f"--rope is a fraction of accuracy in (0, 1), got {self.rope}")
-        if self.pairing not in PAIRINGS:
-            raise ValueError(f"--pairs must be one of {PAIRINGS}, got {self.pairing!r}")
+        if self.pairing not in PAIRINGS and ":" not in self.pairing:
+            raise ValueError(
+                f"--pairs must be one of {PAIRINGS} or a list A:B,C:D, got {self.pairing!r}"
+            )
+        unknown = {arm for pair in self.pairs() for arm in pair} - set(self.arms)
+        if unknown:
+            raise ValueError(f"--pairs names arms that are not compared: {sorted(unknown)}")
 
     def pairs(self) -> list[tuple[str, str]]:
         """(a, b) pairs, each read as the gain of b over a."""
         names = list(self.arms)
+        if ":" in self.pairing:  # explicit: "inherit:filter,filter:pseudo"
+            return [tuple(p.strip().split(":", 1)) for p in self.pairing.split(",")]
         if self.pairing == "baseline":
             return [(names[0], b) for b in names[1:]]
         if self.pairing == "ladder":

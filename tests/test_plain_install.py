@@ -2,8 +2,9 @@
 
 The cluster files, the Dockerfile and the README's cluster section install the package with
 `pip install .`, without extras. This test makes such an environment from scratch (a fresh
-virtual environment, torch by `.ci/install-torch` as the Makefile does, then `pip install -e`
-of this checkout with no extras) and runs the smoke path of every stage in it, each as its own
+virtual environment, torch by `.ci/install-torch` as the Makefile does, then `pip install .`
+of this checkout with no extras, not editable, so a file missing from the package shows) and
+runs the smoke path of every stage in it, each as its own
 process, as a user would. A command that imports something only an extra provides fails here
 instead of after hours of training on a cluster.
 """
@@ -34,7 +35,7 @@ def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     _run(["bash", str(REPO / ".ci" / "install-torch"), str(py)], env, timeout=1200)
-    _run([str(py), "-m", "pip", "install", "-q", "-e", str(REPO)], env, timeout=1200)
+    _run([str(py), "-m", "pip", "install", "-q", str(REPO)], env, timeout=1200)
     return venv, env
 
 
