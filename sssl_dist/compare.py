@@ -161,8 +161,10 @@ def run_comparison(
 
 
 def per_fold(summary: dict[str, Any], key: str) -> dict[int, float]:
-    """One metric of a cell, fold by fold (folds that report it)."""
-    return {int(f): r[key] for f, r in summary["per_fold"].items() if _finite(r.get(key))}
+    """One metric of a cell, fold by fold in fold order (folds finish in any order when they
+    run side by side; the comparison must not depend on it), for the folds that report it."""
+    folds = sorted(summary["per_fold"].items(), key=lambda item: int(item[0]))
+    return {int(f): r[key] for f, r in folds if _finite(r.get(key))}
 
 
 def _finite(v: Any) -> bool:

@@ -179,6 +179,10 @@ def test_tune_smoke_sweep_honest_selection(shard_dir, tmp_path, ray_session, cap
     assert best.tau in (0.5, 0.7) and best.epochs == 2
     for name in ("metric_vs_params.png", "fold_spread.png", "split_over_epochs.png"):
         assert (out / name).is_file()
+    # τ acts only after the warm-up: the first configuration keeps its warm-up, one per fold,
+    # for the other (which starts from it when it is ready).
+    kept = sorted(p.parent.name for p in (out / "train").glob("*/warmup"))
+    assert len(kept) == 2 and all("tau-0.5-fold" in name for name in kept), kept
     # Re-running the same sweep resumes: nothing is trained again.
     before = sorted(p.stat().st_mtime_ns for p in (out / "trials").glob("*.json"))
     assert main(args) == 0

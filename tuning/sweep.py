@@ -33,6 +33,7 @@ from sssl_dist.cv import HEADLINE, draw_plots
 from sssl_dist.data import ShardSet
 from sssl_dist.fold import run_fold, run_name
 from sssl_dist.stats import compare_paired, mean_std, pct
+from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
 SELECT_BY = "val_acc"  # validation songs inside the training folds
@@ -104,20 +105,31 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = with_overrides(SSSLConfig(**tune_cfg["base"]), tune_cfg["params"])
+    base = SSSLConfig(**tune_cfg["base"])
+    cfg = with_overrides(base, tune_cfg["params"])
     fold = tune_cfg["fold"]
     shards = ShardSet(tune_cfg["shards"])
+    name = trial_run_name(tune_cfg["key"], cfg, shards, fold)
+    # Configurations that differ only after the warm-up (τ, λ, T) share it: the group's first
+    # keeps it, the others start from it when it is ready, and train their own when not
+    # (trials run in Tune's order; the result is the same either way).
+    donor = tune_cfg.get("warmup_donors", {}).get(tune_cfg["key"])
+    source = None
+    if donor and donor != tune_cfg["key"]:
+        donor_cfg = with_overrides(base, tune_cfg["all_params"][donor])
+        source = Path(tune_cfg["storage"]) / trial_run_name(donor, donor_cfg, shards, fold)
     run = run_fold(
         cfg,
         shards,
         fold,
         storage_path=tune_cfg["storage"],
-        # The run identity: a trial resumes only a run of the same settings on the same data.
-        name=run_name(tune_cfg["key"].replace("=", "-").replace(",", "_"), cfg, shards, fold),
+        name=name,
         workers=tune_cfg["workers"],
         use_gpu=tune_cfg["use_gpu"],
         cpus_per_worker=tune_cfg["cpus_per_worker"],
         callbacks=[TuneReportCallback()],
+        save_warmup=donor == tune_cfg["key"],
+        warmup_from=warmup_source(source) if source else None,
     )
     record = {
         "key": tune_cfg["key"],
@@ -186,6 +198,8 @@ def run_sweep(
         "workers": workers,
         "use_gpu": use_gpu,
         "cpus_per_worker": cpus_per_worker,
+        "warmup_donors": warmup_donors(base, keys),
+        "all_params": keys,
     }
     # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
     # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
@@ -240,6 +254,23 @@ def check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
             f"{out} holds a sweep started with a different {', '.join(changed)}: "
             "resuming it would mix two sweeps. Use a new --out, or delete that directory"
         )
+
+
+def trial_run_name(key: str, cfg: SSSLConfig, shards: ShardSet, fold: int) -> str:
+    """The run identity of a trial: it resumes only a run of the same settings on the same
+    data."""
+    return run_name(key.replace("=", "-").replace(",", "_"), cfg, shards, fold)
+
+
+def warmup_donors(base: SSSLConfig, keys: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """For each configuration that shares its warm-up with another, the group's first
+    configuration (which keeps the warm-up for the others)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key, params in keys.items():
+        wk = warmup_key(with_overrides(base, params))
+        if wk:
+            groups[wk].append(key)
+    return {key: members[0] for members in groups.values() if len(members) > 1 for key in members}
 
 
 def _with_params(keys: dict[str, dict[str, Any]]):
