@@ -30,7 +30,9 @@ def _results(out: Path) -> dict:
 
 
 def _temp_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*")}
+    """This process's temporary checkpoint directories (local-mode folds train in it; other
+    processes on the machine may be writing their own)."""
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}{os.getpid()}-*")}
 
 
 def _wait_for_epoch(out: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
