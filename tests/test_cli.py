@@ -225,7 +225,8 @@ def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
     runs = {0: run(0.8, 0.7), 1: run(0.7, 0.7), 2: run(0.9, 0.7)}
     lines = paired_variant_lines(runs)
     row = next(line for line in lines if line.startswith("| test_acc"))
-    assert row == "| test_acc | 0.7000 | 0.8000 | +0.1000 | 1.73 |"
+    # The corrected t over the 3 folds: 0.1 / sqrt((1/3 + 1/2) * 0.1²) = 1.10 (naive: 1.73).
+    assert row == "| test_acc | 0.7000 | 0.8000 | +0.1000 | 1.10 |"
     assert not any("last epoch" in line for line in lines)  # that variant was not reported
 
 
