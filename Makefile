@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/sssl demo --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 lint: install
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
