@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> str:
+def _run(cmd: list[str], env: dict[str, str], timeout: int = 1200) -> str:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc.stdout
