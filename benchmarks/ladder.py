@@ -6,7 +6,7 @@ segment accuracy against the per-second truth relative to its own warm-up.
 
 The corpus (200 songs, seed 0, the generator untouched) is made and sharded once under --out;
 the comparison resumes when re-run. Pairs: each rung against the one before, every candidate
-against the full step. Cost at the defaults: 10 arms x 5 folds, 8 epochs (3 warm-up, trained
+against the full step, every arm against inherit. Cost at the defaults: 10 arms x 5 folds, 8 epochs (3 warm-up, trained
 once for all arms), about 45 min on 2 cores.
 
 Besides `sssl compare`'s comparison.md it writes ladder.md: for each arm, segment accuracy
@@ -31,7 +31,9 @@ TRUTH = "val_seg_acc_truth"
 def pairs(arms: list[str]) -> str:
     ladder = [f"{a}:{b}" for a, b in zip(RUNGS, RUNGS[1:], strict=False)]
     candidates = [f"full:{arm}" for arm in arms if arm not in RUNGS]
-    return ",".join([*ladder, *candidates])
+    # Every arm also against inherit: the goal is a step that helps over plain training.
+    baseline = [f"inherit:{arm}" for arm in arms if arm not in ("inherit", "filter")]
+    return ",".join([*ladder, *candidates, *baseline])
 
 
 def against_warmup(cell: Path, n_folds: int, warmup: int) -> dict[str, str]:
