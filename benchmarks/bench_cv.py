@@ -1,4 +1,4 @@
-"""Cross-validation wall time, and the fixed cost of one more unit (issue 12), in one run.
+"""Cross-validation wall time, and the fixed cost of one more unit, in one run.
 
 The same k folds of the same configuration, one CPU per fold:
 - sequential: one TorchTrainer with 1 Ray Train worker per fold, one fold after another;
@@ -54,9 +54,7 @@ def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:
     t_seq = time.perf_counter() - t0
 
     space = work / "space.yaml"
-    space.write_text(
-        yaml.safe_dump({"search": "grid", "folds": "all", "params": {"tau": [cfg.tau]}})
-    )
+    space.write_text(yaml.safe_dump({"folds": "all", "params": {"tau": [cfg.tau]}}))
     t0 = time.perf_counter()
     run_sweep(space, cfg, work / "shards", work / "tune", workers=1, max_concurrent=cores)
     t_tune = time.perf_counter() - t0
@@ -75,18 +73,7 @@ def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:
         run = run_fold(cfg, shards, fold, storage_path=work / "loc", name=f"l{fold}", workers=0)
         fixed_local.append(time.perf_counter() - t1 - _epochs_s(run))
     shutil.rmtree(work, ignore_errors=True)
-    print(f"{folds}-fold CV, {songs} songs, {epochs} epochs, 1 CPU per fold, {cores} cores")
-    print(
-        f"  sequential (TorchTrainer, 1 worker) {t_seq:.0f} s; fold-parallel under Tune "
-        f"{t_tune:.0f} s -> {t_seq / t_tune:.2f}x; fold-parallel local-mode tasks {t_par:.0f} s "
-        f"-> {t_seq / t_par:.2f}x (ideal {cores}x)"
-    )
-    print(
-        f"  fixed cost per unit: TorchTrainer fit {np.median(fixed_trainer):.1f} s (median of "
-        f"{folds}); local-mode fold, first in its process {fixed_local[0]:.1f} s, next "
-        f"{fixed_local[1]:.1f} s"
-    )
-    return {
+    figures = {
         "sequential_s": t_seq,
         "tune_s": t_tune,
         "parallel_s": t_par,
@@ -97,6 +84,23 @@ def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:
         "fixed_local_first_s": fixed_local[0],
         "fixed_local_next_s": fixed_local[1],
     }
+    print_figures(figures, songs, folds, epochs)
+    return figures
+
+
+def print_figures(f: dict[str, float], songs: int, folds: int, epochs: int) -> None:
+    t_seq, t_tune, t_par, cores = f["sequential_s"], f["tune_s"], f["parallel_s"], f["cores"]
+    print(f"{folds}-fold CV, {songs} songs, {epochs} epochs, 1 CPU per fold, {cores} cores")
+    print(
+        f"  sequential (TorchTrainer, 1 worker) {t_seq:.0f} s; fold-parallel under Tune "
+        f"{t_tune:.0f} s -> {t_seq / t_tune:.2f}x; fold-parallel local-mode tasks {t_par:.0f} s "
+        f"-> {t_seq / t_par:.2f}x (ideal {cores}x)"
+    )
+    print(
+        f"  fixed cost per unit: TorchTrainer fit {f['fixed_trainer_s']:.1f} s (median of "
+        f"{folds}); local-mode fold, first in its process {f['fixed_local_first_s']:.1f} s, next "
+        f"{f['fixed_local_next_s']:.1f} s"
+    )
 
 
 def _epochs_s(run) -> float:

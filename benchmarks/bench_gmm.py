@@ -1,4 +1,4 @@
-"""The GMM step at scale (issue 12).
+"""The GMM step at scale.
 
 1. Fit time of the per-epoch split for 10^4 .. 10^7 losses: the full fit (every loss through
    EM) against the capped fit (`gmm_max_fit`, 2 * 10^5 by default: EM on a class-stratified
@@ -85,7 +85,7 @@ def _rank(rank: int, world: int, init: str, n: int, queue) -> None:
         t0 = time.perf_counter()
         if name == "new":
             full, _ = gather_losses(mine)
-        else:  # the loop before issue 12: (position, loss) as float64 pairs to every rank
+        else:  # the first loop: (position, loss) as float64 pairs to every rank
             packed = torch.stack([torch.arange(lo, hi, dtype=torch.float64), mine.double()], 1)
             parts = [torch.zeros_like(packed) for _ in range(world)]
             dist.all_gather(parts, packed)  # equal blocks here: n is even

@@ -1,4 +1,4 @@
-"""Memory with folds side by side (issue 12): does it grow with the number of concurrent folds?
+"""Memory with folds side by side: does it grow with the number of concurrent folds?
 
 Every fold's process reads the mels through one memory-mapped copy per node (data.py's mel
 cache), so k folds side by side should hold the mels once, not k times. This runs 1 fold, then

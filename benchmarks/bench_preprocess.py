@@ -95,22 +95,7 @@ def main(songs: int = 24) -> dict[str, float]:
     naive_rate = songs / t_naive  # one core
     ours_rate = songs / t_ours / cores
     floor_rate = songs / t_floor  # one core
-    print(
-        f"preprocessing, {songs} songs, segments for L = 1..5 s "
-        f"(naive made {n_naive}, shards serve {n_ours})"
-    )
-    print(f"  (a) naive per-segment mel, 1 core : {naive_rate:7.2f} songs/s/core")
-    print(
-        f"  (b) shard stage, {cores} Ray cores   : {ours_rate:7.2f} songs/s/core "
-        f"({songs / t_ours:.2f} songs/s in all)"
-    )
-    print(f"  (c) decode+STFT+mel floor, 1 core  : {floor_rate:7.2f} songs/s/core")
-    print(
-        f"  ratio (b)/(a) per core: {ours_rate / naive_rate:.1f}x   "
-        f"(b) reaches {ours_rate / floor_rate:.0%} of the floor (c)"
-    )
-    print(f"  one-off Ray worker start-up before (b), not included above: {t_cold:.1f} s")
-    return {
+    figures = {
         "naive_songs_s_core": naive_rate,
         "shard_songs_s_core": ours_rate,
         "floor_songs_s_core": floor_rate,
@@ -118,6 +103,28 @@ def main(songs: int = 24) -> dict[str, float]:
         "of_floor": ours_rate / floor_rate,
         "cold_start_s": t_cold,
     }
+    print_figures(figures, songs, cores, n_naive, n_ours, songs / t_ours)
+    return figures
+
+
+def print_figures(f: dict[str, float], songs, cores, n_naive, n_ours, all_rate) -> None:
+    print(
+        f"preprocessing, {songs} songs, segments for L = 1..5 s "
+        f"(naive made {n_naive}, shards serve {n_ours})"
+    )
+    print(f"  (a) naive per-segment mel, 1 core : {f['naive_songs_s_core']:7.2f} songs/s/core")
+    print(
+        f"  (b) shard stage, {cores} Ray cores   : {f['shard_songs_s_core']:7.2f} songs/s/core "
+        f"({all_rate:.2f} songs/s in all)"
+    )
+    print(f"  (c) decode+STFT+mel floor, 1 core  : {f['floor_songs_s_core']:7.2f} songs/s/core")
+    print(
+        f"  ratio (b)/(a) per core: {f['ratio']:.1f}x   "
+        f"(b) reaches {f['of_floor']:.0%} of the floor (c)"
+    )
+    print(
+        f"  one-off Ray worker start-up before (b), not included above: {f['cold_start_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -24,23 +24,17 @@ import torch
 
 
 def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:
-    """The same per-epoch work as the trainer, in this process, without Ray or DDP: per epoch
-    its seconds in all, in the loss pass and in the optimiser steps (the trainer's history
-    has the same three, so a slower phase can be told apart)."""
-    from sssl_dist.data import SegmentTable
-    from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
+    """The trainer's per-epoch work (its set-up and epoch functions), in this process, without
+    Ray or DDP: per epoch its seconds in all, in the loss pass and in the optimiser steps (the
+    trainer's history has the same three, so a slower phase can be told apart)."""
+    from sssl_dist.epoch import fit_split, loss_pass, train_epoch
     from sssl_dist.method import LossMemory
-    from sssl_dist.models import build_model
+    from sssl_dist.train import build_worker
 
     torch.set_num_threads(cfg.torch_threads)
-    by_id = shards.by_id
-    table = SegmentTable.build([by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds)
-    no_val = SegmentTable.build([], cfg.task, cfg.segment_seconds)
-    mels, fc = shards.load_mels(set(fold_ids["train"])), shards.feature_config
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    w = Worker.build(cfg, table, no_val, mels, fc, model, opt)
+    # The trainer's own set-up (tables, mels, model, optimiser), without Ray.
+    w, _, _ = build_worker(cfg, shards, fold_ids)
+    table = w.table
     times, clean_w, memory = [], None, LossMemory.empty(len(table))
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -64,12 +58,21 @@ def sssl_epochs(history: list[dict]) -> list[dict]:
 
 
 def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
+    cfg, bare, in_task, runs = measure(songs, epochs)
+    figures = summarise(cfg, bare, in_task, runs)
+    print_figures(figures, cfg, runs[1][0][0]["n_train"], epochs)
+    return figures
+
+
+def measure(songs: int, epochs: int):
+    """The bare loop here and in a Ray task, then the trainer with 1 and 2 workers."""
     import ray
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.fold import fold_song_ids, run_fold
+    from sssl_dist.fold import run_fold
+    from sssl_dist.folds import fold_song_ids
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if not ray.is_initialized():
@@ -99,7 +102,10 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         )
         runs[key] = (run.history, time.perf_counter() - t0)
     shutil.rmtree(work, ignore_errors=True)
+    return cfg, bare, in_task, runs
 
+
+def summarise(cfg, bare, in_task, runs) -> dict[str, float]:
     # Medians: one slow epoch (another process on this shared machine) must not decide it.
     def median(epochs, key="time_epoch"):
         return float(np.median([e[key] for e in epochs]))
@@ -127,33 +133,6 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         for key in (2, "rank0")
     }
     driver_cost = (step[2] - step["rank0"]) / e2
-    n_train = h1[0]["n_train"]
-    print(
-        f"Ray Train, {n_train} training segments, SmallCNN, {epochs} epochs "
-        f"({cfg.warmup_epochs} warm-up), 1 torch thread per process"
-    )
-    print(
-        f"  SSSL epoch: bare loop {e_bare:.2f} s, trainer 1 worker {e1:.2f} s "
-        f"-> overhead {e1 / e_bare:.2f}x; trainer 2 workers {e2:.2f} s -> speed-up {e1 / e2:.2f}x"
-    )
-    print(
-        f"  the bare loop in a Ray task: {e_task:.2f} s -> {e_task / e_bare:.2f}x of the bare loop "
-        f"in this process; the trainer {e1 / e_task:.2f}x of that"
-    )
-    print(
-        f"  trainer 1 worker against the bare loop, phase by phase: loss pass "
-        f"{phases['time_loss_pass']:.2f}x, optimiser steps {phases['time_train']:.2f}x"
-    )
-    print(
-        f"  share of a 2-worker SSSL epoch: loss pass {loss_share:.1%}, "
-        f"gather + GMM + broadcast {gmm_share:.1%} (GMM fit alone {fit_share:.1%}), "
-        f"waiting for the slower rank before the gather {wait_share:.1%}"
-    )
-    print(
-        f"  gather + GMM + broadcast: driver's split service {step[2] * 1e3:.0f} ms, rank 0 "
-        f"{step['rank0'] * 1e3:.0f} ms -> the driver side costs {driver_cost:+.1%} of an epoch"
-    )
-    print(f"  fixed cost of one TorchTrainer.fit (start, final predict, shutdown): {fixed1:.1f} s")
     return {
         "bare_epoch_s": e_bare,
         "trainer1_epoch_s": e1,
@@ -169,7 +148,46 @@ def main(songs: int = 60, epochs: int = 4) -> dict[str, float]:
         "rank_wait_share": wait_share,
         "fixed_fit_s": fixed1,
         "driver_gmm_cost": driver_cost,
+        "driver_step_ms": step[2] * 1e3,
+        "rank0_step_ms": step["rank0"] * 1e3,
     }
+
+
+def print_figures(f: dict[str, float], cfg, n_train: int, epochs: int) -> None:
+    e_bare, e1, e2, e_task = (
+        f["bare_epoch_s"], f["trainer1_epoch_s"], f["trainer2_epoch_s"], f["bare_in_task_epoch_s"]
+    )  # fmt: skip
+    print(
+        f"Ray Train, {n_train} training segments, SmallCNN, {epochs} epochs "
+        f"({cfg.warmup_epochs} warm-up), 1 torch thread per process"
+    )
+    print(
+        f"  SSSL epoch: bare loop {e_bare:.2f} s, trainer 1 worker {e1:.2f} s "
+        f"-> overhead {e1 / e_bare:.2f}x; trainer 2 workers {e2:.2f} s -> speed-up {e1 / e2:.2f}x"
+    )
+    print(
+        f"  the bare loop in a Ray task: {e_task:.2f} s -> {e_task / e_bare:.2f}x of the bare loop "
+        f"in this process; the trainer {e1 / e_task:.2f}x of that"
+    )
+    print(
+        f"  trainer 1 worker against the bare loop, phase by phase: loss pass "
+        f"{f['overhead_loss_pass']:.2f}x, optimiser steps {f['overhead_train_steps']:.2f}x"
+    )
+    print(
+        f"  share of a 2-worker SSSL epoch: loss pass {f['loss_pass_share']:.1%}, "
+        f"gather + GMM + broadcast {f['gather_gmm_share']:.1%} "
+        f"(GMM fit alone {f['gmm_fit_share']:.1%}), "
+        f"waiting for the slower rank before the gather {f['rank_wait_share']:.1%}"
+    )
+    print(
+        f"  gather + GMM + broadcast: driver's split service {f['driver_step_ms']:.0f} ms, rank 0 "
+        f"{f['rank0_step_ms']:.0f} ms -> the driver side costs {f['driver_gmm_cost']:+.1%} "
+        "of an epoch"
+    )
+    print(
+        "  fixed cost of one TorchTrainer.fit (start, final predict, shutdown): "
+        f"{f['fixed_fit_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every recorded comparison of a results.json (benchmarks/accuracy.py's format), re-derived
+"""Every recorded comparison of a results.json (dev/accuracy.py's format), re-derived
 with `sssl compare`'s statistics: the corrected repeated k-fold t, its 95 % CI, the Bayesian
 correlated t-test and the verdict. No training: it reads the per-fold figures already there.
 

@@ -6,8 +6,8 @@ segment accuracy against the per-second truth relative to its own warm-up.
 
 The corpus (200 songs, seed 0, the generator untouched) is made and sharded once under --out;
 the comparison resumes when re-run. Pairs: each rung against the one before, every candidate
-against the full step, every arm against inherit. Cost at the defaults: 10 arms x 5 folds, 8 epochs (3 warm-up, trained
-once for all arms), about 45 min on 2 cores.
+against the full step, every arm against inherit. Cost at the defaults: 10 arms x 5 folds,
+8 epochs (3 warm-up, trained once for all arms), about 45 min on 2 cores.
 
 Besides `sssl compare`'s comparison.md it writes ladder.md: for each arm, segment accuracy
 against the truth at the first SSSL epoch and at the last epoch, each against the last warm-up

@@ -39,7 +39,7 @@ MINOR = (0, 2, 3, 5, 7, 8, 10)
 class SynthConfig:
     n_songs: int = 120  # small default: the main job runs in minutes on 2 cores
     seed: int = 0
-    min_duration_s: float = 20.0  # issue 3: variable durations, 20-45 s, no padding
+    min_duration_s: float = 20.0  # durations vary, as real clips do: 20-45 s, no padding
     max_duration_s: float = 45.0
     excursion_fraction: float = 0.30  # target share of seconds off the clip label (25-35 %)
     min_excursion_s: int = 2
@@ -108,6 +108,11 @@ def _add(buf: np.ndarray, sig: np.ndarray, start: int) -> None:
         buf[start:end] += sig[: end - start]
 
 
+def freq(midi: float) -> float:
+    """A MIDI note number's frequency in Hz (A4 = 69 = 440 Hz)."""
+    return 440.0 * 2 ** ((midi - 69) / 12)
+
+
 def render_section(
     buf: np.ndarray,
     start_s: float,
@@ -134,9 +139,6 @@ def render_section(
     dissonance = float(np.clip(0.3 - 0.3 * s * vs, 0, 0.7))  # chance of a clashing tone
     register = 60 + song["key"] + int(round(5 * s * vs))  # MIDI centre of the melody
 
-    def freq(midi: float) -> float:
-        return 440.0 * 2 ** ((midi - 69) / 12)
-
     t, degree = start_s, 0
     while t < end_s - 1e-3:
         # A chord every two beats: triad on a scale degree, sometimes with a clash.
@@ -160,14 +162,8 @@ def render_section(
                     break
                 degree = int(np.clip(degree + rng.integers(-2, 3), -3, 9))
                 pitch = scale[degree % 7] + 12 * (degree // 7)
-                sig = _note(
-                    freq(register + pitch),
-                    min(beat / density, end_s - nt),
-                    sr,
-                    rolloff,
-                    0.3 * amp,
-                    attack,
-                )
+                length = min(beat / density, end_s - nt)
+                sig = _note(freq(register + pitch), length, sr, rolloff, 0.3 * amp, attack)
                 _add(buf, sig, int(nt * sr))
                 if drum_p > 0.5 and rng.random() < drum_p:
                     _add(buf, _drum("hat", sr, rng, 0.25 * amp), int(nt * sr))

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 import webdataset as wds
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from tqdm import tqdm
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig
 from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
+from sssl_dist.outdir import DirectoryBusy, hold
 from sssl_dist.records import SongRecord
 
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ LOCK_NAME = ".shard.lock"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class ShardDirBusy(RuntimeError):
-    """Another `sssl shard` holds the output directory."""
+ShardDirBusy = DirectoryBusy  # another `sssl shard` holds the output directory
 
 
 def shard_key(song_id: str) -> str:
@@ -192,17 +192,8 @@ def shard_dataset(
 
 
 def lock_output(out: Path) -> FileLock:
-    """Hold `out` for this run. Two runs into one directory would overwrite each other's
-    shards, and one's stale-shard clean-up could delete the other's: the second fails now."""
-    lock = FileLock(str(out / LOCK_NAME))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ShardDirBusy(
-            f"another `sssl shard` is writing to {out} (it holds {out / LOCK_NAME}); "
-            "wait for it to finish or choose another --out"
-        ) from None
-    return lock
+    """Hold `out` for this run (outdir.py)."""
+    return hold(out, "sssl shard", LOCK_NAME)
 
 
 def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report, progress):

@@ -9,7 +9,7 @@ Why resume from the newest *persisted* checkpoint rather than only `ray.train.ge
 in Ray Train V2 `ray.train.report` uploads the checkpoint synchronously and then only queues
 it; the controller registers it when it next polls the worker (every 2 s). A worker killed in
 between leaves a checkpoint on storage that `get_checkpoint()` does not know, so the restart
-went back to an older epoch, or to scratch (issue 13: epochs [0, 1, 0, 1, ...] in CI). Reading
+went back to an older epoch, or to scratch (CI once logged epochs [0, 1, 0, 1, ...]). Reading
 the run directory makes the restart point depend on what was written, not on timing.
 """
 
@@ -31,17 +31,13 @@ import torch
 
 from sssl_dist.config import SSSLConfig, save_config
 from sssl_dist.method import LossMemory
+from sssl_dist.runfiles import CONFIG, FINAL, HISTORY, RESULT, STATE
 
-STATE_FILE = "state.pt"
-FINAL_NAME = "final"
-# The last warm-up epoch's checkpoint, kept apart from the rotating ones for runs that share
-# the warm-up (warmup.py).
-WARMUP_NAME = "warmup"
 # Epoch checkpoints kept beside `final` (Ray's num_to_keep with workers, ours in local mode):
 # the newest is what a restart resumes from, the one before it covers a half-written newest.
 KEEP_EPOCHS = 2
 # Files a checkpoint must hold, complete and parseable, to be resumed from.
-_REQUIRED = (STATE_FILE, "history.json", "config.yaml")
+_REQUIRED = (STATE, HISTORY, CONFIG)
 
 
 def copy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -171,10 +167,10 @@ def write_checkpoint_dir(
 def _write_files(
     directory: Path, state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig
 ) -> None:
-    torch.save(state, directory / STATE_FILE)
+    torch.save(state, directory / STATE)
     for name, data in extra_json.items():
         Path(directory, name).write_text(json.dumps(data, default=json_default))
-    save_config(cfg, directory / "config.yaml")
+    save_config(cfg, directory / CONFIG)
 
 
 def prune_epochs(run_dir: Path, keep: int) -> None:
@@ -227,20 +223,20 @@ def json_default(obj: Any) -> Any:
 
 def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     """Model checkpoints hold tensors and plain values only: weights_only=True loads them."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+    return torch.load(Path(checkpoint_dir) / STATE, map_location="cpu", weights_only=True)
 
 
-def _readable_epoch(d: Path) -> int | None:
+def readable_epoch(d: Path) -> int | None:
     """The epoch a checkpoint directory holds, or None if it is incomplete or unreadable (a
     worker killed while its checkpoint was being copied leaves such a directory)."""
     if not all((d / f).is_file() for f in _REQUIRED):
         return None
     try:
-        json.loads((d / "history.json").read_text())
+        json.loads((d / HISTORY).read_text())
         # Memory-mapped: the zip's index and the pickle are read and checked, the tensors are
         # not copied (a VGG16 checkpoint with its optimiser is over 1 GB, and a restart looks at
         # every candidate).
-        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(d / STATE, map_location="cpu", weights_only=True, mmap=True)
         return int(state["epoch"])
     except Exception:  # noqa: BLE001 - truncated pickle/JSON of any kind: not resumable
         return None
@@ -250,9 +246,9 @@ def finished_checkpoint(run_dir: str | Path) -> Path | None:
     """The run's complete `final` checkpoint (it holds result.json), or None: a re-run of a
     finished run reads it back instead of training or scoring anything again."""
     found = newest_persisted(run_dir, None)
-    if found is not None and (found / "result.json").is_file():
+    if found is not None and (found / RESULT).is_file():
         try:
-            json.loads((found / "result.json").read_text())
+            json.loads((found / RESULT).read_text())
         except ValueError:
             return None
         return found
@@ -267,10 +263,10 @@ def newest_persisted(run_dir: str | Path | None, registered: str | None) -> Path
         candidates += [p for p in Path(run_dir).iterdir() if p.is_dir()]
     best, best_key = None, None
     for d in candidates:
-        epoch = _readable_epoch(d)
+        epoch = readable_epoch(d)
         if epoch is None:
             continue
-        key = (epoch, d.name == FINAL_NAME or (d / "result.json").is_file())
+        key = (epoch, d.name == FINAL or (d / RESULT).is_file())
         if best_key is None or key > best_key:
             best, best_key = d, key
     return best

@@ -284,8 +284,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- report
 def cmd_report(a: argparse.Namespace) -> int:
-    from sssl_dist.cv import rebuild_report
     from sssl_dist.data import ShardSet
+    from sssl_dist.results import rebuild_report
 
     rebuild_report(Path(a.run_dir), ShardSet(a.shards) if a.shards else None, plots=not a.smoke)
     log.info("report rebuilt in %s", a.run_dir)
@@ -409,11 +409,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def _config_epilog() -> str:
     """Every config key with its default, for --config files and --set overrides."""
-    from sssl_dist.config import SSSLConfig, to_dict
+    from sssl_dist.config import FIELD_GROUPS, NOT_ADOPTED, SSSLConfig, to_dict
 
-    lines = ["config keys (--config FILE, --set KEY=VALUE) and their defaults:"]
-    lines += [f"  {k} = {v}" for k, v in to_dict(SSSLConfig()).items()]
-    lines.append("sources of each default: sssl_dist/config.py")
+    defaults = to_dict(SSSLConfig())
+    lines = [
+        "config keys (--config FILE, --set KEY=VALUE) and their defaults, by what they govern:"
+    ]
+    for group, keys in FIELD_GROUPS.items():
+        lines.append(f"  {group}:")
+        for k in keys:
+            other = f"   (measured, not adopted: {NOT_ADOPTED[k]})" if k in NOT_ADOPTED else ""
+            lines.append(f"    {k} = {defaults[k]}{other}")
+    lines.append(
+        "sources of each default: sssl_dist/config.py; measurements: docs/configuration.md"
+    )
     return "\n".join(lines)
 
 
@@ -622,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=6, help="epochs per run")
     s.add_argument("--warmup", type=int, default=2, help="warm-up epochs (plain CE)")
     s.add_argument("--task", default="quadrant", choices=("quadrant", "valence", "arousal"))
-    # Defaults measured on 2 cores (issue 12): two local-mode folds side by side beat one fold
-    # on 2 DDP workers for a network this small; --workers 2 --parallel 1 runs DDP.
+    # Defaults measured on 2 cores (benchmarks/bench_cv.py): two local-mode folds side by side
+    # beat one fold on 2 DDP workers for a network this small; --workers 2 --parallel 1 runs DDP.
     s.add_argument(
         "--workers",
         type=int,

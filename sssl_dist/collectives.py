@@ -77,6 +77,16 @@ def broadcast_status(error: str | None) -> None:
         raise PeerFailure(f"rank 0 failed: {box[0]}")
 
 
+def rank0_decides(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank: for a decision all ranks must take together (a rank that
+    stopped alone would leave the others waiting in the next collective)."""
+    if not distributed():
+        return flag
+    box: list[Any] = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def broadcast_clean_w(clean_w: np.ndarray | None, n: int) -> np.ndarray:
     """Step 3b: rank 0's split [n] (w on X, 0 on U; `Split.clean_w`) to every rank (other
     ranks pass None); every rank, rank 0 included, gets the same float32 [n] back.

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
-from sssl_dist.cv import draw_plots, run_arms
+from sssl_dist.cv import run_arms
 from sssl_dist.data import ShardSet
+from sssl_dist.results import draw_plots
 from sssl_dist.stats import DEFAULT_ROPE, compare_paired
 
 log = logging.getLogger(__name__)
@@ -303,28 +304,3 @@ def _json(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(type(obj))
-
-
-def warmup_sentence(epochs: dict[str, Any]) -> str | None:
-    """'SSSL's best epoch was in the warm-up on 4 of 5 folds: ...' for an SSSL arm, or None."""
-    n = epochs.get("in_warmup")
-    total = len(epochs["evaluated_epoch"])
-    if n is None or not total:
-        return None
-    if n == total:
-        return (
-            f"its evaluated epoch was in the warm-up on {_all_folds(total)}: it exported the "
-            "network plain training on inherited labels gives, so on this data its step did "
-            "not improve on plain training"
-        )
-    if n:
-        return (
-            f"its evaluated epoch was in the warm-up on {n} of {total} folds (there it exported "
-            "the plain-training network): on those folds its step did not improve on plain "
-            "training"
-        )
-    return f"its evaluated epoch came after the warm-up on {_all_folds(total)}"
-
-
-def _all_folds(n: int) -> str:
-    return "its one fold" if n == 1 else f"all {n} folds"

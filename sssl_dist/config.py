@@ -80,7 +80,7 @@ class SSSLConfig:
     # What the GMM is fitted on. "epoch_loss" is the paper's: this epoch's loss pass.
     # "mean_loss" averages each segment's loss over the SSSL epochs so far (temporal averaging,
     # as AUM does with margins), so one epoch in which the network memorises a wrong label does
-    # not pull that segment into X. The paper's stays the default until measured.
+    # not pull that segment into X.
     selection: Literal["epoch_loss", "mean_loss"] = "epoch_loss"
     # Which network computes the losses the GMM sees. "current" (the paper): the network as it
     # is at this epoch, which has trained on these very labels. "best_val": the epoch with the
@@ -88,8 +88,7 @@ class SSSLConfig:
     # after Prestopping (Song et al. 2019, "How does early stopping help generalization against
     # label noise?"): a network stopped before it memorises the wrong labels selects the clean
     # samples for the rest of training (Arpit et al. 2017: networks fit the clean pattern
-    # first). Measured on 200 songs, 10 folds (BENCHMARKS.md): the noise AUC stops falling, song
-    # accuracy +3.0 points at L = 1 but -1.5 at L = 3, so the paper's stays the default.
+    # first).
     split_network: Literal["current", "best_val"] = "current"
     # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
     # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
@@ -138,9 +137,8 @@ class SSSLConfig:
     gmm_tol: float = 1e-2  # DivideMix
     gmm_reg_covar: float = 5e-4  # DivideMix
     # Above this many losses EM runs on a strided subsample and the posteriors are computed for
-    # all (the full fit took 11-13 s at 10^7 losses). Our choice; below it nothing changes.
-    # Measured at 10^7 losses against the full fit (BENCHMARKS.md): 2 * 10^5 changes 0.004 % of
-    # the clean/noisy assignments (10^6: 0.002 %) and halves the split's time.
+    # all (the full fit takes seconds at 10^7 losses). Our choice; below it nothing changes, and
+    # at 10^7 it changes 0.004 % of the assignments (docs/configuration.md).
     gmm_max_fit: int = 200_000
     # Where the GMM is fitted each SSSL epoch. "driver": a service the driver owns (the design
     # card's "driver-side GMM"), which keeps the split history through worker restarts.
@@ -163,9 +161,8 @@ class SSSLConfig:
     # Which epoch's network makes the fold's segment predictions, song decision and exported
     # model. "last": the final epoch (the paper's, which is silent). "best_val" (default): the
     # epoch with the highest segment accuracy on the validation songs (inherited labels: no
-    # truth is used), because the network gets worse as it memorises wrong labels. Measured
-    # (BENCHMARKS.md, 200 songs, 5 folds): segment accuracy against the truth +7.0 points for
-    # sssl and +7.3 for inherit, ECE lower for both.
+    # truth is used), because the network gets worse as it memorises wrong labels (measured:
+    # docs/configuration.md).
     eval_epoch: Literal["last", "best_val"] = "best_val"
 
     # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
@@ -211,6 +208,45 @@ class SSSLConfig:
             "valence": ("negative", "positive"),
             "arousal": ("low", "high"),
         }[self.task]
+
+
+# What each SSSLConfig field governs: `sssl train --help` lists the keys in these groups, and a
+# test checks that every field is in exactly one. The dataclass keeps its field order, because
+# that order is the byte layout of every config.yaml already saved beside results.
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "what is trained": (
+        "method", "task", "segment_seconds", "hop_seconds", "backbone", "dropout",
+    ),
+    "split (Eq. 2-3)": (
+        "tau", "gmm_scope", "selection", "split_network", "min_class_share", "gmm_max_iter",
+        "gmm_tol", "gmm_reg_covar", "gmm_max_fit",
+    ),
+    "step (Eq. 4-9)": (
+        "temperature", "lambda_kl", "mixup_alpha", "clean_targets", "sssl_step",
+        "pseudo_label_network", "ema_decay", "bn_stats", "bn_stats_segments", "sssl_optimizer",
+        "sssl_lr_scale", "mixup_scope",
+    ),
+    "optimisation": (
+        "warmup_epochs", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+        "lr_schedule", "momentum", "eval_epoch",
+    ),
+    "song decision (Eq. 10, SVM)": (
+        "theta", "svm_c", "svm_kernel", "svm_features", "cross_fit_parts",
+    ),
+    "evaluation": ("n_folds", "val_fraction", "seed"),
+    "run": ("gmm_site", "torch_threads", "bf16", "max_failures", "gloo_timeout_s"),
+}  # fmt: skip
+
+# Alternatives that were measured against the default and not adopted (by the rule in
+# docs/configuration.md, which has each measurement). They stay one config value away.
+NOT_ADOPTED: dict[str, str] = {
+    "gmm_scope": "global",  # the paper's own split (--config paper_global_split)
+    "selection": "mean_loss",
+    "split_network": "best_val",
+    "clean_targets": "refined",
+    "lr_schedule": "cosine",
+    "svm_features": "cross_fit",
+}
 
 
 C = TypeVar("C", FeatureConfig, SSSLConfig)

@@ -1,4 +1,4 @@
-"""Out-of-sample song features for the SVM: cross-fitting inside a fold (issue 11, item 3).
+"""Out-of-sample song features for the SVM: cross-fitting inside a fold.
 
 The paper's SVM learns from Eq. 10 features of the training songs, computed by the network that
 trained on exactly those songs, and is then applied to unseen songs, whose segment
@@ -15,43 +15,50 @@ Cost: `cross_fit_parts` extra runs per fold, each on (parts - 1) / parts of the 
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet, song_folds
+from sssl_dist.data import ShardSet
+from sssl_dist.fit import FoldRun, fit_run
+from sssl_dist.folds import SongIds, cross_fit_parts
 from sssl_dist.song import song_level_results
 
 log = logging.getLogger(__name__)
-SVM_SONGS_FILE = "svm_songs.json"  # the training songs' probabilities the SVM learned from
 
 
-def cross_fit_parts(shards: ShardSet, cfg: SSSLConfig, train_ids: list[str]) -> list[list[str]]:
-    """The training songs in `cfg.cross_fit_parts` label-stratified parts (seeded)."""
-    by_id = shards.by_id
-    labels = np.array([by_id[s][cfg.task] for s in train_ids])
-    if np.bincount(labels)[np.unique(labels)].min() < cfg.cross_fit_parts:
-        raise ValueError(
-            f"cross_fit_parts = {cfg.cross_fit_parts}, but a class has fewer training songs "
-            "than that: use fewer parts or more songs"
-        )
-    return [
-        sorted(train_ids[i] for i in part)
-        for part in song_folds(labels, cfg.cross_fit_parts, cfg.seed)
-    ]
+def cross_fit(
+    run: FoldRun,
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    fold: int | None,
+    *,
+    storage_path: str | Path,
+    name: str,
+    workers: int,
+    use_gpu: bool,
+) -> None:
+    """The fold's SVM re-learned from out-of-sample features of its training songs."""
+    train_probs = cross_fit_probabilities(
+        cfg,
+        shards,
+        fold,
+        run.fold_ids,
+        evaluated_epoch=int(run.result["evaluated_epoch"]),
+        storage_path=storage_path,
+        name=name,
+        workers=workers,
+        use_gpu=use_gpu,
+    )
+    apply_cross_fit(run, cfg, shards, train_probs)
 
 
 def cross_fit_probabilities(
     cfg: SSSLConfig,
     shards: ShardSet,
-    fold: int,
-    fold_ids: dict[str, list[str]],
+    fold: int | None,
+    fold_ids: SongIds,
     *,
     evaluated_epoch: int,
     storage_path: str | Path,
@@ -66,8 +73,6 @@ def cross_fit_probabilities(
     test songs' are, only out of sample. Inner runs trained to the last epoch instead, while the
     fold's network was taken at an early best-validation epoch, gave features 3-9x further from
     the test songs' than in-sample ones (2 folds, 2026-11-22), and a worse SVM."""
-    from sssl_dist.fold import run_fold  # fold.py calls this module after its own run
-
     # Plain runs of the same method, evaluated at their last epoch (= the fold's evaluated
     # epoch), with no cross-fitting of their own.
     epochs = evaluated_epoch + 1
@@ -81,29 +86,28 @@ def cross_fit_probabilities(
     parts = cross_fit_parts(shards, cfg, fold_ids["train"])
     probs: dict[str, list] = {}
     for j, part in enumerate(parts):
-        log.info("fold %d cross-fit %d/%d: %d songs predicted", fold, j + 1, len(parts), len(part))
+        log.info("fold %s cross-fit %d/%d: %d songs predicted", fold, j + 1, len(parts), len(part))
         others = sorted(s for p in parts if p is not part for s in p)
-        run = run_fold(
+        run = fit_run(
             inner,
             shards,
-            fold,
+            {"train": others, "val": [], "test": part},
             storage_path=storage_path,
             name=f"{name}-crossfit{j + 1}of{len(parts)}",
+            fold=fold,
             workers=workers,
             use_gpu=use_gpu,
-            fold_ids={"train": others, "val": [], "test": part},
         )
         probs.update({s: run.songs[s] for s in part})
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return probs
 
 
 def apply_cross_fit(
-    run: Any, cfg: SSSLConfig, shards: ShardSet, train_probs: dict[str, list]
+    run: FoldRun, cfg: SSSLConfig, shards: ShardSet, train_probs: dict[str, list]
 ) -> None:
     """The fold's song-level results with the SVM learning from `train_probs`; the in-sample
-    (paper's) figures stay as in_sample_*. Rewrites result.json and adds svm_songs.json in the
-    run's checkpoint copy, which the report and the exported model are made from."""
+    (paper's) figures stay as in_sample_*. The report and the exported model are made from
+    the FoldRun, so the run's checkpoint keeps what training wrote."""
     honest = song_level_results(cfg, shards.by_id, run.songs, run.fold_ids, train_probs)
     paper = {
         f"in_sample_{k}": run.result[k]
@@ -111,6 +115,4 @@ def apply_cross_fit(
         if isinstance(v, int | float) and k in run.result
     }
     run.result = {**run.result, **honest, **paper}
-    ckpt = Path(run.checkpoint_dir)
-    (ckpt / "result.json").write_text(json.dumps(run.result))
-    (ckpt / SVM_SONGS_FILE).write_text(json.dumps(train_probs))
+    run.svm_songs = train_probs

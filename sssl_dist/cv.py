@@ -1,5 +1,6 @@
-"""Cross-validation: run the folds of one configuration and write (or rebuild) its report
-directory; compare methods on identical folds.
+"""Cross-validation scheduling: the folds of one configuration (`run_cv`) or of several arms
+on identical folds (`run_arms`; `run_cv` is one arm), each finished fold into its report
+directory (results.py writes the files).
 
 Folds run one after another here (each fold is itself data-parallel over the workers), or
 with `parallel` > 1 side by side (parallel.py); `tuning/` runs folds side by side as Ray Tune
@@ -8,8 +9,6 @@ trials. All three train a fold with `run_fold`.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import shutil
 import time
@@ -17,34 +16,17 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sssl_dist.config import SSSLConfig, from_dict, save_config, with_overrides
-from sssl_dist.crossfit import SVM_SONGS_FILE
+from sssl_dist.config import SSSLConfig, save_config, with_overrides
 from sssl_dist.data import ShardSet
-from sssl_dist.export import export_model
-from sssl_dist.fold import FoldRun, refit_song_ids, run_digest, run_fold, run_name
+from sssl_dist.fit import FoldRun, run_digest, run_name
+from sssl_dist.fold import run_fold
+from sssl_dist.folds import refit_song_ids
 from sssl_dist.parallel import Unit, run_units_parallel
-from sssl_dist.stats import mean_std, paired_difference
+from sssl_dist.results import summarise, truth_of, write_report
+from sssl_dist.runfiles import CONFIG, MODEL
 from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
-
-# What a report's fold-K/ directory holds (copied off the final checkpoint).
-FOLD_FILES = ("result.json", "history.json", "songs.json", "fold_ids.json")
-# The song-level numbers a report table shows, in this order.
-HEADLINE = (
-    "test_acc",
-    "test_f1",
-    "test_majority_acc",
-    "test_vote_acc",
-    "test_brier",
-    "test_ece",
-    "test_feature_shift",
-    "val_acc",
-    "val_seg_acc_truth",
-    "noise_auc",
-)
 
 
 def progress_printer(label: str, epochs: int):
@@ -82,7 +64,7 @@ class CrossValidation:
     ) -> None:
         self.cfg, self.shards, self.out = cfg, shards, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        save_config(cfg, self.out / CONFIG)
         self.folds = list(range(cfg.n_folds)) if folds is None else folds
         self.name = name or self.out.name
         # The run identity (config + shard-set digest): re-running resumes only a run of the
@@ -116,16 +98,16 @@ class CrossValidation:
             summary["exported_model"] = _refit(cfg, self.shards, out, self.name, workers, use_gpu)
         else:
             best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
-            shutil.copy(out / f"fold-{best}" / "model.sssl", out / "model.sssl")
+            shutil.copy(out / f"fold-{best}" / MODEL, out / MODEL)
             summary["exported_model"] = {
-                "path": "model.sssl",
+                "path": MODEL,
                 "fold": best,
                 "epoch": runs[best].result.get("evaluated_epoch"),
                 "why": "the fold with the best validation-song accuracy, at the epoch its "
                 "eval_epoch setting chose (train with --final to export a refit on all songs)",
             }
         summary["seconds"] = time.perf_counter() - self.t0
-        write_report(out, cfg, summary, runs, _truth(self.shards))
+        write_report(out, cfg, summary, runs, truth_of(self.shards))
         return summary
 
 
@@ -145,13 +127,8 @@ def run_cv(
     `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
     `final` adds a refit on all songs, which becomes the exported model."""
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
-    if parallel > 1:
-        for _ in _pooled({cv.name: cv}, parallel, workers, use_gpu):
-            pass
-    else:
-        for fold, run in _one_by_one(cv, workers, use_gpu):
-            cv.add(fold, run)
-    return cv.finish(final, workers, use_gpu)
+    ((_, summary, _),) = _run_all({cv.name: cv}, parallel, workers, use_gpu, final)
+    return summary
 
 
 def _pooled(
@@ -200,7 +177,7 @@ def _refit(
     run = run_fold(
         cfg,
         shards,
-        -1,
+        None,
         storage_path=out / "ray",
         name=f"{name}-refit-{run_digest(cfg, shards)}",
         workers=workers,
@@ -209,9 +186,9 @@ def _refit(
         fold_ids=fold_ids,
     )
     _save_fold(out / "refit", run, shards, label)
-    shutil.copy(out / "refit" / "model.sssl", out / "model.sssl")
+    shutil.copy(out / "refit" / MODEL, out / MODEL)
     return {
-        "path": "model.sssl",
+        "path": MODEL,
         "fold": "refit",
         "epoch": run.result.get("evaluated_epoch"),
         "songs": {part: len(ids) for part, ids in fold_ids.items()},
@@ -275,13 +252,8 @@ def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> No
         r.get(f"{part}_majority_acc", float("nan")),
     )
     fold_dir.mkdir(exist_ok=True)
-    for f in (*FOLD_FILES, SVM_SONGS_FILE):
-        if f in FOLD_FILES or Path(run.checkpoint_dir, f).is_file():
-            shutil.copy(Path(run.checkpoint_dir, f), fold_dir / f)
-    export_model(run.checkpoint_dir, shards, fold_dir / "model.sssl")
-    # Everything needed is now in fold_dir; the checkpoint copy is not (Ray keeps the
-    # checkpoint itself under the run directory).
-    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    run.write(fold_dir)
+    run.export(shards, fold_dir / MODEL)
 
 
 def run_methods(
@@ -328,194 +300,24 @@ def run_arms(
     }
     if share_warmup and (shared := share_warmups(cvs)):
         log.info("%d fold run(s) start from a warm-up another arm trains", shared)
+    yield from _run_all(cvs, parallel, workers, use_gpu, final=False)
+
+
+def _run_all(
+    cvs: dict[str, CrossValidation], parallel: int, workers: int, use_gpu: bool, final: bool
+) -> Iterator[tuple[str, dict[str, Any], float]]:
+    """Every fold of every cross-validation in `cvs`, one after another or through `parallel`
+    slots; yields (name, summary, minutes) as each one is complete and finished."""
     if parallel <= 1:
         for i, (name, cv) in enumerate(cvs.items()):
-            log.info("arm %s (%d of %d)", name, i + 1, len(arms))
+            if len(cvs) > 1:
+                log.info("arm %s (%d of %d)", name, i + 1, len(cvs))
             cv.t0 = time.perf_counter()
             for fold, run in _one_by_one(cv, workers, use_gpu):
                 cv.add(fold, run)
-            yield name, cv.finish(False, workers, use_gpu), (time.perf_counter() - cv.t0) / 60
+            yield name, cv.finish(final, workers, use_gpu), (time.perf_counter() - cv.t0) / 60
         return
     t0 = time.perf_counter()
     for name in _pooled(cvs, parallel, workers, use_gpu):
         if cvs[name].complete:
-            yield name, cvs[name].finish(False, workers, use_gpu), (time.perf_counter() - t0) / 60
-
-
-def _truth(shards: ShardSet | None) -> dict[str, list[int]] | None:
-    if shards is None:
-        return None
-    return {s["song_id"]: s.get("truth") for s in shards.songs}
-
-
-def write_report(
-    out: Path,
-    cfg: SSSLConfig,
-    summary: dict[str, Any],
-    runs: dict[int, FoldRun],
-    truth: dict[str, list[int]] | None,
-    plots: bool = True,
-) -> None:
-    """Tables first, then the plots: hours of training must never be lost to a plotting
-    failure, so the tables are on disk before any figure is drawn, and summary.md is written
-    once more only to list the plots that were drawn."""
-    write_tables(out, summary, runs)
-    if plots and draw_plots(out, lambda: _run_plots(out, cfg, runs, truth)):
-        write_summary(out, summary, runs)
-
-
-def _run_plots(out, cfg, runs, truth) -> None:
-    from sssl_dist.report import write_run_plots
-
-    write_run_plots(out, cfg, runs, truth)
-
-
-def draw_plots(out: Path, draw: Callable[[], None]) -> bool:
-    """Run `draw` (which imports matplotlib itself); a failure of any kind costs the plots
-    only, is logged with how to redraw them, and never the tables already written."""
-    try:
-        draw()
-    except Exception as exc:  # noqa: BLE001 - any plotting error must leave the report intact
-        log.warning(
-            "plots not drawn in %s (%s: %s); the tables are written. Redraw them with "
-            "`sssl report %s` once the cause is fixed",
-            out,
-            type(exc).__name__,
-            exc,
-            out,
-        )
-        return False
-    return True
-
-
-def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = True) -> None:
-    """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
-    run_dir = Path(run_dir)
-    cfg = from_dict(SSSLConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
-    runs = {int(d.name.split("-")[1]): FoldRun.read(d) for d in sorted(run_dir.glob("fold-*"))}
-    if not runs:
-        raise FileNotFoundError(f"no fold-*/ results in {run_dir}")
-    old = run_dir / "metrics.json"
-    seconds = json.loads(old.read_text()).get("seconds", float("nan")) if old.is_file() else None
-    summary = summarise(cfg, runs, float("nan") if seconds is None else seconds)
-    write_report(run_dir, cfg, summary, runs, _truth(shards), plots)
-
-
-def summarise(cfg: SSSLConfig, runs: dict[int, FoldRun], seconds: float) -> dict[str, Any]:
-    keys = sorted(
-        {
-            k
-            for r in runs.values()
-            for k, v in r.result.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-    )
-    stats = {}
-    for k in keys:
-        mean, std = mean_std([r.result.get(k, float("nan")) for r in runs.values()])
-        stats[k] = {"mean": mean, "std": std}
-    return {
-        "method": cfg.method,
-        "task": cfg.task,
-        "segment_seconds": cfg.segment_seconds,
-        "folds": sorted(runs),
-        "seconds": seconds,
-        "metrics": stats,
-        "per_fold": {f: r.result for f, r in runs.items()},
-    }
-
-
-def write_tables(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -> None:
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
-    with (out / "metrics.csv").open("w", newline="") as fh:
-        keys = sorted(
-            {k for r in runs.values() for k in r.result if not isinstance(r.result[k], list | dict)}
-        )
-        writer = csv.DictWriter(fh, fieldnames=["fold", *keys])
-        writer.writeheader()
-        for fold, r in sorted(runs.items()):
-            writer.writerow({"fold": fold, **{k: r.result.get(k) for k in keys}})
-    with (out / "history.csv").open("w", newline="") as fh:
-        rows = [dict(h, fold=f) for f, r in sorted(runs.items()) for h in r.history]
-        keys = sorted({k for row in rows for k, v in row.items() if not isinstance(v, list | dict)})
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_summary(out, summary, runs)
-
-
-def write_summary(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -> None:
-    """summary.md: the headline table, the plots present, the paired variants, the export."""
-    m = summary["metrics"]
-    lines = [
-        f"# {summary['method']} · task {summary['task']} · L = {summary['segment_seconds']} s",
-        "",
-        f"Folds: {summary['folds']} · wall time {summary['seconds']:.0f} s",
-        "",
-        "| metric | mean | std |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {k} | {m[k]['mean']:.4f} | {m[k]['std']:.4f} |" for k in HEADLINE if k in m]
-    lines += [
-        "",
-        "test_* are song-level on the test fold (SVM on Eq. 10 features); "
-        "test_majority_acc always answers the training folds' most frequent class; "
-        "test_vote_acc is the majority vote of segment decisions (Sarkar et al.). "
-        "test_brier and test_ece: calibration of the SVM's song probabilities (0 = perfect); "
-        "test_feature_shift: how far test songs' Eq. 10 features lie from the training songs' "
-        "(mean |mean difference| / training std), which the SVM never saw out of sample.",
-        "",
-        "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
-    ]
-    lines += paired_variant_lines(runs)
-    exported = summary.get("exported_model")
-    if exported:
-        epoch = exported.get("epoch")
-        lines += [
-            "",
-            f"Exported {exported['path']}: fold {exported['fold']}"
-            + (f", epoch {epoch + 1} (1-based)" if isinstance(epoch, int) else "")
-            + f". Why: {exported['why']}.",
-        ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-
-
-# Figures a run reports twice, from the same folds: (prefix of the other variant, what it is,
-# what the headline figures are).
-VARIANTS = (
-    ("in_sample_", "SVM on in-sample features (the paper)", "cross-fitted"),
-    ("last_epoch_", "last epoch (the paper)", "best validation epoch (in-sample SVM)"),
-)
-VARIANT_METRICS = ("test_acc", "test_brier", "test_ece", "test_feature_shift")
-
-
-def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
-    """For `svm_features: cross_fit` and `eval_epoch: best_val` runs: the headline figures
-    against the paper's variant, which the same folds also report, paired over folds."""
-    lines = []
-    has = lambda key: all(key in r.result for r in runs.values())  # noqa: E731
-    view = lambda key: {"per_fold": {f: {"v": r.result[key]} for f, r in runs.items()}}  # noqa: E731
-    for prefix, paper, ours in VARIANTS:
-        rows = []
-        for metric in VARIANT_METRICS:
-            # Change one thing at a time: last_epoch_* figures use the in-sample SVM, so with
-            # cross-fitting on they are compared with in_sample_*, not with the headline.
-            other = "in_sample_" + metric if prefix == "last_epoch_" else metric
-            other = other if has(other) else metric
-            if not (has(prefix + metric) and has(other)):
-                continue
-            d = paired_difference(view(prefix + metric), view(other), "v")
-            a = mean_std([r.result[prefix + metric] for r in runs.values()])[0]
-            b = mean_std([r.result[other] for r in runs.values()])[0]
-            rows.append(f"| {metric} | {a:.4f} | {b:.4f} | {d['mean']:+.4f} | {d['t']:.2f} |")
-        if rows:
-            lines += [
-                "",
-                f"{ours} against {paper}, same folds (b - a paired; Brier, ECE and feature shift:"
-                " lower is better):",
-                "",
-                f"| metric | a: {paper} | b: {ours} | b - a | corrected t |",
-                "|---|---|---|---|---|",
-                *rows,
-            ]
-    return lines
+            yield name, cvs[name].finish(final, workers, use_gpu), (time.perf_counter() - t0) / 60

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import webdataset as wds
 from filelock import FileLock
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from sssl_dist.config import FeatureConfig
 from sssl_dist.records import task_label_of_quadrant
@@ -88,7 +87,7 @@ class ShardSet:
 
         The arrays are views into this node's one memory-mapped copy of the shard set
         (`mel_cache`): every rank and every concurrent fold on a node shares the same pages
-        through the OS page cache, so host memory does not grow with ranks or folds (issue 12).
+        through the OS page cache, so host memory does not grow with ranks or folds.
         """
         store, index = self.mel_cache()
         wanted = song_ids if song_ids is not None else set(index)
@@ -368,7 +367,7 @@ def epoch_batches(n: int, steps: int, global_batch: int, seed: int, epoch: int) 
 
     The permutation does not depend on the number of workers: each rank takes its share of
     every global batch (`rank_share`), so a 2-worker epoch trains on exactly the batches of a
-    1-worker epoch (issue 13).
+    1-worker epoch.
     """
     if n <= 0:
         raise ValueError("no training segment: use more songs or a shorter segment length")
@@ -390,42 +389,3 @@ def rank_share(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
 def loss_pass_batches(lo: int, hi: int, batch_size: int) -> list[np.ndarray]:
     """Every position of [lo, hi) exactly once, in order (the per-epoch loss pass)."""
     return [np.arange(a, min(a + batch_size, hi)) for a in range(lo, hi, batch_size)]
-
-
-# --------------------------------------------------------------------------------------------
-# Folds (by song, stratified, seeded)
-# --------------------------------------------------------------------------------------------
-def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Test-song indices of each fold; every song is in exactly one test fold."""
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
-
-
-def fold_indices(
-    labels: np.ndarray, n_folds: int, fold: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) song indices for one fold. The validation songs are held out inside
-    the training songs, stratified, for honest model selection."""
-    test = song_folds(labels, n_folds, seed)[fold]
-    rest = np.setdiff1d(np.arange(len(labels)), test)
-    train, val = hold_out_validation(labels, rest, val_fraction, seed, f"fold {fold}")
-    return train, val, test
-
-
-def hold_out_validation(
-    labels: np.ndarray, songs: np.ndarray, val_fraction: float, seed: int, what: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices: `val_fraction` of `songs` (at least one per class) held out,
-    stratified by label. `what` names the song set in the error message."""
-    if val_fraction <= 0:
-        return songs, np.array([], dtype=int)
-    n_val = max(len(np.unique(labels)), int(round(val_fraction * len(songs))))
-    counts = np.bincount(labels[songs])
-    if counts[counts > 0].min() < 2:
-        raise ValueError(
-            f"{what}: a class has only {counts[counts > 0].min()} training song(s), too few "
-            "to hold validation songs out stratified; use more songs, fewer folds or "
-            "val_fraction=0"
-        )
-    train, val = train_test_split(songs, test_size=n_val, stratify=labels[songs], random_state=seed)
-    return np.sort(train), np.sort(val)

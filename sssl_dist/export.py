@@ -20,28 +20,32 @@ import torch
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, SSSLConfig, from_dict, to_dict
-from sssl_dist.crossfit import SVM_SONGS_FILE
 from sssl_dist.data import ShardSet, segment_probabilities
 from sssl_dist.models import build_model
+from sssl_dist.runfiles import CONFIG, FOLD_IDS, SONGS
 from sssl_dist.song import SongClassifier, song_features
 
 log = logging.getLogger(__name__)
 FORMAT = "sssl-model/1"
 
 
-def export_model(checkpoint_dir: str | Path, shards: ShardSet, path: str | Path) -> Path:
-    """Write the artifact from a finished run's checkpoint (state.pt, songs.json or
-    svm_songs.json, fold_ids)."""
+def export_model(
+    checkpoint_dir: str | Path,
+    shards: ShardSet,
+    path: str | Path,
+    learned_from: dict[str, list] | None = None,
+) -> Path:
+    """Write the artifact from a finished run's checkpoint (state.pt, config, fold_ids). The
+    SVM's data are `learned_from`'s training songs (cross-fitted probabilities where the run
+    made them), by default the checkpoint's own songs.json."""
     import yaml
 
     from sssl_dist.checkpoint import load_state
 
     ckpt = Path(checkpoint_dir)
-    cfg = from_dict(SSSLConfig, yaml.safe_load((ckpt / "config.yaml").read_text()))
-    # What the SVM learned from: the cross-fitted probabilities when the run made them.
-    learned = ckpt / SVM_SONGS_FILE if (ckpt / SVM_SONGS_FILE).is_file() else ckpt / "songs.json"
-    songs = json.loads(learned.read_text())
-    train_ids = json.loads((ckpt / "fold_ids.json").read_text())["train"]
+    cfg = from_dict(SSSLConfig, yaml.safe_load((ckpt / CONFIG).read_text()))
+    songs = learned_from or json.loads((ckpt / SONGS).read_text())
+    train_ids = json.loads((ckpt / FOLD_IDS).read_text())["train"]
     labels = {s["song_id"]: s[cfg.task] for s in shards.songs}
     ids = [s for s in train_ids if songs.get(s)]
     feats = np.stack([song_features(np.asarray(songs[s]), cfg.theta) for s in ids])

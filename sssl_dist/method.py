@@ -72,6 +72,14 @@ def normalise_losses(losses: np.ndarray) -> np.ndarray | None:
     return scaled
 
 
+def strided_subsample(x: np.ndarray, max_fit: int | None) -> np.ndarray:
+    """At most `max_fit` values of `x`, evenly strided (all of them when there are fewer)."""
+    if max_fit is None or x.size <= max_fit:
+        return x
+    step = x.size / max_fit
+    return x[(np.arange(max_fit) * step).astype(np.int64)]
+
+
 def fit_loss_gmm(
     losses: np.ndarray,
     *,
@@ -86,7 +94,7 @@ def fit_loss_gmm(
     losses [N] (float; NaN allowed). With more than `max_fit` finite losses, EM runs on an
     evenly strided subsample of max_fit of them (losses come in segment-id order, so the
     stride samples every song alike), and the posteriors are computed for all N: a two-
-    component 1-D fit needs no more, and the full fit grows to seconds at 10^7 (issue 12).
+    component 1-D fit needs no more, and the full fit grows to seconds at 10^7 (bench_gmm.py).
     Edge cases, each with a defined outcome:
     - NaN losses: excluded from the fit and given w = 0 (a sample whose loss cannot be computed
       is not trusted as clean);
@@ -108,14 +116,10 @@ def fit_loss_gmm(
     gmm = GaussianMixture(
         n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
     )
-    sample = scaled
-    if max_fit is not None and scaled.size > max_fit:
-        step = scaled.size / max_fit
-        sample = scaled[(np.arange(max_fit) * step).astype(np.int64)]
     with warnings.catch_warnings():
         # EM stopping at max_iter=10 is DivideMix's deliberate choice, not a problem.
         warnings.filterwarnings("ignore", message=".*did not converge.*")
-        gmm.fit(sample.reshape(-1, 1))
+        gmm.fit(strided_subsample(scaled, max_fit).reshape(-1, 1))
     means = gmm.means_.ravel()
     variances = gmm.covariances_.ravel()
     clean = int(np.argmin(means))  # §2.1.2: the component with the smaller mean is clean
@@ -165,7 +169,7 @@ def clean_posterior(
 
 @dataclass
 class LossMemory:
-    """Temporal averaging of per-sample losses over epochs (issue 11's "mean_loss" selection).
+    """Temporal averaging of per-sample losses over epochs (the "mean_loss" selection).
 
     Our addition to the paper, after AUM (Pleiss et al. 2020, which averages margins over
     epochs for the same reason): a network that starts to memorise a wrong label lowers that
@@ -258,16 +262,7 @@ def split_clean_noisy(
     # One bincount over X's labels instead of one masked count per class (10^7 at scale).
     counts = np.bincount(labels[clean_mask], minlength=num_classes)[:num_classes].tolist()
     notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
-    n_x = int(clean_mask.sum())
-    if n_x == 0:
-        notes.append("X is empty: every sample is treated as noisy this epoch")
-    elif n_x == clean_mask.size:
-        notes.append("U is empty: every sample is treated as clean this epoch")
-    present = [k for k in range(num_classes) if sizes[k]]
-    if n_x:
-        for k in present:
-            if counts[k] / n_x < min_class_share:
-                notes.append(f"class {k} is {counts[k]}/{n_x} of X (< {min_class_share:.0%})")
+    notes += _split_notes(clean_mask, counts, sizes, min_class_share)
     for note in notes:
         warnings.warn(note, DegenerateSplitWarning, stacklevel=2)
     return Split(
@@ -290,6 +285,20 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logp / temperature, dim=-1)
 
 
+def _split_notes(
+    clean_mask: np.ndarray, counts: list[int], sizes: list[int], min_class_share: float
+) -> list[str]:
+    """What is wrong with a split: an empty X or U, or a class under `min_class_share` of X."""
+    n_x = int(clean_mask.sum())
+    if n_x == 0:
+        return ["X is empty: every sample is treated as noisy this epoch"]
+    notes = ["U is empty: every sample is treated as clean this epoch"] * (n_x == clean_mask.size)
+    for k, size in enumerate(sizes):
+        if size and counts[k] / n_x < min_class_share:
+            notes.append(f"class {k} is {counts[k]}/{n_x} of X (< {min_class_share:.0%})")
+    return notes
+
+
 def pseudo_label(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 5: Û = {(x_i, ŷ_i) | x_i ∈ U}, ŷ_i = sharpen(f(θ, x_i)); probs [B, K] -> [B, K].
 
@@ -307,7 +316,7 @@ def refine_labels(
     one_hot [B, K] inherited labels, probs [B, K] the network's prediction (no gradient), w [B]
     the clean posterior of each X sample. A segment the GMM is nearly sure of (w -> 1) keeps
     its label; a borderline one (w just above τ) leans towards what the network sees, so a
-    wrong label that slipped into X is trained on less hard (issue 11).
+    wrong label that slipped into X is trained on less hard.
     """
     w = w.detach().to(probs.dtype).unsqueeze(1)
     return sharpen(w * one_hot.to(probs.dtype) + (1 - w) * probs.detach(), temperature)

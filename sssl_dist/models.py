@@ -8,7 +8,7 @@ the dB values instead of a hand-set normalisation constant.
 Both run in the channels-last memory layout (NHWC), weights and activations, the layout the
 oneDNN CPU kernels and cuDNN's tensor-core kernels are written for. The values are the same
 as in NCHW up to float rounding; a small-CNN training step on 2 CPU cores takes about 0.6-0.7x
-the time (BENCHMARKS.md, issue 12).
+the time (BENCHMARKS.md, bench_models.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Folds side by side: `sssl train --parallel N` and `sssl demo --parallel N` (issue 12).
+"""Folds side by side: `sssl train --parallel N`, `sssl compare --parallel N` and the demo.
 
 Each unit (one fold of one configuration) is one Ray task that calls `run_fold`, the same
 per-fold path that `sssl train` takes one fold at a time and that every `sssl tune` trial
@@ -13,7 +13,6 @@ workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from typing import Any, TypeVar
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
-from sssl_dist.fold import FoldRun, ProgressTail, run_fold
-from sssl_dist.train import PROGRESS_FILE
+from sssl_dist.fit import FoldRun, ProgressTail, RunStopped, request_stop
+from sssl_dist.fold import run_fold
+from sssl_dist.runfiles import PROGRESS
 from sssl_dist.warmup import is_ready
-
-DRIVER_COPY = "fold-files"  # under a run directory: a finished fold's files for the driver
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,11 @@ def run_units_parallel(
     each one finishes. Units of several configurations share the slots, so a comparison of
     3 arms x 3 folds on 2 slots takes 5 rounds, not 3 x 2 (`run_arms`).
 
-    Each `storage_path` must be a filesystem path that the driver can read (on a cluster:
-    shared storage, as Ray Train needs for more than one node): each run's `checkpoint_dir`
-    is a copy of its fold files there. The first failing unit cancels the rest and raises.
+    Each run's results come back in its FoldRun; its weights stay in its final checkpoint
+    under `storage_path`, which the driver reads to export the model (on a cluster: shared
+    storage, as Ray Train needs for more than one node), as it reads the progress lines. The
+    first failing unit cancels the rest and raises. A Ctrl-C or SIGTERM lets the running units
+    finish their epoch (fit.request_stop), yields those that finish, then raises it.
     """
     import ray
 
@@ -71,26 +71,50 @@ def run_units_parallel(
     task = ray.remote(_train_fold).options(
         num_cpus=1 if workers == 0 else 0, num_gpus=1 if workers == 0 and use_gpu else 0
     )
-    tails = {
-        key: ProgressTail(u.storage_path / u.name / PROGRESS_FILE, _for_unit(on_epoch, key))
-        for key, u in units.items()
-    }
+    tails = [ProgressTail(u.run_dir / PROGRESS, _for_unit(on_epoch, k)) for k, u in units.items()]
     queue, pending = list(units), {}
+    interrupt: KeyboardInterrupt | None = None
     try:
         while queue or pending:
-            while len(pending) < parallel and (key := _next_runnable(queue, pending, units)):
+            while (
+                len(pending) < parallel
+                and (key := _next_runnable(queue, pending, units)) is not None
+            ):
                 queue.remove(key)
                 ref = task.remote(units[key], str(shards.root), workers, use_gpu)
                 pending[ref] = key
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            for tail in tails.values():
+            try:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            except KeyboardInterrupt as exc:
+                if interrupt is not None:
+                    raise  # the second Ctrl-C or SIGTERM: at once
+                interrupt, queue = exc, []  # the first: start nothing more
+                for key in pending.values():  # each finishes its epoch in flight
+                    request_stop(units[key].run_dir)
+                continue
+            for tail in tails:
                 tail.poll()
             for ref in done:
                 key = pending.pop(ref)
-                yield key, ray.get(ref)
+                if (run := _finished_or_stopped(ref, interrupt)) is not None:
+                    yield key, run
+        if interrupt is not None:
+            raise interrupt
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+
+
+def _finished_or_stopped(ref: Any, interrupt: KeyboardInterrupt | None) -> FoldRun | None:
+    """A finished unit's run, or None for one that stopped after an epoch when asked."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if interrupt is not None and isinstance(exc.cause, RunStopped):
+            return None
+        raise
 
 
 def run_folds_parallel(
@@ -126,19 +150,10 @@ def _next_runnable(queue: list[K], pending: dict[Any, K], units: dict[K, Unit]) 
 
 def _train_fold(unit: Unit, shard_dir: str, workers: int, gpu: bool) -> FoldRun:
     """One fold in a Ray task; workers=0 trains in this process (Ray Train local mode)."""
-    run = run_fold(
+    return run_fold(
         unit.cfg, ShardSet(shard_dir), unit.fold, storage_path=unit.storage_path, name=unit.name,
         workers=workers, use_gpu=gpu, save_warmup=unit.save_warmup, warmup_from=unit.warmup_from,
     )  # fmt: skip
-    # The local copy of the fold's files lives on this task's node: move it under the run
-    # directory, where the driver reads it (Ray's own persisted checkpoint lacks what the driver
-    # side added, such as cross-fitted results, and local mode persists none).
-    copy = Path(run.run_dir) / DRIVER_COPY
-    shutil.rmtree(copy, ignore_errors=True)  # an earlier run's
-    shutil.copytree(run.checkpoint_dir, copy)
-    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-    run.checkpoint_dir = str(copy)
-    return run
 
 
 def _for_unit(on_epoch, key):

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, from_dict, to_dict
+from sssl_dist.outdir import hold
 
 # The decode tasks import this module: torch and scikit-learn (export.py) are imported only
 # where a model is used, so a decode worker starts without them.
@@ -56,6 +57,7 @@ MANIFEST_COLUMN = "path"  # the manifest CSV's column of audio paths
 PLOT_MAX_FILES = 20  # runs this small get per-file JSON, CSV and plot without --plots
 _NAME_MAX_BYTES = 80  # output names stay far below the 255-byte file name limit
 _TABLES = ("segments", "files", "failures")
+LOCK_NAME = ".predict.lock"
 # Quadrants with positive valence and with high arousal (Russell's plane; DESIGN.md, 4Q).
 _VALENCE_POS = {"quadrant": ("Q1", "Q4"), "valence": ("positive",)}
 _AROUSAL_POS = {"quadrant": ("Q1", "Q2"), "arousal": ("high",)}
@@ -235,11 +237,20 @@ class PartStore:
 
     def __init__(self, out: Path):
         self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        # One `sssl predict` per output directory: two would commit parts of one done-list.
+        self._lock = hold(out, "sssl predict", LOCK_NAME)
         for table in (*_TABLES, "done"):
             (out / table).mkdir(parents=True, exist_ok=True)
         self.done: set[str] = set()
         self.next_part = 0
         self._recover()
+
+    def __enter__(self) -> PartStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release(force=True)
 
     def _recover(self) -> None:
         markers = sorted((self.out / "done").glob("part-*.json"))
@@ -537,58 +548,61 @@ def run_predict(
     t0 = time.perf_counter()
     out = Path(out_dir)
     models = load_models(model_paths)
-    check_run_record(out, model_paths, max_seconds)
-    store = PartStore(out)
-    schemas = table_schemas(models)
+    with PartStore(out) as store:
+        check_run_record(out, model_paths, max_seconds)
+        schemas = table_schemas(models)
+        keys, outputs = file_outputs(files, models)
+        plots = len(files) <= PLOT_MAX_FILES if plots is None else plots
+        csv_path = out / "predictions.csv"
+        done_rows = store.read("files")
+        rewrite_csv(csv_path, csv_rows(done_rows.to_pylist()) if done_rows else [])
+        todo = [(k, f) for k, f in zip(keys, files, strict=True) if k not in store.done]
+        progress = Progress(len(todo), len(files) - len(todo))
+        if todo:
+            if start_ray is not None:
+                start_ray()
+            stream = predict_stream(
+                todo, model_paths, models, max_seconds=max_seconds, actors=actors, gpu=gpu,
+                batch_files=batch_files, actor_cpus=actor_cpus,
+            )  # fmt: skip
+            for batch in _batches(stream, out, models, outputs, plots, part_files, part_seconds):
+                _commit(store, batch, schemas, csv_path, progress)
+        failures = store.read("failures")
+    # This command's files with a failure row, from this run or an earlier one into `out`.
+    failed = len(set(failures.column("file").to_pylist()) & set(keys)) if failures else 0
+    summary = PredictSummary(
+        len(files), len(files) - len(todo), progress.files, failed, progress.audio_s,
+        time.perf_counter() - t0,
+    )  # fmt: skip
+    progress.finish(summary)
+    return summary
+
+
+def file_outputs(files: list[str], models: dict) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Each file's key, and its output name per model (under a folder per model when several)."""
     keys = [file_key(f) for f in files]
     names = output_names(files)
     outputs = {
         k: {m: n if len(models) == 1 else f"{m}/{n}" for m in models}
         for k, n in zip(keys, names, strict=True)
     }
-    plots = len(files) <= PLOT_MAX_FILES if plots is None else plots
-    csv_path = out / "predictions.csv"
-    done_rows = store.read("files")
-    rewrite_csv(csv_path, csv_rows(done_rows.to_pylist()) if done_rows else [])
-    todo = [(k, f) for k, f in zip(keys, files, strict=True) if k not in store.done]
-    progress = Progress(len(todo), len(files) - len(todo))
-    if todo:
-        if start_ray is not None:
-            start_ray()
-        stream = predict_stream(
-            todo,
-            model_paths,
-            models,
-            max_seconds=max_seconds,
-            actors=actors,
-            gpu=gpu,
-            batch_files=batch_files,
-            actor_cpus=actor_cpus,
-        )
-        batch, last = Batch(), time.monotonic()
-        for key, result in stream:
-            add_result(batch, key, result, models, outputs[key])
-            if plots:
-                write_outputs_or_record(batch, out, key, result, models, outputs[key])
-            log_failures(key, result)
-            if len(batch.files) >= part_files or time.monotonic() - last >= part_seconds:
-                _commit(store, batch, schemas, csv_path, progress)
-                batch, last = Batch(), time.monotonic()
-        if batch.files:
-            _commit(store, batch, schemas, csv_path, progress)
-    failures = store.read("failures")
-    # This command's files with a failure row, from this run or an earlier one into `out`.
-    failed = len(set(failures.column("file").to_pylist()) & set(keys)) if failures else 0
-    summary = PredictSummary(
-        len(files),
-        len(files) - len(todo),
-        progress.files,
-        failed,
-        progress.audio_s,
-        time.perf_counter() - t0,
-    )
-    progress.finish(summary)
-    return summary
+    return keys, outputs
+
+
+def _batches(stream, out, models, outputs, plots, part_files, part_seconds) -> Iterator[Batch]:
+    """The stream's results in parts of `part_files` files or `part_seconds`, whichever comes
+    first (the last part may be smaller); plots and failure lines as each file finishes."""
+    batch, last = Batch(), time.monotonic()
+    for key, result in stream:
+        add_result(batch, key, result, models, outputs[key])
+        if plots:
+            write_outputs_or_record(batch, out, key, result, models, outputs[key])
+        log_failures(key, result)
+        if len(batch.files) >= part_files or time.monotonic() - last >= part_seconds:
+            yield batch
+            batch, last = Batch(), time.monotonic()
+    if batch.files:
+        yield batch
 
 
 def _commit(

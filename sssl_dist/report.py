@@ -30,6 +30,30 @@ def _gauss(x: np.ndarray, mean: float, var: float) -> np.ndarray:
     return np.exp(-0.5 * (x - mean) ** 2 / var) / math.sqrt(2 * math.pi * var)
 
 
+def _draw_gmm_fit(ax, fit: dict[str, Any], tau: float) -> None:
+    """One fit's loss histogram, its two weighted components and where w crosses τ."""
+    x = np.linspace(0, 1, 200)
+    hist = np.asarray(fit.get("hist", []), dtype=float)
+    if hist.size:
+        width = 1 / hist.size
+        density = hist / max(hist.sum() * width, 1e-12)
+        ax.bar(
+            np.arange(hist.size) * width, density, width=width, align="edge", color="0.8",
+            label="losses",
+        )  # fmt: skip
+    if fit.get("degenerate"):
+        ax.text(0.5, 0.5, fit["degenerate"], ha="center", transform=ax.transAxes, fontsize=8)
+        return
+    (m0, m1), (v0, v1), (w0, w1) = fit["means"], fit["variances"], fit["weights"]
+    p0, p1 = w0 * _gauss(x, m0, v0), w1 * _gauss(x, m1, v1)
+    ax.plot(x, p0, color="tab:blue", label="clean")
+    ax.plot(x, p1, color="tab:red", label="noisy")
+    post = p0 / np.maximum(p0 + p1, 1e-300)
+    cross = np.nonzero((post[:-1] > tau) & (post[1:] <= tau))[0]
+    if cross.size:
+        ax.axvline(x[cross[0]], color="k", ls="--", lw=1, label=f"w = τ ({tau})")
+
+
 def plot_gmm_epochs(
     history: list[dict[str, Any]],
     tau: float,
@@ -51,35 +75,10 @@ def plot_gmm_epochs(
     fig, axes = plt.subplots(
         len(rows), len(names), figsize=(3.2 * len(names), 2.4 * len(rows)), squeeze=False
     )
-    x = np.linspace(0, 1, 200)
     for r, h in enumerate(rows):
         for c, name in enumerate(names):
-            ax, fit = axes[r][c], h["gmm"][name]
-            hist = np.asarray(fit.get("hist", []), dtype=float)
-            if hist.size:
-                width = 1 / hist.size
-                density = hist / max(hist.sum() * width, 1e-12)
-                ax.bar(
-                    np.arange(hist.size) * width,
-                    density,
-                    width=width,
-                    align="edge",
-                    color="0.8",
-                    label="losses",
-                )
-            if not fit.get("degenerate"):
-                (m0, m1), (v0, v1), (w0, w1) = fit["means"], fit["variances"], fit["weights"]
-                p0, p1 = w0 * _gauss(x, m0, v0), w1 * _gauss(x, m1, v1)
-                ax.plot(x, p0, color="tab:blue", label="clean")
-                ax.plot(x, p1, color="tab:red", label="noisy")
-                post = p0 / np.maximum(p0 + p1, 1e-300)
-                cross = np.nonzero((post[:-1] > tau) & (post[1:] <= tau))[0]
-                if cross.size:
-                    ax.axvline(x[cross[0]], color="k", ls="--", lw=1, label=f"w = τ ({tau})")
-            else:
-                ax.text(
-                    0.5, 0.5, fit["degenerate"], ha="center", transform=ax.transAxes, fontsize=8
-                )
+            ax = axes[r][c]
+            _draw_gmm_fit(ax, h["gmm"][name], tau)
             shown = name
             if name.startswith("class ") and label_names:  # "class 2" -> "Q3"
                 shown = label_names[int(name.split()[1])]

@@ -151,7 +151,7 @@ def feature_shift(train: np.ndarray, other: np.ndarray) -> float:
     """How far `other` songs' Eq. 10 features lie from the training songs' that the SVM learned
     from: the mean over features of |mean difference| / training std (standardised mean
     difference; 0 = same centre). In-sample segment predictions make training songs look more
-    confident than unseen ones (the stacking mismatch of issue 11)."""
+    confident than unseen ones (the stacking mismatch, crossfit.py)."""
     std = train.std(axis=0)
     keep = std > 1e-12
     return float(np.mean(np.abs(train.mean(0) - other.mean(0))[keep] / std[keep]))
@@ -171,7 +171,7 @@ def song_level_results(
 
     Every song of the fold must have at least one segment: the driver refuses a segment length
     longer than a song before launch, so a song can never drop out of the SVM or the test set
-    silently (issue 13).
+    silently.
     """
     empty = sorted(s for ids in fold_ids.values() for s in ids if not len(probs.get(s, [])))
     if empty:

@@ -1,7 +1,7 @@
 """The driver-side GMM service: where the clean/noisy split of every SSSL epoch is fitted.
 
 The design card asks for "an all-gathered per-sample loss vector feeding a driver-side GMM each
-epoch" (issue 12, item 4). `run_fold` (the driver of one fold) starts one `SplitService` actor
+epoch". `run_fold` (the driver of one fold) starts one `SplitService` actor
 per fold and owns it; each SSSL epoch rank 0 gathers the ranks' losses (collectives.py), sends
 the vector here, and broadcasts the mask it gets back. Because the driver owns the service and
 not a worker, it outlives worker failures: the run's split history (one entry per SSSL epoch)

@@ -1,12 +1,18 @@
-"""Markdown tables of comparisons: the paper's Table 3 layout (arms x tasks) and the verdicts
-of `sssl compare`, one place for both so the demo, compare and the benchmarks print alike."""
+"""Every markdown table the commands write, in one place so they print alike: the paper's
+Table 3 layout (arms x tasks) and the verdicts of `sssl compare` (comparison.md), and a
+cross-validation report's summary.md."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sssl_dist.stats import mean_std, pct, pct_mean_std
+from sssl_dist.config import SSSLConfig, to_dict
+from sssl_dist.stats import compare_paired, mean_std, paired_difference, pct, pct_mean_std
+
+if TYPE_CHECKING:  # fit.py imports Ray and torch; a table needs only the results
+    from sssl_dist.fit import FoldRun
 
 METRIC_NAMES = {
     "test_acc": "song accuracy",
@@ -86,8 +92,6 @@ def _songs(s: dict[str, Any]) -> str:
 def comparison_markdown(comparison: dict[str, Any]) -> str:
     """comparison.md: Table 3, then per task one verdict per pair with its statistics and
     which epoch each arm evaluated."""
-    from sssl_dist.compare import warmup_sentence
-
     d = comparison["design"]
     rope = 100 * d["rope"]
     lines = [
@@ -114,37 +118,280 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "helps / hurts when it excludes 0, inconclusive otherwise.",
     ]
     for task, t in comparison["tasks"].items():
-        lines += ["", f"## Task {task}", ""]
-        for pair in t["pairs"]:
-            primary = pair["metrics"].get("test_acc")
-            if primary:
-                lines.append(
-                    f"- **{pair['b']} vs {pair['a']}** (song accuracy): {primary['verdict']}"
-                )
-            for key, m in pair["metrics"].items():
-                if key != "test_acc":
-                    lines.append(f"  - {METRIC_NAMES.get(key, key)}: {m['verdict']}")
-        lines += [""]
-        for arm, e in t["epochs"].items():
-            said = warmup_sentence(e)
-            epochs = ", ".join(f"{w}: {v + 1}" for w, v in e["evaluated_epoch"].items())
-            lines.append(
-                f"- `{arm}` evaluated epoch (1-based; warm-up = epochs 1-{e['warmup_epochs']}) "
-                f"{epochs}" + (f"; {said}." if said else ".")
-            )
-        lines += [
-            "",
-            "| pair / metric | gain, points [95 % CI] | p | corrected t | P(gain) / P(ROPE) / "
-            "P(loss) | W/T/L | detectable gain | songs to resolve |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for pair in t["pairs"]:
-            for key, m in pair["metrics"].items():
-                label = f"{pair['b']} − {pair['a']}: {METRIC_NAMES.get(key, key)}"
-                lines.append(_stats_row(label, m))
+        lines += ["", f"## Task {task}", "", *_task_lines(t)]
     lines += [
         "",
         "Every per-fold figure is in comparison.json; forest.png shows each pair's gain, its CI, "
         "the ROPE band and every fold's difference.",
     ]
     return "\n".join(lines)
+
+
+def _task_lines(t: dict[str, Any]) -> list[str]:
+    """One task's verdicts, evaluated epochs and statistics table."""
+    lines: list[str] = []
+    for pair in t["pairs"]:
+        primary = pair["metrics"].get("test_acc")
+        if primary:
+            lines.append(f"- **{pair['b']} vs {pair['a']}** (song accuracy): {primary['verdict']}")
+        for key, m in pair["metrics"].items():
+            if key != "test_acc":
+                lines.append(f"  - {METRIC_NAMES.get(key, key)}: {m['verdict']}")
+    lines += [""]
+    for arm, e in t["epochs"].items():
+        said = warmup_sentence(e)
+        epochs = ", ".join(f"{w}: {v + 1}" for w, v in e["evaluated_epoch"].items())
+        lines.append(
+            f"- `{arm}` evaluated epoch (1-based; warm-up = epochs 1-{e['warmup_epochs']}) "
+            f"{epochs}" + (f"; {said}." if said else ".")
+        )
+    lines += [
+        "",
+        "| pair / metric | gain, points [95 % CI] | p | corrected t | P(gain) / P(ROPE) / "
+        "P(loss) | W/T/L | detectable gain | songs to resolve |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for pair in t["pairs"]:
+        for key, m in pair["metrics"].items():
+            label = f"{pair['b']} − {pair['a']}: {METRIC_NAMES.get(key, key)}"
+            lines.append(_stats_row(label, m))
+    return lines
+
+
+def warmup_sentence(epochs: dict[str, Any]) -> str | None:
+    """'SSSL's best epoch was in the warm-up on 4 of 5 folds: ...' for an SSSL arm, or None."""
+    n = epochs.get("in_warmup")
+    total = len(epochs["evaluated_epoch"])
+    if n is None or not total:
+        return None
+    if n == total:
+        return (
+            f"its evaluated epoch was in the warm-up on {_all_folds(total)}: it exported the "
+            "network plain training on inherited labels gives, so on this data its step did "
+            "not improve on plain training"
+        )
+    if n:
+        return (
+            f"its evaluated epoch was in the warm-up on {n} of {total} folds (there it exported "
+            "the plain-training network): on those folds its step did not improve on plain "
+            "training"
+        )
+    return f"its evaluated epoch came after the warm-up on {_all_folds(total)}"
+
+
+def _all_folds(n: int) -> str:
+    return "its one fold" if n == 1 else f"all {n} folds"
+
+
+# The song-level numbers a report table shows, in this order.
+HEADLINE = (
+    "test_acc",
+    "test_f1",
+    "test_majority_acc",
+    "test_vote_acc",
+    "test_brier",
+    "test_ece",
+    "test_feature_shift",
+    "val_acc",
+    "val_seg_acc_truth",
+    "noise_auc",
+)
+
+
+def write_summary(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -> None:
+    """summary.md: the headline table, the plots present, the paired variants, the export."""
+    m = summary["metrics"]
+    lines = [
+        f"# {summary['method']} · task {summary['task']} · L = {summary['segment_seconds']} s",
+        "",
+        f"Folds: {summary['folds']} · wall time {summary['seconds']:.0f} s",
+        "",
+        "| metric | mean | std |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {m[k]['mean']:.4f} | {m[k]['std']:.4f} |" for k in HEADLINE if k in m]
+    lines += [
+        "",
+        "test_* are song-level on the test fold (SVM on Eq. 10 features); "
+        "test_majority_acc always answers the training folds' most frequent class; "
+        "test_vote_acc is the majority vote of segment decisions (Sarkar et al.). "
+        "test_brier and test_ece: calibration of the SVM's song probabilities (0 = perfect); "
+        "test_feature_shift: how far test songs' Eq. 10 features lie from the training songs' "
+        "(mean |mean difference| / training std), which the SVM never saw out of sample.",
+        "",
+        "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
+    ]
+    lines += paired_variant_lines(runs)
+    exported = summary.get("exported_model")
+    if exported:
+        epoch = exported.get("epoch")
+        lines += [
+            "",
+            f"Exported {exported['path']}: fold {exported['fold']}"
+            + (f", epoch {epoch + 1} (1-based)" if isinstance(epoch, int) else "")
+            + f". Why: {exported['why']}.",
+        ]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+# Figures a run reports twice, from the same folds: (prefix of the other variant, what it is,
+# what the headline figures are).
+VARIANTS = (
+    ("in_sample_", "SVM on in-sample features (the paper)", "cross-fitted"),
+    ("last_epoch_", "last epoch (the paper)", "best validation epoch (in-sample SVM)"),
+)
+VARIANT_METRICS = ("test_acc", "test_brier", "test_ece", "test_feature_shift")
+
+
+def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
+    """For `svm_features: cross_fit` and `eval_epoch: best_val` runs: the headline figures
+    against the paper's variant, which the same folds also report, paired over folds."""
+    lines = []
+    has = lambda key: all(key in r.result for r in runs.values())  # noqa: E731
+    view = lambda key: {"per_fold": {f: {"v": r.result[key]} for f, r in runs.items()}}  # noqa: E731
+    for prefix, paper, ours in VARIANTS:
+        rows = []
+        for metric in VARIANT_METRICS:
+            # Change one thing at a time: last_epoch_* figures use the in-sample SVM, so with
+            # cross-fitting on they are compared with in_sample_*, not with the headline.
+            other = "in_sample_" + metric if prefix == "last_epoch_" else metric
+            other = other if has(other) else metric
+            if not (has(prefix + metric) and has(other)):
+                continue
+            d = paired_difference(view(prefix + metric), view(other), "v")
+            a = mean_std([r.result[prefix + metric] for r in runs.values()])[0]
+            b = mean_std([r.result[other] for r in runs.values()])[0]
+            rows.append(f"| {metric} | {a:.4f} | {b:.4f} | {d['mean']:+.4f} | {d['t']:.2f} |")
+        if rows:
+            lines += [
+                "",
+                f"{ours} against {paper}, same folds (b - a paired; Brier, ECE and feature shift:"
+                " lower is better):",
+                "",
+                f"| metric | a: {paper} | b: {ours} | b - a | corrected t |",
+                "|---|---|---|---|---|",
+                *rows,
+            ]
+    return lines
+
+
+def sweep_markdown(base: SSSLConfig, summary: dict[str, Any], select_by: str) -> list[str]:
+    """A sweep's summary.md: the honest choice (by `select_by` on validation songs), every
+    configuration, the choice against the defaults, and the paper's table views."""
+    rows, honest, optimistic = summary["rows"], summary["honest"], summary["optimistic"]
+
+    def cell(r: dict[str, Any], metric: str) -> str:
+        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
+
+    lines = [
+        "# Sweep results",
+        "",
+        f"Selected by validation-song accuracy (honest): **{honest['config']}** — test accuracy "
+        f"{cell(honest, 'test_acc')} %, F1 {cell(honest, 'test_f1')} % over {honest['folds']} "
+        f"folds (majority class {cell(honest, 'test_majority_acc')} %).",
+        "",
+        f"Best by test accuracy (optimistic, chosen on the test folds themselves): "
+        f"{optimistic['config']} — {cell(optimistic, 'test_acc')} %.",
+        "",
+        "Every configuration, mean ± std over folds (%):",
+        "",
+        "| config | val acc | test acc | test F1 | vote acc | seg acc (truth) | noise AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r[f"{select_by}_mean"]):
+        lines.append(
+            f"| {r['config']} | {cell(r, 'val_acc')} | {cell(r, 'test_acc')} | "
+            f"{cell(r, 'test_f1')} | {cell(r, 'test_vote_acc')} | "
+            f"{cell(r, 'val_seg_acc_truth')} | {cell(r, 'noise_auc')} |"
+        )
+    lines += [
+        "",
+        *chosen_against_defaults(base, summary),
+        *paper_tables(rows, select_by),
+        "",
+        "best_config.yaml: the selected configuration, ready for `sssl train --config`.",
+    ]
+    return lines
+
+
+def chosen_against_defaults(base: SSSLConfig, summary: dict[str, Any]) -> list[str]:
+    """The honest choice against the base configuration's own values (the defaults), where the
+    sweep ran both on the same folds, with `sssl compare`'s statistics on test accuracy."""
+    honest = summary["honest"]
+    params = [k for k in honest if k in to_dict(base) and k != "config"]
+    default = next(
+        (r for r in summary["rows"] if all(r[k] == getattr(base, k) for k in params)), None
+    )
+    if default is None or default["config"] == honest["config"]:
+        return []
+    per_config = summary["per_config"]
+    a, b = per_config[default["config"]], per_config[honest["config"]]
+    folds = sorted(set(a) & set(b), key=int)
+    if len(folds) < 2:
+        return []
+    test = compare_paired(
+        [a[f]["test_acc"] for f in folds],
+        [b[f]["test_acc"] for f in folds],
+        base.n_folds,
+        songs=None,
+    )
+    return [
+        f"The choice against the defaults ({default['config']}) on the same {len(folds)} "
+        f"folds, test accuracy: {test.sentence()} (corrected repeated k-fold t and its 95 % CI, "
+        "as `sssl compare` reports; the choice was made on validation songs, not on these).",
+        "",
+    ]
+
+
+def paper_tables(rows: list[dict[str, Any]], select_by: str) -> list[str]:
+    """Table 2 (segment length x task, accuracy and F1 per task) and Table 3 (method) views,
+    when the sweep varies them. Each cell is the configuration chosen by validation accuracy
+    within that cell, reported by its test folds."""
+
+    def best(group: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(group, key=lambda r: r[f"{select_by}_mean"])
+
+    def cell(r: dict[str, Any] | None, metric: str) -> str:
+        if r is None:
+            return "—"
+        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
+
+    out: list[str] = []
+    tasks = sorted({r["task"] for r in rows}) if "task" in rows[0] else [None]
+    if "segment_seconds" in rows[0]:
+        head = " | ".join(f"{t or 'task'} acc | {t or 'task'} F1" for t in tasks)
+        out += [
+            "## Table 2 view: by segment length L (s)",
+            "",
+            f"| L | {head} | majority class |",
+            "|---" * (2 * len(tasks) + 2) + "|",
+        ]
+        for length in sorted({r["segment_seconds"] for r in rows}):
+            cells, majority = [], []
+            for t in tasks:
+                group = [
+                    r
+                    for r in rows
+                    if r["segment_seconds"] == length and (t is None or r["task"] == t)
+                ]
+                r = best(group) if group else None
+                cells += [cell(r, "test_acc"), cell(r, "test_f1")]
+                if r is not None:
+                    majority.append(f"{100 * r['test_majority_acc_mean']:.1f}")
+            out.append(f"| {length} | " + " | ".join(cells) + f" | {' / '.join(majority)} |")
+        out.append("")
+    if "method" in rows[0]:
+        out += [
+            "## Table 3 view: by method",
+            "",
+            "| method | test acc | test F1 | majority class |",
+            "|---|---|---|---|",
+        ]
+        for method in sorted({r["method"] for r in rows}):
+            r = best([r for r in rows if r["method"] == method])
+            out.append(
+                f"| {method} | {cell(r, 'test_acc')} | {cell(r, 'test_f1')} | "
+                f"{100 * r['test_majority_acc_mean']:.1f} |"
+            )
+        out.append("")
+    return out

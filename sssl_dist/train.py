@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,8 @@ import ray
 import ray.train
 import torch
 
+from sssl_dist import runfiles
 from sssl_dist.checkpoint import (
-    FINAL_NAME,
-    WARMUP_NAME,
     BestEpoch,
     copy_weights,
     epoch_dir_name,
@@ -53,6 +53,7 @@ from sssl_dist.collectives import (
     broadcast_status,
     distributed,
     gather_losses,
+    rank0_decides,
 )
 from sssl_dist.config import SSSLConfig, from_dict
 from sssl_dist.data import SegmentTable, ShardSet
@@ -69,8 +70,6 @@ from sssl_dist.models import build_model
 from sssl_dist.song import song_level_results
 from sssl_dist.split_service import NAMESPACE
 
-PROGRESS_FILE = "progress.jsonl"
-
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -78,7 +77,7 @@ class LoopConfig:
 
     config: dict[str, Any]  # the resolved SSSLConfig, as a dict
     shards: str  # shard directory (same path on every node)
-    fold: int
+    fold: int | None  # None for the final refit: it only labels the metrics
     fold_ids: dict[str, list[str]]  # song ids of train / val / test
     run_dir: str  # storage_path/name: where this run's checkpoints are persisted
     tensorboard_dir: str | None  # None for remote storage
@@ -137,51 +136,82 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         history.append(metrics)
         _log_epoch(loop, metrics)
         state = training_state(w.plain, w.opt, epoch, clean_w, memory, best, w.teacher)
-        files = {"history.json": history}
+        files = {runfiles.HISTORY: history}
         save_checkpoint(
             state, files, cfg, _scalars(metrics), epoch_dir_name(epoch), _local_run_dir(loop)
         )
         if loop.save_warmup and epoch == cfg.warmup_epochs - 1 and w.rank == 0:
             # The warm-up's end, kept apart from the rotating epoch checkpoints: runs that
             # differ only after the warm-up continue from it (warmup.py).
-            write_checkpoint_dir(Path(loop.run_dir, WARMUP_NAME), state, files, cfg)
+            write_checkpoint_dir(Path(loop.run_dir, runfiles.WARMUP), state, files, cfg)
+        if epoch < cfg.epochs - 1 and rank0_decides(stop_requested(loop) and w.rank == 0):
+            return  # the driver asked to stop (Ctrl-C, SIGTERM): this epoch is checkpointed
     finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
+
+
+def stop_requested(loop: LoopConfig) -> bool:
+    """Whether the driver has asked this run to stop after the epoch in flight."""
+    return "://" not in loop.run_dir and Path(loop.run_dir, runfiles.STOP).is_file()
 
 
 def set_up_rank(loop: LoopConfig) -> tuple[Worker, dict[str, np.ndarray], dict[str, dict]]:
     """This rank's data (segment tables and the mels they need), model and optimiser."""
     cfg: SSSLConfig = from_dict(SSSLConfig, loop.config)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.torch_threads)
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also syncs)
+    return build_worker(
+        cfg,
+        ShardSet(loop.shards),
+        loop.fold_ids,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        prepare=ray.train.torch.prepare_model,  # moves to the device; DDP when world > 1
+    )
 
-    shards = ShardSet(loop.shards)
+
+def build_worker(
+    cfg: SSSLConfig,
+    shards: ShardSet,
+    fold_ids: dict[str, list[str]],
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model,
+) -> tuple[Worker, dict[str, np.ndarray], dict[str, dict]]:
+    """One rank's Worker for the songs `fold_ids`: the trainer's (set_up_rank) and, with the
+    defaults, a plain single process's (benchmarks time the same path without Ray)."""
     by_id = shards.by_id
     build = lambda part: SegmentTable.build(  # noqa: E731
-        [by_id[s] for s in loop.fold_ids[part]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
+        [by_id[s] for s in fold_ids[part]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
     )
     table, val_table = build("train"), build("val")
     # Each global batch mixes segments from all training songs, so every rank needs all the
     # training mels (and the validation and test songs it predicts at the end).
-    mels = shards.load_mels({s for ids in loop.fold_ids.values() for s in ids})
-    fc = shards.feature_config
-
-    model = ray.train.torch.prepare_model(  # moves to device; DDP when world > 1
-        build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    )
-    opt = (
-        torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adam"
-        else torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    )
+    mels = shards.load_mels({s for ids in fold_ids.values() for s in ids})
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also syncs)
+    model = prepare(build_model(cfg.backbone, cfg.num_classes, cfg.dropout))
     worker = Worker.build(
-        cfg, table, val_table, mels, fc, model, opt, rank=rank, world=world, device=device
+        cfg,
+        table,
+        val_table,
+        mels,
+        shards.feature_config,
+        model,
+        build_optimizer(cfg, model.parameters()),
+        rank=rank,
+        world=world,
+        device=device,
     )
     return worker, mels, by_id
+
+
+def build_optimizer(cfg: SSSLConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam, the paper's optimiser, or SGD with momentum."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def restore(w: Worker, loop: LoopConfig) -> Progress:
@@ -204,7 +234,7 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     split = state["clean_w"] if "clean_w" in state else state["clean_mask"].float()
     return Progress(
         start_epoch=int(state["epoch"]) + 1,
-        history=json.loads(Path(found, "history.json").read_text()),
+        history=json.loads(Path(found, runfiles.HISTORY).read_text()),
         clean_w=split.numpy() if split.numel() else None,
         memory=LossMemory(state["loss_sums"].numpy(), state["loss_counts"].numpy()),
         best=BestEpoch.from_state(state),
@@ -320,14 +350,14 @@ def finish_fold(
     save_checkpoint(
         state,
         {
-            "history.json": history,
-            "result.json": final,
-            "songs.json": probs,
-            "fold_ids.json": loop.fold_ids,
+            runfiles.HISTORY: history,
+            runfiles.RESULT: final,
+            runfiles.SONGS: probs,
+            runfiles.FOLD_IDS: loop.fold_ids,
         },
         cfg,
         _scalars(final),
-        FINAL_NAME,
+        runfiles.FINAL,
         _local_run_dir(loop),
     )
 
@@ -378,7 +408,7 @@ def _log_epoch(loop: LoopConfig, metrics: dict[str, Any]) -> None:
         return
     run_dir = Path(loop.tensorboard_dir).parent
     run_dir.mkdir(parents=True, exist_ok=True)  # local mode (num_workers=0) does not create it
-    with open(run_dir / PROGRESS_FILE, "a") as fh:
+    with open(run_dir / runfiles.PROGRESS, "a") as fh:
         fh.write(json.dumps(_scalars(metrics)) + "\n")
     from tensorboardX import SummaryWriter
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
-from sssl_dist.checkpoint import WARMUP_NAME, _readable_epoch, epoch_dir_name, newest_persisted
+from sssl_dist.checkpoint import epoch_dir_name, newest_persisted, readable_epoch
 from sssl_dist.config import STEP_FIELDS, SSSLConfig, to_dict
+from sssl_dist.runfiles import WARMUP
+
+log = logging.getLogger(__name__)
 
 # Fields that no warm-up epoch reads: the method (the warm-up is CE for every method), the
 # split and the SSSL step (Eq. 3-9), which epoch is evaluated, the song-level decision, and
@@ -66,12 +70,12 @@ def warmup_key(cfg: SSSLConfig) -> str | None:
 
 def warmup_source(run_dir: str | Path) -> Path:
     """Where a donor run keeps its warm-up's end."""
-    return Path(run_dir) / WARMUP_NAME
+    return Path(run_dir) / WARMUP
 
 
 def is_ready(source: Path) -> bool:
     """The donor's warm-up checkpoint is complete on disk."""
-    return source.is_dir() and _readable_epoch(source) is not None
+    return source.is_dir() and readable_epoch(source) is not None
 
 
 def adopt_warmup(source: Path, run_dir: str | Path, cfg: SSSLConfig) -> bool:
@@ -86,4 +90,5 @@ def adopt_warmup(source: Path, run_dir: str | Path, cfg: SSSLConfig) -> bool:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
     tmp.rename(target)
+    log.info("%s starts after the warm-up it shares with %s", run_dir.name, source.parent.name)
     return True

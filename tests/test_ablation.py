@@ -454,7 +454,7 @@ def test_ema_resumed_run_equals_an_uninterrupted_one(shard_dir, tmp_path, ray_se
     assert "ema_model" in load_state(tmp_path / "resumed" / "epoch-0001")
     resumed = run_fold(cfg, shards, 0, storage_path=tmp_path, name="resumed", workers=0)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
-    a, b = load_state(whole.checkpoint_dir), load_state(resumed.checkpoint_dir)
+    a, b = load_state(whole.checkpoint.path), load_state(resumed.checkpoint.path)
     for part in ("model", "ema_model"):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:

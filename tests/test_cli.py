@@ -215,12 +215,12 @@ def test_cluster_launcher_yaml_passes_ray_validation():
 
 
 def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
-    from sssl_dist.cv import paired_variant_lines
-    from sssl_dist.fold import FoldRun
+    from sssl_dist.fit import FoldRun
+    from sssl_dist.tables import paired_variant_lines
 
     def run(acc: float, paper_acc: float) -> FoldRun:
         result = {"test_acc": acc, "in_sample_test_acc": paper_acc}
-        return FoldRun(result, [], {}, {}, "", "")
+        return FoldRun(result, [], {}, {})
 
     runs = {0: run(0.8, 0.7), 1: run(0.7, 0.7), 2: run(0.9, 0.7)}
     lines = paired_variant_lines(runs)
@@ -228,50 +228,6 @@ def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
     # The corrected t over the 3 folds: 0.1 / sqrt((1/3 + 1/2) * 0.1²) = 1.10 (naive: 1.73).
     assert row == "| test_acc | 0.7000 | 0.8000 | +0.1000 | 1.10 |"
     assert not any("last epoch" in line for line in lines)  # that variant was not reported
-
-
-def test_accuracy_benchmark_keys_keep_their_meaning_across_new_fields(tmp_path):
-    """benchmarks/accuracy.py keys name every setting a cell depends on. A key written before a
-    field existed gets the value it ran with: the current split network, or the one its `set`
-    named, so a committed cell is never relabelled (or resumed) as another configuration. A cell
-    directory named before the field is still found, to summarise or resume."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks/accuracy.py")
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
-    head = "songs=200 folds=10 epochs=8 warmup=3 noise=0.3 task=quadrant L=1 gmm_scope=per_class"
-    old = {
-        f"{head} selection=epoch_loss targets=inherited set=- eval=best_val method=sssl": 1,
-        f"{head} selection=epoch_loss targets=inherited set=split_network:best_val eval=best_val "
-        "method=sssl": 2,
-        f"{head} selection=mean_loss targets=inherited set=lr_schedule:cosine,"
-        "split_network:best_val eval=last method=sssl": 3,
-        f"{head} selection=epoch_loss method=inherit": 4,  # before eval, targets and set
-    }
-    new = accuracy._migrate(old)
-    tail = "targets=inherited set"
-    assert new == {
-        f"{head} selection=epoch_loss split_network=current {tail}=- eval=best_val method=sssl": 1,
-        f"{head} selection=epoch_loss split_network=best_val {tail}=- eval=best_val method=sssl": 2,
-        f"{head} selection=mean_loss split_network=best_val {tail}=lr_schedule:cosine eval=last "
-        "method=sssl": 3,
-        f"{head} selection=epoch_loss split_network=current {tail}=- eval=last method=inherit": 4,
-    }
-    assert accuracy._migrate(new) == new
-
-    fields = dict(part.split("=") for part in next(k for k, v in new.items() if v == 2).split())
-    fresh = tmp_path / accuracy._dir_name(fields)
-    assert accuracy._cell_dir(tmp_path, fields) == fresh  # nothing on disk: the new name
-    legacy = tmp_path / (
-        "songs-200_folds-10_epochs-8_warmup-3_noise-0.3_task-quadrant_L-1_gmm_scope-per_class_"
-        "selection-epoch_loss_targets-inherited_set-split_network:best_val_eval-best_val_"
-        "method-sssl"
-    )
-    legacy.mkdir()
-    assert accuracy._cell_dir(tmp_path, fields) == legacy  # an unfinished old cell resumes
-    fresh.mkdir()
-    assert accuracy._cell_dir(tmp_path, fields) == fresh
 
 
 @pytest.mark.parametrize("parallel", [1, 2])

@@ -12,7 +12,7 @@ from sssl_dist.cli import main
 from sssl_dist.compare import Design, default_arms, run_comparison
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
-from sssl_dist.train import PROGRESS_FILE
+from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
 
 # Two warm-up epochs of three, so sharing them is most of the work.
 BASE = SSSLConfig(n_folds=2, epochs=3, warmup_epochs=2, batch_size=32)

@@ -199,3 +199,40 @@ def test_train_refuses_a_bad_config_in_one_line_before_launch(tmp_path, caplog, 
     assert main(["train", "--shards", str(tmp_path / "none"), *args]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+
+
+def test_every_field_is_in_exactly_one_group_and_alternatives_are_allowed_values():
+    from typing import get_args, get_type_hints
+
+    from sssl_dist.config import FIELD_GROUPS, NOT_ADOPTED
+
+    grouped = [k for keys in FIELD_GROUPS.values() for k in keys]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(SSSLConfig))
+    assert len(grouped) == len(set(grouped))
+    hints = get_type_hints(SSSLConfig)
+    for key, value in NOT_ADOPTED.items():
+        assert value in get_args(hints[key]) and value != getattr(SSSLConfig(), key), key
+
+
+def test_sgd_with_momentum_and_a_linear_svm_are_what_they_say():
+    """Fields no benchmark uses still do what they name: optimizer sgd with its momentum, and
+    svm_kernel linear."""
+    import numpy as np
+    import torch
+
+    from sssl_dist.song import SongClassifier
+    from sssl_dist.train import build_optimizer
+
+    net = torch.nn.Linear(3, 2)
+    sgd = build_optimizer(SSSLConfig(optimizer="sgd", momentum=0.7, lr=0.1), net.parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.7
+    adam = build_optimizer(SSSLConfig(), net.parameters())
+    assert isinstance(adam, torch.optim.Adam)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 7))
+    y = (x[:, 0] > 0).astype(int)
+    for kernel in ("linear", "rbf"):
+        clf = SongClassifier(1.0, kernel, 0).fit(x, y)
+        svc = clf._pipe[-1].estimator
+        assert svc.kernel == kernel
+        assert (clf.predict(x) == y).mean() > 0.9  # x[:, 0] > 0 is linearly separable

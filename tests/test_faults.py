@@ -4,12 +4,14 @@ uninterrupted one, and temporary checkpoints that do not pile up."""
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,7 +68,10 @@ def test_a_signal_stops_training_and_the_rerun_resumes_to_the_same_result(
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_epoch(out, proc)
+        time.sleep(1.0)  # into the next epoch (each takes seconds here)
         children = psutil.Process(proc.pid).children(recursive=True)
+        (progress,) = out.glob("ray/*-fold0-*/progress.jsonl")
+        at_signal = len(progress.read_text().splitlines())
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=180)
     finally:
@@ -74,14 +79,18 @@ def test_a_signal_stops_training_and_the_rerun_resumes_to_the_same_result(
             proc.kill()
     assert proc.returncode == code, err[-3000:]
     assert "run the same command again" in err
+    assert "stopping after the epoch in flight" in err
     # Nothing it started is left running (Ray's processes and the training thread's).
     gone, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [p.info for p in alive]
-    # The last finished epoch is on disk, and the same command continues from it.
+    # It stopped at an epoch boundary: the epoch in flight at the signal finished (unless the
+    # signal came between an epoch's progress line and its stop check), and its checkpoint is
+    # the newest on disk. The same command continues from it.
     (run_dir,) = out.glob("ray/*-fold0-*")
-    assert sorted(run_dir.glob("epoch-*")), "no epoch checkpoint was kept"
-    assert not (out / "fold-0").exists()
     first = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
+    assert at_signal <= len(first) <= at_signal + 1 < 4, (at_signal, first)
+    assert sorted(run_dir.glob("epoch-*"))[-1].name == f"epoch-{first[-1]:04d}"
+    assert not (out / "fold-0").exists()
     assert main(["train", "--shards", str(shard_dir), "--out", str(out), *TRAIN]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
     assert epochs[: len(first)] == first and epochs == sorted(set(epochs)) == [0, 1, 2, 3]
@@ -133,3 +142,81 @@ def test_the_token_an_in_process_ray_uses_is_private(tmp_path, monkeypatch):
     assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == token
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert private_auth_token(home=tmp_path / "other") is None
+
+
+def _interrupt_after_first_epoch(progress_files: list[Path], act) -> threading.Thread:
+    """A watcher that calls `act` once every run has finished an epoch (and a second more)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if all(p.is_file() and p.read_text().strip() for p in progress_files):
+                time.sleep(1.0)
+                act()
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _stopped_at_a_boundary(run_dir: Path) -> list[int]:
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
+    assert sorted(run_dir.glob("epoch-*"))[-1].name == f"epoch-{epochs[-1]:04d}"
+    assert not (run_dir / "final").exists() and len(epochs) < 4
+    return epochs
+
+
+def test_folds_side_by_side_stop_after_their_epoch_and_resume(shard_dir, tmp_path, ray_session):
+    """Ctrl-C while folds run side by side (a KeyboardInterrupt in the driver's wait): each
+    running fold finishes its epoch with a checkpoint, nothing new starts, the interrupt is
+    raised; the same units then resume and finish."""
+    from dataclasses import replace
+
+    from sssl_dist.config import SSSLConfig
+    from sssl_dist.data import ShardSet
+    from sssl_dist.parallel import Unit, run_units_parallel
+
+    cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
+    units = {f: Unit(cfg, f, tmp_path, f"p{f}") for f in (0, 1)}
+    shards = ShardSet(shard_dir)
+    progress = [u.run_dir / "progress.jsonl" for u in units.values()]
+    # Python's own Ctrl-C handler, as in a fresh `sssl` process: a Ray Tune run earlier in this
+    # test process leaves its own SIGINT handler behind, which only logs.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = _interrupt_after_first_epoch(progress, _thread.interrupt_main)
+        with pytest.raises(KeyboardInterrupt):
+            list(run_units_parallel(units, shards, parallel=2, workers=0))
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    stopped = {f: _stopped_at_a_boundary(u.run_dir) for f, u in units.items()}
+    assert all((u.run_dir / "stop-requested").is_file() for u in units.values())
+    runs = dict(run_units_parallel(units, shards, parallel=2, workers=0))
+    for f, u in units.items():
+        epochs = [json.loads(line)["epoch"] for line in (u.run_dir / "progress.jsonl").open()]
+        assert epochs[: len(stopped[f])] == stopped[f] and epochs == [0, 1, 2, 3]
+        assert runs[f].result["test_songs"] == len(runs[f].fold_ids["test"])
+        assert not (u.run_dir / "stop-requested").exists()
+
+
+def test_ddp_ranks_stop_together_after_the_epoch_in_flight(shard_dir, tmp_path, ray_session):
+    """With 2 Ray Train workers, rank 0 reads the stop request and tells rank 1, so both leave
+    after the same epoch (a rank that stopped alone would hang the other in a collective)."""
+    from dataclasses import replace
+
+    from sssl_dist.config import SSSLConfig
+    from sssl_dist.data import ShardSet
+    from sssl_dist.fit import RunStopped
+    from sssl_dist.fold import run_fold
+
+    cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
+    run_dir = tmp_path / "ddp"
+    request = lambda: (run_dir / "stop-requested").touch()  # noqa: E731 - what the driver does
+    watcher = _interrupt_after_first_epoch([run_dir / "progress.jsonl"], request)
+    with pytest.raises(RunStopped, match="stopped after an epoch"):
+        run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="ddp", workers=2)
+    watcher.join()
+    _stopped_at_a_boundary(run_dir)

@@ -317,7 +317,7 @@ def test_mean_loss_selection_survives_memorisation():
 
 def test_clean_posterior_is_the_gmm_posterior_and_subsampled_fits_agree():
     """The numpy posterior equals scikit-learn's predict_proba; a fit on a strided subsample
-    (issue 12: above gmm_max_fit losses) gives nearly the same split as the full fit."""
+    (above gmm_max_fit losses) gives nearly the same split as the full fit."""
     from sklearn.mixture import GaussianMixture
 
     from sssl_dist.method import clean_posterior

@@ -245,6 +245,19 @@ def test_finished_run_is_a_no_op_and_other_models_are_refused(
     other = make_model(tmp_path / "other.sssl", seed=5)
     with pytest.raises(ValueError, match="holds predictions of other models"):
         run_predict([str(other)], songs, out)
+    # A second `sssl predict` into the same directory while one runs is refused at once.
+    from filelock import FileLock
+
+    from sssl_dist.outdir import DirectoryBusy
+
+    held = FileLock(str(out / ".predict.lock"))
+    held.acquire()
+    try:
+        with pytest.raises(DirectoryBusy, match="another `sssl predict` is writing"):
+            run_predict([str(quadrant_model)], songs, out, start_ray=pytest.fail)
+    finally:
+        held.release()
+    assert run_predict([str(quadrant_model)], songs, out, start_ray=pytest.fail).skipped == 3
 
 
 def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_path, ray_session):

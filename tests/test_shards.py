@@ -22,12 +22,10 @@ from sssl_dist.data import (
     ShardSet,
     cut_segment,
     epoch_batches,
-    fold_indices,
     loss_pass_batches,
     rank_block,
     rank_share,
     segment_count,
-    song_folds,
     steps_per_epoch,
 )
 
@@ -363,17 +361,6 @@ def test_two_ranks_train_on_exactly_the_batches_of_one(n, batch):
     )
 
 
-def test_folds_by_song_stratified_no_leak():
-    labels = np.repeat([0, 1, 2, 3], 25)
-    folds = song_folds(labels, 10, seed=0)
-    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(100))
-    for f in range(10):
-        train, val, test = fold_indices(labels, 10, f, 0.1, seed=0)
-        assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
-        assert len(train) + len(val) + len(test) == 100
-        assert np.bincount(labels[test], minlength=4).min() >= 2
-
-
 def _load_in_child(root: str, queue) -> None:
     from sssl_dist.data import ShardSet
 
@@ -384,7 +371,7 @@ def _load_in_child(root: str, queue) -> None:
 
 def test_mels_are_one_memory_mapped_copy_per_node(shard_dir, tmp_path):
     """Every rank and every concurrent fold on a node reads the same memory-mapped file, built
-    once even when two processes ask for it at the same moment (issue 12: one copy per node)."""
+    once even when two processes ask for it at the same moment (one copy per node)."""
     import multiprocessing as mp
     import shutil
 

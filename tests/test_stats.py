@@ -107,7 +107,7 @@ def test_paired_difference_uses_the_corrected_t():
 
 def test_a_sweep_compares_its_choice_with_the_defaults_on_the_same_folds():
     from sssl_dist.config import SSSLConfig
-    from tuning.sweep import chosen_against_defaults
+    from sssl_dist.tables import chosen_against_defaults
 
     base = SSSLConfig(n_folds=5)
     folds = {str(f): {"test_acc": 0.60 + 0.01 * f} for f in range(5)}

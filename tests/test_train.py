@@ -20,8 +20,9 @@ import torch
 from sssl_dist.checkpoint import load_state
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import SegmentTable, ShardSet, rank_block
-from sssl_dist.fold import check_fold, fold_song_ids, run_fold
-from sssl_dist.train import PROGRESS_FILE
+from sssl_dist.fold import check_fold, run_fold
+from sssl_dist.folds import fold_song_ids
+from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast, but every stage for real: warm-up, then SSSL epochs with GMM splits.
@@ -108,7 +109,7 @@ def test_one_worker_matches_two_workers(two_worker_run, shard_dir, tmp_path, ray
     (tests/test_shards.py checks that exactly). After the first optimiser step the two runs
     drift apart through per-rank BatchNorm statistics (SyncBatchNorm refuses CPU tensors) and
     float summation order, so later epochs are not compared: on 24 barely trained songs that
-    drift moved the clean fraction by up to 0.2 (issue 13's note).
+    drift moved the clean fraction by up to 0.2.
 
     The two runs also fit on different GMM sites (2 workers: the driver's split service, the
     default; 1 worker: rank 0), so the first split being identical shows the sites agree."""
@@ -165,7 +166,7 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     # The last epoch's figures beside them, from the same run.
     assert run.result["last_epoch_val_seg_acc"] == scores[-1]
     assert run.result["last_epoch_test_songs"] == run.result["test_songs"]
-    state = load_state(run.checkpoint_dir)
+    state = load_state(run.checkpoint.path)
     assert state["best_epoch"] == best
     for name, tensor in state["model"].items():
         assert torch.equal(tensor, state["best_model"][name]), name
@@ -176,29 +177,14 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     assert run.result["test_songs"] == len(run.fold_ids["test"])
 
 
-def test_folds_by_song_without_leak(shard_dir):
-    shards = ShardSet(shard_dir)
-    seen_test = []
-    for fold in range(CFG.n_folds):
-        ids = fold_song_ids(shards, CFG, fold)
-        train, val, test = map(set, (ids["train"], ids["val"], ids["test"]))
-        assert not (train & test) and not (val & test) and not (train & val)
-        table = SegmentTable.build(
-            [s for s in shards.songs if s["song_id"] in train], "quadrant", 3
-        )
-        assert set(table.song_ids) <= train  # no test song contributes a training segment
-        seen_test += ids["test"]
-    assert sorted(seen_test) == sorted(s["song_id"] for s in shards.songs)
-
-
 def test_checkpoint_loads_weights_only_and_has_everything(two_worker_run):
     """Our checkpoints hold tensors and plain values only: load_state reads them with
     weights_only=True, so anything else saved into them would fail here."""
     run, store, _, _ = two_worker_run
-    state = load_state(run.checkpoint_dir)
+    state = load_state(run.checkpoint.path)
     assert set(state) >= {"model", "optimizer", "epoch", "torch_rng", "clean_w"}
     assert state["epoch"] == CFG.epochs - 1 and state["clean_w"].dtype == torch.float32
-    assert (Path(run.checkpoint_dir) / "config.yaml").is_file()
+    assert (Path(run.checkpoint.path) / "config.yaml").is_file()
     # Checkpoints are named after their epoch, so a restart can find the newest one on disk.
     names = {p.name for p in Path(run.run_dir).iterdir() if (p / "state.pt").is_file()}
     assert "final" in names and f"epoch-{CFG.epochs - 1:04d}" in names
@@ -232,18 +218,18 @@ def _train_workers():
 
 def _complete_checkpoints(run_dir: Path) -> list[int]:
     """Epochs whose checkpoint directory is complete on disk (what a restart can resume)."""
-    from sssl_dist.checkpoint import _readable_epoch
+    from sssl_dist.checkpoint import readable_epoch
 
     if not run_dir.is_dir():
         return []
-    found = [_readable_epoch(d) for d in run_dir.glob("epoch-*")]
+    found = [readable_epoch(d) for d in run_dir.glob("epoch-*")]
     return sorted(e for e in found if e is not None)
 
 
 def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_path, ray_session):
     """A worker is SIGKILLed the moment the first checkpoint is complete on disk: before the
     Train controller has polled it (every 2 s), so Ray's own get_checkpoint() does not know it
-    yet. The restart must still resume from it (issue 13: it restarted from scratch). With the
+    yet. The restart must still resume from it (it once restarted from scratch). With the
     `mean_loss` selection, the loss memory must survive the restart too, and the driver's split
     service must keep its split history: every SSSL epoch exactly once, re-fitted epochs not
     counted twice. The split is scored by the best validation epoch's copy (split_network:
@@ -280,7 +266,7 @@ def test_killed_worker_recovers_from_newest_persisted_checkpoint(shard_dir, tmp_
     assert first_after_kill >= killed[0] + 1, f"did not resume after epoch {killed[0]}: {epochs}"
     assert run.result["test_songs"] == len(run.fold_ids["test"])
     # Every segment's loss was averaged over exactly the SSSL epochs: none lost, none twice.
-    counts = load_state(run.checkpoint_dir)["loss_counts"].numpy()
+    counts = load_state(run.checkpoint.path)["loss_counts"].numpy()
     assert (counts == cfg.epochs - cfg.warmup_epochs).all(), np.unique(counts)
     assert [s["epoch"] for s in run.splits] == list(range(cfg.warmup_epochs, cfg.epochs))
     assert [s["n_clean"] for s in run.splits] == [h["n_clean"] for h in _epochs(run.history)]
@@ -479,7 +465,7 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
     never resumed for new data; the same data elsewhere keeps its name (content, not path)."""
     from dataclasses import replace
 
-    from sssl_dist.fold import run_name
+    from sssl_dist.fit import run_name
 
     shards = ShardSet(shard_dir)
     name = run_name("cv", CFG, shards, 0)
@@ -529,7 +515,8 @@ def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path,
 def test_a_truncated_checkpoint_is_never_resumed_from(tmp_path):
     """A worker killed while its checkpoint was being written leaves a truncated state.pt: the
     restart must pass over it (it is checked memory-mapped, without loading the tensors)."""
-    from sssl_dist.checkpoint import STATE_FILE, newest_persisted
+    from sssl_dist.checkpoint import newest_persisted
+    from sssl_dist.runfiles import STATE as STATE_FILE
 
     for epoch in (1, 2):
         d = tmp_path / f"epoch-{epoch:04d}"
@@ -549,8 +536,6 @@ def test_cross_fit_svm_learns_from_out_of_sample_songs(shard_dir, tmp_path, ray_
     beside them, from the same fold."""
     from dataclasses import replace
 
-    from sssl_dist.crossfit import SVM_SONGS_FILE
-    from sssl_dist.export import export_model
     from sssl_dist.song import song_features
 
     cfg = replace(CFG, epochs=2, svm_features="cross_fit", gmm_site="rank0", val_fraction=0.0)
@@ -561,13 +546,19 @@ def test_cross_fit_svm_learns_from_out_of_sample_songs(shard_dir, tmp_path, ray_
     for name in inner:  # trained as long as the fold's network when it was evaluated
         lines = (tmp_path / name / PROGRESS_FILE).read_text().splitlines()
         assert len(lines) == run.result["evaluated_epoch"] + 1
-    oos = json.loads(Path(run.checkpoint_dir, SVM_SONGS_FILE).read_text())
+    oos = run.svm_songs
     assert sorted(oos) == sorted(run.fold_ids["train"])
     # Out of sample: another network's probabilities, not the fold network's own.
     assert all(oos[s] != run.songs[s] for s in oos)
     for key in ("test_acc", "test_brier", "test_feature_shift"):
         assert key in run.result and f"in_sample_{key}" in run.result, key
-    artifact = export_model(run.checkpoint_dir, shards, tmp_path / "model.sssl")
+    # The checkpoint keeps what training wrote; the cross-fitted figures live in the FoldRun.
+    written = json.loads(Path(run.checkpoint.path, "result.json").read_text())
+    assert (
+        "in_sample_test_acc" not in written
+        and written["test_acc"] == run.result["in_sample_test_acc"]
+    )
+    artifact = run.export(shards, tmp_path / "model.sssl")
     saved = torch.load(artifact, weights_only=True)["svm_features"].numpy()
     first = sorted(s for s in run.fold_ids["train"] if oos[s])[0]
     assert np.allclose(saved[0], song_features(np.asarray(oos[first]), cfg.theta))

@@ -15,7 +15,14 @@ NON_PARAMS = {"config", "folds"}
 
 
 def write_sweep_plots(out: Path, summary: dict[str, Any]) -> None:
-    rows = summary["rows"]
+    """Three figures of a sweep: metric against each parameter, per-fold spread, split over
+    epochs."""
+    _plot_metric_vs_params(out, summary["rows"])
+    _plot_fold_spread(out, summary["per_config"])
+    _plot_split_over_epochs(out, summary["histories"])
+
+
+def _plot_metric_vs_params(out: Path, rows: list[dict[str, Any]]) -> None:
     params = [k for k in rows[0] if k not in NON_PARAMS and not k.endswith(("_mean", "_std"))]
     # 1. metric vs each hyperparameter (validation: what selection sees; test: what is reported)
     fig, axes = plt.subplots(1, len(params), figsize=(3.6 * len(params), 3), squeeze=False)
@@ -42,8 +49,10 @@ def write_sweep_plots(out: Path, summary: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(out / "metric_vs_params.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_fold_spread(out: Path, per: dict[str, dict]) -> None:
     # 2. per-fold spread of test accuracy for each configuration
-    per = summary["per_config"]
     keys = sorted(per)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(keys)), 3.5))
     ax.boxplot([[f["test_acc"] for f in per[k].values()] for k in keys], showmeans=True)
@@ -56,9 +65,12 @@ def write_sweep_plots(out: Path, summary: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(out / "fold_spread.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_split_over_epochs(out: Path, histories: dict[str, dict]) -> None:
     # 3. clean fraction and noise AUC over epochs, mean over folds, per configuration
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, folds in sorted(summary["histories"].items()):
+    for key, folds in sorted(histories.items()):
         for ax, metric in zip(axes, ("clean_fraction", "noise_auc"), strict=True):
             by_epoch: dict[int, list[float]] = {}
             for hist in folds.values():

@@ -29,10 +29,12 @@ import numpy as np
 import yaml
 
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
-from sssl_dist.cv import HEADLINE, draw_plots
 from sssl_dist.data import ShardSet
-from sssl_dist.fold import run_fold, run_name
-from sssl_dist.stats import compare_paired, mean_std, pct
+from sssl_dist.fit import run_name
+from sssl_dist.fold import run_fold
+from sssl_dist.results import draw_plots
+from sssl_dist.stats import mean_std
+from sssl_dist.tables import HEADLINE, sweep_markdown
 from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,15 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
     )
 
 
+# Ray 2.60 refuses every ray.train call (context, report) made inside a Tune trial's own
+# process, which is where a local-mode (num_workers=0) fit would run.
+LOCAL_MODE_REFUSED = (
+    "sssl tune needs Ray Train workers (--workers 1 or more): Ray 2.60 does not run a "
+    "local-mode fit inside a Tune trial; for local-mode folds side by side use "
+    "`sssl compare` or `sssl train --parallel`"
+)
+
+
 def run_sweep(
     space_path: str | Path,
     base: SSSLConfig,
@@ -162,14 +173,7 @@ def run_sweep(
     from ray import tune
 
     if workers < 1:
-        # Ray 2.60 refuses every ray.train call (context, report) made inside a Tune trial's
-        # own process, which is where a local-mode (num_workers=0) fit would run.
-        raise ValueError(
-            "sssl tune needs Ray Train workers (--workers 1 or more): Ray 2.60 does not run a "
-            "local-mode fit inside a Tune trial; for local-mode folds side by side use "
-            "`sssl compare` or `sssl train --parallel`"
-        )
-
+        raise ValueError(LOCAL_MODE_REFUSED)
     space = load_space(space_path)
     base = with_overrides(base, space.get("base", {}))
     configs = configurations(space)
@@ -201,21 +205,7 @@ def run_sweep(
         "warmup_donors": warmup_donors(base, keys),
         "all_params": keys,
     }
-    # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
-    # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
-    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
-    tune_dir, name = out / "tune", "sweep"
-    if tune.Tuner.can_restore(tune_dir / name):
-        log.info("resuming the interrupted sweep in %s", tune_dir / name)
-        tuner = tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(tune_dir), verbose=1),
-        )
-    grid = tuner.fit()
+    grid = _tuner(out / "tune", param_space, keys, max_concurrent).fit()
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
@@ -225,6 +215,25 @@ def run_sweep(
 
 
 SWEEP_FILE = "sweep.json"
+
+
+def _tuner(tune_dir: Path, param_space: dict[str, Any], keys: dict, max_concurrent: int | None):
+    """A new Tuner over the grid, or the interrupted one restored (finished trials are kept)."""
+    from ray import tune
+
+    # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
+    # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
+    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
+    name = "sweep"
+    if tune.Tuner.can_restore(tune_dir / name):
+        log.info("resuming the interrupted sweep in %s", tune_dir / name)
+        return tune.Tuner.restore(str(tune_dir / name), trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(tune_dir), verbose=1),
+    )
 
 
 def sweep_identity(
@@ -320,132 +329,18 @@ def write_outputs(out: Path, base: SSSLConfig, summary: dict[str, Any]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    honest, optimistic = summary["honest"], summary["optimistic"]
+    honest = summary["honest"]
     best = with_overrides(
         base, {k: honest[k] for k in honest if k in to_dict(base) and k != "config"}
     )
     save_config(best, out / "best_config.yaml")
-
-    def cell(r: dict[str, Any], metric: str) -> str:
-        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
-
-    lines = [
-        "# Sweep results",
-        "",
-        f"Selected by validation-song accuracy (honest): **{honest['config']}** — test accuracy "
-        f"{cell(honest, 'test_acc')} %, F1 {cell(honest, 'test_f1')} % over {honest['folds']} "
-        f"folds (majority class {cell(honest, 'test_majority_acc')} %).",
-        "",
-        f"Best by test accuracy (optimistic, chosen on the test folds themselves): "
-        f"{optimistic['config']} — {cell(optimistic, 'test_acc')} %.",
-        "",
-        "Every configuration, mean ± std over folds (%):",
-        "",
-        "| config | val acc | test acc | test F1 | vote acc | seg acc (truth) | noise AUC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(rows, key=lambda r: -r[f"{SELECT_BY}_mean"]):
-        lines.append(
-            f"| {r['config']} | {cell(r, 'val_acc')} | {cell(r, 'test_acc')} | "
-            f"{cell(r, 'test_f1')} | {cell(r, 'test_vote_acc')} | "
-            f"{cell(r, 'val_seg_acc_truth')} | {cell(r, 'noise_auc')} |"
-        )
-    lines += [
-        "",
-        *chosen_against_defaults(base, summary),
-        *paper_tables(rows),
-        "",
-        "best_config.yaml: the selected configuration, ready for `sssl train --config`.",
-    ]
+    lines = sweep_markdown(base, summary, SELECT_BY)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     draw_plots(out, lambda: _sweep_plots(out, summary))
     print("\n".join(lines[:5]))
-
-
-def chosen_against_defaults(base: SSSLConfig, summary: dict[str, Any]) -> list[str]:
-    """The honest choice against the base configuration's own values (the defaults), where the
-    sweep ran both on the same folds, with `sssl compare`'s statistics on test accuracy."""
-    honest = summary["honest"]
-    params = [k for k in honest if k in to_dict(base) and k != "config"]
-    default = next(
-        (r for r in summary["rows"] if all(r[k] == getattr(base, k) for k in params)), None
-    )
-    if default is None or default["config"] == honest["config"]:
-        return []
-    per_config = summary["per_config"]
-    a, b = per_config[default["config"]], per_config[honest["config"]]
-    folds = sorted(set(a) & set(b), key=int)
-    if len(folds) < 2:
-        return []
-    test = compare_paired(
-        [a[f]["test_acc"] for f in folds],
-        [b[f]["test_acc"] for f in folds],
-        base.n_folds,
-        songs=None,
-    )
-    return [
-        f"The choice against the defaults ({default['config']}) on the same {len(folds)} "
-        f"folds, test accuracy: {test.sentence()} (corrected repeated k-fold t and its 95 % CI, "
-        "as `sssl compare` reports; the choice was made on validation songs, not on these).",
-        "",
-    ]
 
 
 def _sweep_plots(out: Path, summary: dict[str, Any]) -> None:
     from tuning.plots import write_sweep_plots
 
     write_sweep_plots(out, summary)
-
-
-def paper_tables(rows: list[dict[str, Any]]) -> list[str]:
-    """Table 2 (segment length x task, accuracy and F1 per task) and Table 3 (method) views,
-    when the sweep varies them. Each cell is the configuration chosen by validation accuracy
-    within that cell, reported by its test folds."""
-
-    def best(group: list[dict[str, Any]]) -> dict[str, Any]:
-        return max(group, key=lambda r: r[f"{SELECT_BY}_mean"])
-
-    def cell(r: dict[str, Any] | None, metric: str) -> str:
-        if r is None:
-            return "—"
-        return pct(r[f"{metric}_mean"], r[f"{metric}_std"])
-
-    out: list[str] = []
-    tasks = sorted({r["task"] for r in rows}) if "task" in rows[0] else [None]
-    if "segment_seconds" in rows[0]:
-        head = " | ".join(f"{t or 'task'} acc | {t or 'task'} F1" for t in tasks)
-        out += [
-            "## Table 2 view: by segment length L (s)",
-            "",
-            f"| L | {head} | majority class |",
-            "|---" * (2 * len(tasks) + 2) + "|",
-        ]
-        for length in sorted({r["segment_seconds"] for r in rows}):
-            cells, majority = [], []
-            for t in tasks:
-                group = [
-                    r
-                    for r in rows
-                    if r["segment_seconds"] == length and (t is None or r["task"] == t)
-                ]
-                r = best(group) if group else None
-                cells += [cell(r, "test_acc"), cell(r, "test_f1")]
-                if r is not None:
-                    majority.append(f"{100 * r['test_majority_acc_mean']:.1f}")
-            out.append(f"| {length} | " + " | ".join(cells) + f" | {' / '.join(majority)} |")
-        out.append("")
-    if "method" in rows[0]:
-        out += [
-            "## Table 3 view: by method",
-            "",
-            "| method | test acc | test F1 | majority class |",
-            "|---|---|---|---|",
-        ]
-        for method in sorted({r["method"] for r in rows}):
-            r = best([r for r in rows if r["method"] == method])
-            out.append(
-                f"| {method} | {cell(r, 'test_acc')} | {cell(r, 'test_f1')} | "
-                f"{100 * r['test_majority_acc_mean']:.1f} |"
-            )
-        out.append("")
-    return out

@@ -1,20 +1,20 @@
-"""Small measurements that BENCHMARKS.md quotes beside the big benchmarks (issues 11 and 12).
+"""Small measurements that BENCHMARKS.md quotes beside the big benchmarks.
 
-    python benchmarks/probes.py imports          # private memory that each import adds
-    python benchmarks/probes.py batches --shards runs/demo-par/data/shards
-    python benchmarks/probes.py paired --results benchmarks/results/eval-epoch/results.json \\
+    python dev/probes.py imports          # private memory that each import adds
+    python dev/probes.py batches --shards runs/demo-par/data/shards
+    python dev/probes.py paired --results benchmarks/results/eval-epoch/results.json \\
         --a "targets=inherited set=- eval=best_val method=sssl" \\
         --b "targets=refined set=- eval=best_val method=sssl" --metric last_epoch_test_acc
-    python benchmarks/probes.py pooled --results benchmarks/results/grid5/results.json \\
+    python dev/probes.py pooled --results benchmarks/results/grid5/results.json \\
         benchmarks/results/grid10/results.json --a split_network=current \\
         --b split_network=best_val --where "selection=epoch_loss set=- eval=best_val method=sssl" \\
         --metric test_acc
-    python benchmarks/probes.py curves --run-dir runs/bench-cos --warmup 3
-    python benchmarks/probes.py gmm-caps         # ~1 min
-    python benchmarks/probes.py layout           # ~1 min
-    python benchmarks/probes.py oos-auc --run-dir runs/grid10 \\
+    python dev/probes.py curves --run-dir runs/bench-cos --warmup 3
+    python dev/probes.py gmm-caps         # ~1 min
+    python dev/probes.py layout           # ~1 min
+    python dev/probes.py oos-auc --run-dir runs/grid10 \\
         --shards runs/grid10/data-noise0.3/shards
-    python benchmarks/probes.py heap --shards runs/grid10/data-noise0.3/shards   # ~3 min
+    python dev/probes.py heap --shards runs/grid10/data-noise0.3/shards   # ~3 min
 
 - imports: PSS anon of this process after importing torch + scikit-learn, then Ray Train,
   then our modules: the floor of every fold's process (bench_memory.py).
@@ -125,15 +125,13 @@ def _metric_by_fold(cell: dict, metric: str) -> dict:
 
 
 def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
-    from accuracy import _migrate  # benchmarks/ is on the path: this script's directory
-
     from sssl_dist.stats import paired_difference
 
     parts = [b, *where.split()]
     pool_a: dict[str, dict] = {}
     pool_b: dict[str, dict] = {}
     for path in results:
-        cells = _migrate(json.loads(Path(path).read_text()))
+        cells = json.loads(Path(path).read_text())
         for key in sorted(k for k in cells if all(part in k.split() for part in parts)):
             base = " ".join(a if part == b else part for part in key.split())
             if base not in cells:
@@ -170,6 +168,9 @@ def curves(run_dir: str, warmup: int) -> None:
 
 
 def gmm_caps(caps: tuple[int, ...] = (10**6, 5 * 10**5, 2 * 10**5, 10**5)) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from bench_gmm import losses
 
     from sssl_dist.method import split_clean_noisy
@@ -229,25 +230,17 @@ def heap_stages(shards: str) -> None:
     import torch
 
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import SegmentTable, ShardSet
-    from sssl_dist.epoch import Worker, fit_split, loss_pass, train_epoch
-    from sssl_dist.fold import fold_song_ids
+    from sssl_dist.data import ShardSet
+    from sssl_dist.epoch import fit_split, loss_pass, train_epoch
+    from sssl_dist.folds import fold_song_ids
     from sssl_dist.method import LossMemory
-    from sssl_dist.models import build_model
+    from sssl_dist.train import build_worker
 
     torch.set_num_threads(1)
     shard_set = ShardSet(shards)
     cfg = SSSLConfig(n_folds=10, epochs=4, warmup_epochs=1)
-    ids = fold_song_ids(shard_set, cfg, 0)
-    build = lambda part: SegmentTable.build(  # noqa: E731
-        [shard_set.by_id[s] for s in ids[part]], cfg.task, cfg.segment_seconds
-    )
-    table = build("train")
-    mels = shard_set.load_mels({s for part in ids.values() for s in part})
-    torch.manual_seed(0)
-    model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    w = Worker.build(cfg, table, build("val"), mels, shard_set.feature_config, model, opt)
+    w, _, _ = build_worker(cfg, shard_set, fold_song_ids(shard_set, cfg, 0))
+    table = w.table
     stages = {"imports + data + model": _anon_mb()}
     train_epoch(w, None, 0)
     stages["warm-up epoch"] = _anon_mb()

@@ -14,15 +14,15 @@ of it in a new OUT continues the grid there), OUT/summary.md, OUT/accuracy_vs_no
 OUT/noise_detection.png. `--summary-only` rebuilds the last three. The committed figures are in
 benchmarks/results/.
 
-    python benchmarks/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
+    python dev/accuracy.py --songs 300 --folds 10 --tasks quadrant valence arousal \\
         --lengths 1 3 5 --noise 0.1 0.25 0.4 --gmm-scopes per_class global     # > 1 day on 2 cores
-    python benchmarks/accuracy.py --songs 200 --folds 5 --epochs 8          # ~40 min
+    python dev/accuracy.py --songs 200 --folds 5 --epochs 8          # ~40 min
     # one more cell beside committed ones: the step with DivideMix's refined X targets, or any
     # other config override (part of the cell's key)
-    python benchmarks/accuracy.py --methods sssl --clean-targets refined --eval-epochs best_val
-    python benchmarks/accuracy.py --methods sssl --set mixup_alpha=0 --eval-epochs best_val
+    python dev/accuracy.py --methods sssl --clean-targets refined --eval-epochs best_val
+    python dev/accuracy.py --methods sssl --set mixup_alpha=0 --eval-epochs best_val
     # the split scored by the best validation epoch's copy instead of the current network
-    python benchmarks/accuracy.py --methods sssl --split-networks best_val --eval-epochs best_val
+    python dev/accuracy.py --methods sssl --split-networks best_val --eval-epochs best_val
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
 
     out = Path(a.out)
     if a.summary_only:
-        write_summary(out, _migrate(json.loads((out / "results.json").read_text())))
+        write_summary(out, json.loads((out / "results.json").read_text()))
         return
     import ray
 
@@ -110,12 +110,12 @@ def main() -> None:
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
     from sssl_dist.cv import run_methods
-    from sssl_dist.fold import run_digest
+    from sssl_dist.fit import run_digest
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = _migrate(json.loads(results_path.read_text())) if results_path.is_file() else {}
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     t0 = time.perf_counter()
     for noise in a.noise:
         data = out / f"data-noise{noise}"
@@ -520,28 +520,12 @@ def _series(cells: dict) -> dict:
 
 # A cell's identity: everything its numbers depend on (the worker count does not: the global
 # batch makes results independent of it). Keys and headers come from these fields, never from
-# the command-line arguments of the current call (issue 13: --summary-only relabelled cells).
+# the command-line arguments of the current call (--summary-only once relabelled cells).
 KEY_FIELDS = ("songs", "folds", "epochs", "warmup", "noise", "task", "L", "gmm_scope")
 KEY_FIELDS += ("selection", "split_network", "targets", "set", "eval", "method")
 # Config keys that change only the SSSL step: an inherit cell under them is the plain inherit cell.
 SSSL_ONLY = {"tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_site", "split_network"}
 RUN_FIELDS = ("songs", "folds", "epochs", "warmup")
-
-
-def _migrate(results: dict) -> dict:
-    """Keys written before the `eval` field existed were all evaluated at the last epoch, and
-    before the `targets` field X always trained on its inherited labels. Before the
-    `split_network` field the current network scored the split, unless `set` named it."""
-    out = {}
-    for k, v in results.items():
-        f = {"eval": "last", "targets": "inherited", "set": "-"}
-        f.update(part.split("=", 1) for part in k.split())
-        if "split_network" not in f:
-            kept = [o for o in f["set"].split(",") if o != "-"]
-            f["split_network"] = "best_val" if "split_network:best_val" in kept else "current"
-            f["set"] = ",".join(o for o in kept if not o.startswith("split_network:")) or "-"
-        out[_key(f)] = v
-    return out
 
 
 def _set_field(overrides: list[str]) -> str:
@@ -580,21 +564,7 @@ def _dir_name(fields: dict) -> str:
 
 
 def _cell_dir(out: Path, fields: dict) -> Path:
-    """A cell's directory: its own name, or the name it had before the `split_network` field
-    where only that one exists (so a summary finds its histories and an unfinished cell resumes
-    from its checkpoints instead of starting afresh)."""
-    new, old = out / _dir_name(fields), out / _legacy_dir_name(fields)
-    return old if old.is_dir() and not new.is_dir() else new
-
-
-def _legacy_dir_name(fields: dict) -> str:
-    """A cell's directory as named before the `split_network` field: without it, and with a
-    best_val split network among the `set` overrides (so a summary still finds its histories)."""
-    sets = [o for o in fields["set"].split(",") if o != "-"]
-    if fields["split_network"] != "current":
-        sets.append(f"split_network:{fields['split_network']}")
-    old = {**fields, "set": ",".join(sorted(sets)) or "-"}
-    return "_".join(f"{k}-{old[k]}" for k in KEY_FIELDS if k != "split_network")
+    return out / _dir_name(fields)
 
 
 def _paired(results: dict, base: str, key: str) -> dict:

@@ -1,0 +1,96 @@
+"""Which songs each run trains, validates and tests on, decided here and nowhere else.
+
+A fold's songs (`fold_song_ids`): the test songs are one part of a seeded, label-stratified
+k-fold split by song, so no song's segments are on both sides; the validation songs are held
+out inside the rest, stratified (`hold_out_validation`). The final refit (`refit_song_ids`)
+trains on every song but the validation songs. Cross-fitting (`cross_fit_parts`) splits a
+fold's training songs into parts the same way. Songs are sorted by id first, so the folds are
+the same for every configuration of one shard set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from sssl_dist.config import SSSLConfig
+from sssl_dist.data import ShardSet
+
+SongIds = dict[str, list[str]]  # {"train": [...], "val": [...], "test": [...]}
+
+
+def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Test-song indices of each fold; every song is in exactly one test fold."""
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
+
+
+def fold_indices(
+    labels: np.ndarray, n_folds: int, fold: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) song indices for one fold. The validation songs are held out inside
+    the training songs, stratified, for honest model selection."""
+    test = song_folds(labels, n_folds, seed)[fold]
+    rest = np.setdiff1d(np.arange(len(labels)), test)
+    train, val = hold_out_validation(labels, rest, val_fraction, seed, f"fold {fold}")
+    return train, val, test
+
+
+def hold_out_validation(
+    labels: np.ndarray, songs: np.ndarray, val_fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: `val_fraction` of `songs` (at least one per class) held out,
+    stratified by label. `what` names the song set in the error message."""
+    if val_fraction <= 0:
+        return songs, np.array([], dtype=int)
+    n_val = max(len(np.unique(labels)), int(round(val_fraction * len(songs))))
+    counts = np.bincount(labels[songs])
+    if counts[counts > 0].min() < 2:
+        raise ValueError(
+            f"{what}: a class has only {counts[counts > 0].min()} training song(s), too few "
+            "to hold validation songs out stratified; use more songs, fewer folds or "
+            "val_fraction=0"
+        )
+    train, val = train_test_split(songs, test_size=n_val, stratify=labels[songs], random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> SongIds:
+    """The song ids of one cross-validation fold."""
+    songs = shards.songs  # sorted by id: the folds are the same for every configuration
+    labels = np.array([s[cfg.task] for s in songs])
+    train, val, test = fold_indices(labels, cfg.n_folds, fold, cfg.val_fraction, cfg.seed)
+    ids = [s["song_id"] for s in songs]
+    return {
+        "train": [ids[i] for i in train],
+        "val": [ids[i] for i in val],
+        "test": [ids[i] for i in test],
+    }
+
+
+def refit_song_ids(shards: ShardSet, cfg: SSSLConfig) -> SongIds:
+    """The final refit (`sssl train --final`): every song trains, except the validation songs
+    held out as in a fold (for `eval_epoch: best_val` and the SVM's validation figures); no
+    test songs, since cross-validation already gave the estimate."""
+    songs = shards.songs
+    labels = np.array([s[cfg.task] for s in songs])
+    train, val = hold_out_validation(
+        labels, np.arange(len(songs)), cfg.val_fraction, cfg.seed, "the final refit"
+    )
+    ids = [s["song_id"] for s in songs]
+    return {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "test": []}
+
+
+def cross_fit_parts(shards: ShardSet, cfg: SSSLConfig, train_ids: list[str]) -> list[list[str]]:
+    """A fold's training songs in `cfg.cross_fit_parts` label-stratified parts (seeded)."""
+    by_id = shards.by_id
+    labels = np.array([by_id[s][cfg.task] for s in train_ids])
+    if np.bincount(labels)[np.unique(labels)].min() < cfg.cross_fit_parts:
+        raise ValueError(
+            f"cross_fit_parts = {cfg.cross_fit_parts}, but a class has fewer training songs "
+            "than that: use fewer parts or more songs"
+        )
+    return [
+        sorted(train_ids[i] for i in part)
+        for part in song_folds(labels, cfg.cross_fit_parts, cfg.seed)
+    ]
