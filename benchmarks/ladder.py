@@ -36,21 +36,47 @@ def pairs(arms: list[str]) -> str:
     return ",".join([*ladder, *candidates, *baseline])
 
 
-def against_warmup(cell: Path, n_folds: int, warmup: int) -> dict[str, str]:
-    """Segment accuracy against the truth, fold by fold, at three points relative to the
-    fold's own warm-up; each a corrected comparison over the folds."""
-    rows = {"first": ([], []), "last": ([], []), "peak": ([], [])}
-    for fold in range(n_folds):
-        history = json.loads((cell / f"fold-{fold}" / "history.json").read_text())
-        truth = [h[TRUTH] for h in history]
-        end_of_warmup = truth[warmup - 1]
-        rows["first"][0].append(end_of_warmup)
-        rows["first"][1].append(truth[warmup])
-        rows["last"][0].append(end_of_warmup)
-        rows["last"][1].append(truth[-1])
-        rows["peak"][0].append(max(truth[:warmup]))
-        rows["peak"][1].append(truth[-1])
-    return {k: compare_paired(a, b, n_folds).sentence() for k, (a, b) in rows.items()}
+def truth_curves(cell: Path, n_folds: int) -> list[list[float]]:
+    """Per fold, segment accuracy against the truth at every epoch (validation songs)."""
+    folds = (json.loads((cell / f"fold-{f}" / "history.json").read_text()) for f in range(n_folds))
+    return [[h[TRUTH] for h in history] for history in folds]
+
+
+def against_warmup(
+    curves: list[list[float]], inherit: list[list[float]], n_folds: int, warmup: int
+) -> dict[str, str]:
+    """Segment accuracy against the truth, fold by fold, at points relative to the fold's own
+    warm-up, and the last epoch against inherit's last epoch (the warm-up is the same
+    training for both); each a corrected comparison over the folds."""
+    points = {
+        "first": ([t[warmup - 1] for t in curves], [t[warmup] for t in curves]),
+        "last": ([t[warmup - 1] for t in curves], [t[-1] for t in curves]),
+        "peak": ([max(t[:warmup]) for t in curves], [t[-1] for t in curves]),
+        "inherit": ([t[-1] for t in inherit], [t[-1] for t in curves]),
+    }
+    return {k: compare_paired(a, b, n_folds).sentence() for k, (a, b) in points.items()}
+
+
+def stepwise(curves: dict[str, list[list[float]]], warmup: int, n_folds: int) -> list[str]:
+    """Each rung against the one before and each candidate against the full step, at the first
+    SSSL epoch and at the last: which component moves segment accuracy against the truth."""
+    rows = [
+        "Each rung against the one before, each candidate against `full`: segment accuracy "
+        "against the truth at the first SSSL epoch and at the last epoch (same folds, the same "
+        "warm-up; corrected t, 95 % CI, points):",
+        "",
+        "| arm − against | first SSSL epoch | last epoch |",
+        "|---|---|---|",
+    ]
+    pairs = [*zip(RUNGS, RUNGS[1:], strict=False)]
+    pairs += [("full", arm) for arm in curves if arm not in RUNGS]
+    for a, b in pairs:
+        cells = [
+            compare_paired([t[e] for t in curves[a]], [t[e] for t in curves[b]], n_folds).sentence()
+            for e in (warmup, -1)
+        ]
+        rows.append(f"| {b} − {a} | {cells[0]} | {cells[1]} |")
+    return rows
 
 
 def main(out: Path, songs: int, folds: int, length: int) -> None:
@@ -76,14 +102,16 @@ def main(out: Path, songs: int, folds: int, length: int) -> None:
         "on the same folds (corrected t, 95 % CI, points):",
         "",
         "| arm | first SSSL epoch − last warm-up | last epoch − last warm-up "
-        "| last epoch − warm-up peak |",
-        "|---|---|---|---|",
+        "| last epoch − warm-up peak | last epoch − inherit's last epoch |",
+        "|---|---|---|---|---|",
     ]
+    curves = {arm: truth_curves(out / design.cell(base.task, arm, 0), folds) for arm in arms}
     for arm in arms:
         if arm == "inherit":
             continue
-        d = against_warmup(out / design.cell(base.task, arm, 0), folds, base.warmup_epochs)
-        lines.append(f"| {arm} | {d['first']} | {d['last']} | {d['peak']} |")
+        d = against_warmup(curves[arm], curves["inherit"], folds, base.warmup_epochs)
+        lines.append(f"| {arm} | {d['first']} | {d['last']} | {d['peak']} | {d['inherit']} |")
+    lines += ["", *stepwise(curves, base.warmup_epochs, folds)]
     text = "\n".join(lines) + "\n\n" + comparison_markdown(comparison) + "\n"
     (out / "ladder.md").write_text(text)
     print(text)
