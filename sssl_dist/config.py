@@ -246,6 +246,12 @@ NOT_ADOPTED: dict[str, str] = {
     "clean_targets": "refined",
     "lr_schedule": "cosine",
     "svm_features": "cross_fit",
+    # The SSSL step's candidates (the ablation ladder, 5 folds at L = 1 and L = 3): none
+    # resolved against the paper's step.
+    "pseudo_label_network": "ema",
+    "bn_stats": "clean",
+    "sssl_optimizer": "reset",
+    "mixup_scope": "clean",
 }
 
 
