@@ -36,7 +36,7 @@ from tqdm import tqdm
 from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig
 from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
-from sssl_dist.outdir import DirectoryBusy, hold
+from sssl_dist.outdir import hold
 from sssl_dist.records import SongRecord
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ DEFAULT_FEATURES = FeatureConfig()  # frozen: safe as a shared default
 
 LOCK_NAME = ".shard.lock"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
-
-
-ShardDirBusy = DirectoryBusy  # another `sssl shard` holds the output directory
 
 
 def shard_key(song_id: str) -> str:
@@ -176,7 +173,7 @@ def shard_dataset(
 ) -> dict[str, Any]:
     """Shard `records` into `out` with one Ray task per shard; returns the manifest.
 
-    Starts Ray in-process if it is not running. Raises ShardDirBusy when another run holds
+    Starts Ray in-process if it is not running. Raises outdir.DirectoryBusy when another run holds
     `out`, ValueError when two song ids share a tar key, RuntimeError when no song is usable.
     """
     out = Path(out)

@@ -144,7 +144,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
             # The warm-up's end, kept apart from the rotating epoch checkpoints: runs that
             # differ only after the warm-up continue from it (warmup.py).
             write_checkpoint_dir(Path(loop.run_dir, runfiles.WARMUP), state, files, cfg)
-        if epoch < cfg.epochs - 1 and rank0_decides(stop_requested(loop) and w.rank == 0):
+        if epoch < cfg.epochs - 1 and rank0_decides(w.rank == 0 and stop_requested(loop)):
             return  # the driver asked to stop (Ctrl-C, SIGTERM): this epoch is checkpointed
     finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
 
