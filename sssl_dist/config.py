@@ -15,7 +15,8 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -184,7 +185,11 @@ class SSSLConfig:
 
     # --- execution -------------------------------------------------------------------------
     torch_threads: int = 1  # per worker on CPU: two workers on two cores must not oversubscribe
-    bf16: bool = False  # bf16 autocast on the worker device (meant for GPUs; CPU runs it too)
+    # bf16 autocast on the worker device: true, false, or "auto": on where the device does bf16
+    # fast (a GPU that supports it; a CPU with AMX or AVX512-BF16 where a short probe of the
+    # training step at start-up is faster than fp32: precision.py). Off by default so that a
+    # result is the same on every machine; the GMM always sees float32 losses.
+    bf16: bool | Literal["auto"] = False
     max_failures: int = 0  # Ray Train FailureConfig: worker restarts before the run fails
     gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
 
@@ -355,10 +360,25 @@ TASKS = choices("task")
 BACKBONES = choices("backbone")
 
 
+def _switch_words(hint: Any) -> tuple[str, ...] | None:
+    """The words of a `bool | Literal[...]` field (a switch with named extra settings, e.g.
+    bf16: true, false or "auto"); None for any other annotation."""
+    parts = get_args(hint) if get_origin(hint) in (Union, UnionType) else ()
+    words = [get_args(p) for p in parts if get_origin(p) is Literal]
+    if bool not in parts or len(words) != 1 or len(parts) != 2:
+        return None
+    return words[0]
+
+
 def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) -> None:
     """Refuse a value of the wrong type, outside its choices or outside its range."""
     for name, hint in _field_types(type(cfg)).items():
         value = getattr(cfg, name)
+        words = _switch_words(hint)
+        if words is not None:
+            if not (isinstance(value, bool) or (isinstance(value, str) and value in words)):
+                raise ValueError(f"{name} must be true, false or one of {words}, got {value!r}")
+            continue
         if get_origin(hint) is Literal:
             if value not in get_args(hint):
                 raise ValueError(f"{name} must be one of {get_args(hint)}, got {value!r}")
@@ -433,6 +453,13 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     """Coerce strings (`--set tau=0.6`, or `lr: 1e-3`, which YAML reads as a string) to the
     field's type; other values are checked as they are by the config itself."""
     hint = _field_types(cls)[name]
+    words = _switch_words(hint)
+    if isinstance(value, str) and words is not None:
+        if value.lower() in words:
+            return value.lower()
+        if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{name} expects true, false or one of {words}, got {value!r}")
+        hint = bool
     if not isinstance(value, str) or hint not in (bool, int, float):
         return value
     if hint is bool:

@@ -44,6 +44,8 @@ def progress_printer(label: str, epochs: int):
         if "val_seg_acc" in m:
             parts.append(f"val seg acc {m['val_seg_acc']:.3f}")
         parts.append(f"{m.get('time_epoch', 0):.1f} s")
+        if "precision" in m:  # the run's first epoch: which precision it trains in, and why
+            parts.append(f"bf16 {'on' if m.get('bf16') else 'off'}: {m['precision']}")
         log.info(" | ".join(parts))
 
     return show

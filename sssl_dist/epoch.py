@@ -65,6 +65,10 @@ class Worker:
     # The EMA of `plain`'s weights that predicts the pseudo-labels (pseudo_label_network: ema);
     # None until the first SSSL epoch creates it, or a checkpoint restores it.
     teacher: torch.nn.Module | None = None
+    # Whether this rank trains under bf16 autocast: `cfg.bf16` with "auto" resolved
+    # (precision.py), the same on every rank.
+    bf16: bool = False
+    precision: str = "set in the config"  # why `bf16` is what it is, for the log
 
     @classmethod
     def build(
@@ -95,6 +99,7 @@ class Worker:
             plain=model.module if hasattr(model, "module") else model,
             opt=opt,
             fc=fc,
+            bf16=cfg.bf16 is True,
         )
 
     @property
@@ -107,9 +112,9 @@ class Worker:
         return self.cfg.batch_size * 2  # no gradients kept: twice the training batch fits
 
     def autocast(self):
-        """bf16 autocast where the config asks for it, on the worker's device type (CUDA on
+        """bf16 autocast where chosen (`self.bf16`), on the worker's device type (CUDA on
         GPUs; CPU autocast runs the same path in the tests, where no GPU is lent)."""
-        if not self.cfg.bf16:
+        if not self.bf16:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 

@@ -67,6 +67,7 @@ from sssl_dist.epoch import (
 )
 from sssl_dist.method import LossMemory, ema_teacher
 from sssl_dist.models import build_model
+from sssl_dist.precision import choose_precision
 from sssl_dist.song import song_level_results
 from sssl_dist.split_service import NAMESPACE
 
@@ -117,7 +118,14 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     for epoch in range(progress.start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + w.rank)  # dropout; resumable
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = {"epoch": epoch, "fold": loop.fold, "n_train": len(w.table)}
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "fold": loop.fold,
+            "n_train": len(w.table),
+            "bf16": w.bf16,
+        }
+        if epoch == progress.start_epoch:  # the driver's first progress line says why
+            metrics["precision"] = w.precision
         sssl_epoch = cfg.method != "inherit" and epoch >= cfg.warmup_epochs
         if sssl_epoch:  # steps 1-3
             scorer = best.state if cfg.split_network == "best_val" else None
@@ -204,7 +212,20 @@ def build_worker(
         world=world,
         device=device,
     )
+    if cfg.bf16 == "auto":
+        resolve_auto_bf16(worker)
     return worker, mels, by_id
+
+
+def resolve_auto_bf16(w: Worker) -> None:
+    """`bf16: auto` for this run: rank 0 probes its device (precision.py) and every rank takes
+    its answer, so DDP ranks never train in different precisions."""
+    chosen = None
+    if w.rank == 0:
+        shape = tuple(w.batcher.inputs(np.arange(min(len(w.table), w.cfg.batch_size))).shape)
+        chosen = choose_precision("auto", w.plain, shape, w.device)
+    w.bf16 = rank0_decides(chosen is not None and chosen.bf16)
+    w.precision = chosen.reason if chosen is not None else "rank 0's choice"
 
 
 def build_optimizer(cfg: SSSLConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -409,7 +430,8 @@ def _log_epoch(loop: LoopConfig, metrics: dict[str, Any]) -> None:
     run_dir = Path(loop.tensorboard_dir).parent
     run_dir.mkdir(parents=True, exist_ok=True)  # local mode (num_workers=0) does not create it
     with open(run_dir / runfiles.PROGRESS, "a") as fh:
-        fh.write(json.dumps(_scalars(metrics)) + "\n")
+        line = _scalars(metrics) | {k: metrics[k] for k in ("precision",) if k in metrics}
+        fh.write(json.dumps(line) + "\n")
     from tensorboardX import SummaryWriter
 
     with SummaryWriter(loop.tensorboard_dir) as writer:

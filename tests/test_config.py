@@ -89,7 +89,7 @@ def test_choice_fields_include_the_ones_that_were_unchecked():
         ("n_folds", 1, r"n_folds must be >= 2"),
         ("cross_fit_parts", 1, r"cross_fit_parts must be >= 2"),
         ("torch_threads", 0, r"torch_threads must be >= 1"),
-        ("bf16", 1, r"bf16 must be true or false, got 1"),
+        ("bf16", 1, r"bf16 must be true, false or one of \('auto',\), got 1"),
         ("theta", 2.0, r"theta must be in \[0, 1\]"),
         ("svm_c", 0.0, r"svm_c must be > 0"),
     ],
@@ -121,7 +121,7 @@ def test_bad_feature_values_are_refused(key, value, message):
     [
         ("tau=abc", r"^tau expects a number, got 'abc'$"),
         ("batch_size=64.9", r"^batch_size expects an integer, got '64.9'$"),
-        ("bf16=maybe", r"^bf16 expects a boolean, got 'maybe'$"),
+        ("bf16=maybe", r"^bf16 expects true, false or one of \('auto',\), got 'maybe'$"),
         ("lr=nan", r"^lr must be a finite number, got nan$"),
         ("optimizer=rmsprop", r"^optimizer must be one of \('adam', 'sgd'\), got 'rmsprop'$"),
     ],

@@ -175,6 +175,9 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     assert run.history[-1]["lr"] < run.history[0]["lr"] == cfg.lr
     assert _epochs(run.history)[0]["gathered"]["gathered"] == run.history[0]["n_train"]
     assert run.result["test_songs"] == len(run.fold_ids["test"])
+    # Every epoch trained under autocast, and the first one says why.
+    assert [h["bf16"] for h in run.history] == [True] * cfg.epochs
+    assert run.history[0]["precision"] == "set in the config"
 
 
 def test_checkpoint_loads_weights_only_and_has_everything(two_worker_run):
