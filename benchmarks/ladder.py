@@ -3,6 +3,7 @@
 segment accuracy against the per-second truth relative to its own warm-up.
 
     python benchmarks/ladder.py --out runs/ladder-L3 [--songs 200] [--folds 5] [--L 3]
+                                [--only inherit,full,ema-bn]
 
 The corpus (200 songs, seed 0, the generator untouched) is made and sharded once under --out;
 the comparison resumes when re-run. Pairs: each rung against the one before, every candidate
@@ -29,7 +30,8 @@ TRUTH = "val_seg_acc_truth"
 
 
 def pairs(arms: list[str]) -> str:
-    ladder = [f"{a}:{b}" for a, b in zip(RUNGS, RUNGS[1:], strict=False)]
+    rungs = [r for r in RUNGS if r in arms]
+    ladder = [f"{a}:{b}" for a, b in zip(rungs, rungs[1:], strict=False)]
     candidates = [f"full:{arm}" for arm in arms if arm not in RUNGS]
     # Every arm also against inherit: the goal is a step that helps over plain training.
     baseline = [f"inherit:{arm}" for arm in arms if arm not in ("inherit", "filter")]
@@ -68,7 +70,8 @@ def stepwise(curves: dict[str, list[list[float]]], warmup: int, n_folds: int) ->
         "| arm − against | first SSSL epoch | last epoch |",
         "|---|---|---|",
     ]
-    pairs = [*zip(RUNGS, RUNGS[1:], strict=False)]
+    rungs = [r for r in RUNGS if r in curves]
+    pairs = [*zip(rungs, rungs[1:], strict=False)]
     pairs += [("full", arm) for arm in curves if arm not in RUNGS]
     for a, b in pairs:
         cells = [
@@ -79,7 +82,7 @@ def stepwise(curves: dict[str, list[list[float]]], warmup: int, n_folds: int) ->
     return rows
 
 
-def main(out: Path, songs: int, folds: int, length: int) -> None:
+def main(out: Path, songs: int, folds: int, length: int, only: list[str] | None = None) -> None:
     import ray
 
     from shards.synth import SynthConfig
@@ -93,6 +96,11 @@ def main(out: Path, songs: int, folds: int, length: int) -> None:
     shards = shard_synthetic(out / "corpus", out / "shards", SynthConfig(n_songs=songs, seed=0))
     base = SSSLConfig(n_folds=folds, epochs=8, warmup_epochs=3, segment_seconds=length)
     arms = read_arms(ARMS)
+    if only:  # a subset, e.g. a candidate against the full step on more folds
+        unknown = sorted(set(only) - set(arms) | ({"inherit", "full"} - set(only)))
+        if unknown:
+            raise SystemExit(f"--only: unknown arms or inherit/full missing: {unknown}")
+        arms = {name: arms[name] for name in arms if name in only}
     design = Design(arms, (base.task,), folds, pairing=pairs(list(arms)))
     comparison = run_comparison(base, shards, out, design, workers=0, parallel=2)
     lines = [
@@ -123,5 +131,6 @@ if __name__ == "__main__":
     p.add_argument("--songs", type=int, default=200)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--L", type=int, default=3, dest="length")
+    p.add_argument("--only", help="comma list of arms (inherit and full always among them)")
     a = p.parse_args()
-    main(a.out, a.songs, a.folds, a.length)
+    main(a.out, a.songs, a.folds, a.length, a.only.split(",") if a.only else None)
