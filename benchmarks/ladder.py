@@ -35,7 +35,7 @@ def pairs(arms: list[str]) -> str:
     candidates = [f"full:{arm}" for arm in arms if arm not in RUNGS]
     # Every arm also against inherit: the goal is a step that helps over plain training.
     baseline = [f"inherit:{arm}" for arm in arms if arm not in ("inherit", "filter")]
-    return ",".join([*ladder, *candidates, *baseline])
+    return ",".join(dict.fromkeys([*ladder, *candidates, *baseline]))  # each pair once
 
 
 def truth_curves(cell: Path, n_folds: int) -> list[list[float]]:
