@@ -2,7 +2,7 @@
 
 bf16 autocast pays on GPUs that support it, and on CPUs whose matrix units take bf16 (Intel
 AMX, or AVX512-BF16). It does not pay everywhere those exist: on a Xeon with AVX512-BF16 and
-no AMX, SmallCNN's training step ran at 0.85x of fp32 (BENCHMARKS.md), while a Xeon with AMX
+no AMX, SmallCNN's training step ran at 0.82x of fp32 (BENCHMARKS.md), while a Xeon with AMX
 ran it at 1.67x. So `auto` asks the CPU for the instructions first, then times a few training
 steps of the run's own network in both precisions, and turns bf16 on only when it is clearly
 faster. The log says which was chosen and why; the history records it per epoch.
@@ -11,7 +11,6 @@ faster. The log says which was chosen and why; the history records it per epoch.
 from __future__ import annotations
 
 import copy
-import logging
 import platform
 import time
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 # bf16 must beat fp32 by this much in the probe: a smaller gain is within the probe's noise on
 # a shared machine, and not worth a result that differs from fp32 in rounding.
