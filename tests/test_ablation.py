@@ -308,10 +308,10 @@ def test_ema_teacher_makes_the_targets_and_lags_the_trained_weights(monkeypatch)
     assert all(torch.equal(state["ema_model"][k], teacher[k]) for k in teacher)
 
 
-def test_default_targets_come_from_the_network_being_trained(monkeypatch):
+def test_paper_targets_come_from_the_network_being_trained(monkeypatch):
     import sssl_dist.epoch as epoch_module
 
-    w = _worker(SMALL)
+    w = _worker(replace(SMALL, pseudo_label_network="current"))
     predicted_by = []
     real = epoch_module.sssl_loss
     monkeypatch.setattr(

@@ -23,15 +23,26 @@ from sssl_dist.config import (
 )
 
 # Run identities are built from these digests: a change here re-runs every stored result.
-DEFAULT_DIGEST = "298d2fe1175e1932"
+DEFAULT_DIGEST = "ef11e8aded681201"
 FEATURE_DIGEST = "7fae48a34f01324a"
-PACKAGED_DIGESTS = {"paper_global_split": "5be8be08d433ab07", "vgg16_gpu": "d3f9ce29bb9e8b99"}
+PACKAGED_DIGESTS = {"paper_global_split": "5be8be08d433ab07", "vgg16_gpu": "acdfb3ba1556d083"}
+# The default before the step's default became the Mean Teacher with clean BN statistics.
+PAPER_STEP_DIGEST = "298d2fe1175e1932"
 
 
 def test_digests_of_existing_configs_are_unchanged():
     assert config_digest(SSSLConfig()) == DEFAULT_DIGEST
     assert config_digest(FeatureConfig()) == FEATURE_DIGEST
     assert {n: config_digest(load_config(n)) for n in packaged_configs()} == PACKAGED_DIGESTS
+
+
+def test_a_changed_default_changes_the_digest_and_the_old_value_keeps_its_own():
+    # Results stored under the paper's step keep their identity, and none of them is reused
+    # for the new default step.
+    paper_step = dataclasses.replace(
+        SSSLConfig(), pseudo_label_network="current", bn_stats="running"
+    )
+    assert config_digest(paper_step) == PAPER_STEP_DIGEST != config_digest(SSSLConfig())
 
 
 def _literal_fields(cls: type) -> list[tuple[str, tuple]]:
