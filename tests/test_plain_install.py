@@ -34,6 +34,10 @@ def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    # pip's --no-compile, for every pip run (install-torch's too): pip would byte-compile every
+    # module of every package, most of torch's and ray's never imported here; the stages compile
+    # what they import, as they would for a user.
+    env["PIP_COMPILE"] = "0"
     _run(["bash", str(REPO / ".ci" / "install-torch"), str(py)], env, timeout=1200)
     _run([str(py), "-m", "pip", "install", "-q", str(REPO)], env, timeout=1200)
     return venv, env
