@@ -12,6 +12,8 @@ depend on what the model learned):
     ray-2cpu   the same on 2 CPUs / 2 cores
     floor-1    decode + log-mel only, one process, one core: the work no path can skip
     floor-ray  decode + log-mel only through the same Ray Data tasks, no model stage
+    floor-ray-per-file  the same with one file per decode task (the layout before groups of
+               files): what Ray Data's cost per task adds
 
 Each configuration runs in a fresh subprocess (its own Ray); times exclude Ray's start-up but
 include the pipeline's (actor start, model load). Prints the CPU (lscpu) and a table.
@@ -172,17 +174,22 @@ def floor_serial(files: list[str]) -> float:
     return audio_s
 
 
-def floor_ray(files: list[str]) -> float:
-    """The new path's decode tasks alone: the same Dataset up to the model stage."""
+def floor_ray(files: list[str], per_file: bool = False) -> float:
+    """The new path's decode tasks alone: the same Dataset up to the model stage (with
+    per_file, one file per task instead of decode_dataset's groups)."""
     import ray
 
     from sssl_dist.config import FeatureConfig, to_dict
-    from sssl_dist.predict import decode_row, file_key
+    from sssl_dist.predict import decode_dataset, decode_row, file_key
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    items = [{"file": file_key(f), "path": os.fsencode(f)} for f in files]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(decode_row, fn_kwargs={"fc": to_dict(FeatureConfig()), "max_seconds": None})
+    fc = to_dict(FeatureConfig())
+    if per_file:
+        items = [{"file": file_key(f), "path": os.fsencode(f)} for f in files]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map(decode_row, fn_kwargs={"fc": fc, "max_seconds": None})
+    else:
+        ds = decode_dataset([(file_key(f), f) for f in files], fc, None)
     return sum(float(r["duration_s"]) for r in ds.select_columns(["duration_s"]).iter_rows())
 
 
@@ -234,7 +241,7 @@ def _append_line(path: str, line: str) -> None:
 def run_one(kind: str, cpus: int, model: str, files_json: str, out: str, extra: dict) -> None:
     """In a fresh subprocess: time one configuration, print its JSON line."""
     files = json.loads(Path(files_json).read_text())
-    if kind in ("ray", "floor-ray"):
+    if kind in ("ray", "floor-ray", "floor-ray-per-file"):
         import ray
 
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -248,6 +255,8 @@ def run_one(kind: str, cpus: int, model: str, files_json: str, out: str, extra: 
         audio_s = floor_serial(files)
     elif kind == "floor-ray":
         audio_s = floor_ray(files)
+    elif kind == "floor-ray-per-file":
+        audio_s = floor_ray(files, per_file=True)
     else:
         summary = new_path(model, files, Path(out), extra.get("part_files"))
         audio_s = summary.audio_s
@@ -388,13 +397,14 @@ def cpu_name() -> str:
 
 # --------------------------------------------------------------------------- the comparison
 def compare(work: Path, n_files: int, model: Path, files_json: Path) -> None:
-    """The five configurations on one corpus, and their table."""
+    """The six configurations on one corpus, and their table."""
     plan = [
         ("serial", "serial", "0,1", 2),
         ("ray-1cpu", "ray", "0", 1),
         ("ray-2cpu", "ray", "0,1", 2),
         ("floor-1", "floor", "0", 1),
         ("floor-ray", "floor-ray", "0,1", 2),
+        ("floor-ray-per-file", "floor-ray-per-file", "0,1", 2),
     ]
     rows = {}
     for name, kind, cores, cpus in plan:

@@ -22,7 +22,15 @@ from sssl_dist.cli import main
 from sssl_dist.config import FeatureConfig, SSSLConfig, to_dict
 from sssl_dist.export import FORMAT, load_model, predict_song
 from sssl_dist.models import build_model
-from sssl_dist.predict import file_key, find_audio, output_names, run_predict
+from sssl_dist.predict import (
+    FILES_PER_DECODE_TASK,
+    balanced_order,
+    decode_dataset,
+    file_key,
+    find_audio,
+    output_names,
+    run_predict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,6 +165,30 @@ def bad_and_odd_files(root: Path) -> tuple[dict[Path, float], dict[str, str]]:
     sf.write(root / "huge.wav", tone(5.0) * 1e30, 22050, subtype="FLOAT")
     bad["huge.wav"] = ""  # refused (NaN log-mel, or absurd amplitude), whatever the words
     return good, bad
+
+
+def test_decode_groups_spread_the_long_files_and_keep_every_file_once():
+    # Eight minutes-long files side by side (as in a folder), then 300 short ones: cut in 10
+    # equal runs as they come, one run would hold all eight and the others wait for it.
+    sizes = [600] * 8 + [10 + i % 7 for i in range(300)]
+    order = balanced_order(sizes, 10)
+    assert sorted(order) == list(range(len(sizes)))
+    runs = np.array_split(np.array(order), 10)  # how ray.data.from_items cuts the blocks
+    assert all(sum(i < 8 for i in run) <= 1 for run in runs)
+    totals = [sum(sizes[i] for i in run) for run in runs]
+    assert max(totals) - min(totals) <= 600 + 16  # at most one long and one short file apart
+    assert balanced_order([], 1) == [] and balanced_order([5], 1) == [0]
+
+
+def test_decode_dataset_has_groups_of_files_and_every_row(tmp_path, ray_session):
+    files = [write_audio(tmp_path / f"s{i}.wav", 3.0 if i else 40.0) for i in range(70)]
+    todo = [(file_key(str(f)), str(f)) for f in files]
+    ds = decode_dataset(todo, to_dict(FeatureConfig()), max_seconds=None)
+    blocks = ds.materialize().num_blocks()
+    assert blocks >= -(-len(files) // FILES_PER_DECODE_TASK) and blocks < len(files)
+    rows = ds.select_columns(["file", "error", "duration_s"]).take_all()
+    assert sorted(r["file"] for r in rows) == sorted(k for k, _ in todo)
+    assert not any(r["error"] for r in rows)
 
 
 def test_directory_with_odd_names_and_bad_files(quadrant_model, tmp_path, ray_session, caplog):
