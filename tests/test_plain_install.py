@@ -27,6 +27,24 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 1200) -> str:
     return proc.stdout
 
 
+def _run_side_by_side(cmds: list[list[str]], env: dict[str, str], logs: Path) -> None:
+    """Independent commands at once, each as its own process (most of each one's time is
+    start-up: imports and an in-process Ray), each checked as _run checks one. Output goes to
+    files: a full pipe would stall a command until the ones before it had finished."""
+    procs = []
+    for i, cmd in enumerate(cmds):
+        with (logs / f"{i}.out").open("w") as out, (logs / f"{i}.err").open("w") as err:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err))
+    try:
+        for i, (cmd, proc) in enumerate(zip(cmds, procs, strict=True)):
+            proc.wait(timeout=1200)
+            err = (logs / f"{i}.err").read_text()[-3000:]
+            assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{err}"
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     venv = tmp_path_factory.mktemp("plain") / "venv"
@@ -63,11 +81,9 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
     # The report's tables and its plots: a plain install draws them too.
     assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
     assert list(run.glob("*.png")), "a plain install drew no plot"
-    _run([sssl, "report", str(run), "--shards", str(shards)], env)
+    # What follows needs only the trained run: report, predict, tune and compare side by side.
     audio = sorted(corpus.rglob("*.wav"))[:2]
     out = tmp_path / "predictions"
-    _run([sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)], env)
-    assert (out / "predictions.csv").is_file()
     # One trial is enough to prove the sweep's imports and outputs (the sweep itself is tested
     # in the dev environment).
     space = tmp_path / "one-trial.yaml"
@@ -75,16 +91,19 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
         (REPO / "tuning" / "spaces" / "smoke.yaml").read_text().replace("[0, 1]", "[0]")
         .replace("tau: [0.5, 0.7]", "tau: [0.5]")
     )  # fmt: skip
-    _run(
-        [sssl, "tune", "--shards", str(shards), "--space", str(space), "--smoke", "--workers",
-         "1", "--out", str(tmp_path / "tune")],
-        env,
-    )  # fmt: skip
-    assert (tmp_path / "tune" / "summary.md").is_file()
     compared = tmp_path / "compare"
-    _run(
-        [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
-         str(compared), "--arm", "inherit", "method=inherit", "--arm", "sssl"],
+    _run_side_by_side(
+        [
+            [sssl, "report", str(run), "--shards", str(shards)],
+            [sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)],
+            [sssl, "tune", "--shards", str(shards), "--space", str(space), "--smoke",
+             "--workers", "1", "--out", str(tmp_path / "tune")],
+            [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
+             str(compared), "--arm", "inherit", "method=inherit", "--arm", "sssl"],
+        ],
         env,
+        tmp_path,
     )  # fmt: skip
+    assert (out / "predictions.csv").is_file()
+    assert (tmp_path / "tune" / "summary.md").is_file()
     assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
