@@ -407,22 +407,12 @@ _RENAMED = {"split": "gmm_scope"}
 
 
 # The SSSL step's ablation rungs and candidate fixes: each acts from the first SSSL epoch on.
-STEP_FIELDS = (
-    "sssl_step",
-    "pseudo_label_network",
-    "ema_decay",
-    "bn_stats",
-    "bn_stats_segments",
-    "sssl_optimizer",
-    "sssl_lr_scale",
-    "mixup_scope",
-)
-# Fields added after run identities were first stored, with the value of each that reproduces
-# the training before it existed, bit for bit. At that value a field stays out of the digest:
-# adding an option renames (and re-runs) no stored result. The values are fixed here, not read
-# from the defaults, so that changing a default changes the default's digest: a result trained
-# under the old default is never reused for the new one.
-_DIGEST_SKIPS_AT = {
+# They were added after run identities were first stored; beside each, the value that
+# reproduces the training before it existed, bit for bit. At that value a field stays out of
+# the digest: adding an option renames (and re-runs) no stored result. The values are fixed
+# here, not read from the defaults, so that changing a default changes the default's digest:
+# a result trained under the old default is never reused for the new one.
+_STEP_LEGACY_VALUES = {
     "sssl_step": "full",
     "pseudo_label_network": "current",
     "ema_decay": 0.99,
@@ -432,12 +422,13 @@ _DIGEST_SKIPS_AT = {
     "sssl_lr_scale": 1.0,
     "mixup_scope": "all",
 }
+STEP_FIELDS = tuple(_STEP_LEGACY_VALUES)
 
 
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
     """Short hash of every field: work done under other settings is never reused for these."""
     data = dataclasses.asdict(cfg)
-    for name, legacy in _DIGEST_SKIPS_AT.items():
+    for name, legacy in _STEP_LEGACY_VALUES.items():
         if name in data and data[name] == legacy:
             del data[name]
     blob = json.dumps(data, sort_keys=True).encode()

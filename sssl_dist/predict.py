@@ -50,6 +50,8 @@ from sssl_dist.outdir import hold
 # The decode tasks import this module: torch and scikit-learn (export.py) are imported only
 # where a model is used, so a decode worker starts without them.
 if TYPE_CHECKING:
+    from ray.data import Dataset
+
     from sssl_dist.export import LoadedModel
 
 log = logging.getLogger("sssl.predict")
@@ -622,7 +624,9 @@ FILES_PER_DECODE_TASK = 32
 DECODE_TASKS_PER_CPU = 4  # enough groups that no core waits while another finishes a long one
 
 
-def decode_dataset(todo: list[tuple[str, str]], fc: dict[str, Any], max_seconds: float | None):
+def decode_dataset(
+    todo: list[tuple[str, str]], fc: dict[str, Any], max_seconds: float | None
+) -> Dataset:
     """The Ray Data stage that decodes every (key, path) of todo into rows of decode_row, in
     blocks of up to FILES_PER_DECODE_TASK files with about the same audio (file size) each."""
     import ray
