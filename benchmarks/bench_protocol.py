@@ -25,7 +25,7 @@ repository's defaults), 12 epochs each, 3 of them warm-up.
                --workers 0` on the same shards, and prints its wall time
 
     python benchmarks/bench_protocol.py [--songs 900] [--seconds 30] [--work runs/protocol]
-                                        [--compile] [--full]
+                                        [--compile] [--full [--set bf16=auto ...]]
 
 Cost: the corpus about 8 min on 2 cores (once); one fold of the three arms about
 (20 k segments x (12 + 9 + 9 epochs - 6 shared)) / (400 segments/s) ~ 20 min on one core at
@@ -459,6 +459,8 @@ def main(a: argparse.Namespace) -> None:
             "--out",
             str(Path(a.work) / "protocol"),
         ]
+        if a.set:
+            cmd += ["--set", *a.set]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"the protocol itself: {(time.perf_counter() - t0) / 3600:.2f} h on 2 cores")
@@ -471,5 +473,8 @@ if __name__ == "__main__":
     p.add_argument("--work", default="runs/protocol", help="corpus and results (kept)")
     p.add_argument("--full", action="store_true", help="then run the 10-fold protocol itself")
     p.add_argument("--skip-fold", action="store_true", help="the limit section only")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="--full: config overrides, e.g. bf16=auto"
+    )
     p.add_argument("--compile", action="store_true", help="also time torch.compile (~1 min)")
     main(p.parse_args())
