@@ -136,6 +136,13 @@ class SSSLConfig:
     # from X ∪ Û. "clean": X with X only, Û trained unmixed, so no inherited label is ever
     # blended with a pseudo-label (MixMatch's mixing without its unlabelled half).
     mixup_scope: Literal["all", "clean"] = "all"
+    # How R-Drop's two passes over U (Eq. 8) are run. "separate" (the paper, R-Drop): U is
+    # twice in the step's batch and goes through the whole network twice. "shared": the layers
+    # without dropout (SmallCNN's trunk, VGG16's convolutions) run once on U and the head that
+    # holds the dropouts runs twice, so the two sub-models still differ by their dropout
+    # masks. Only BatchNorm's batch statistics change: they count U once instead of twice.
+    # Less work per step, since the trunk is most of it. Our choice to measure.
+    rdrop_trunk: Literal["separate", "shared"] = "separate"
     min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
     gmm_max_iter: int = 10  # DivideMix
     gmm_tol: float = 1e-2  # DivideMix
@@ -232,7 +239,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "step (Eq. 4-9)": (
         "temperature", "lambda_kl", "mixup_alpha", "clean_targets", "sssl_step",
         "pseudo_label_network", "ema_decay", "bn_stats", "bn_stats_segments", "sssl_optimizer",
-        "sssl_lr_scale", "mixup_scope",
+        "sssl_lr_scale", "mixup_scope", "rdrop_trunk",
     ),
     "optimisation": (
         "warmup_epochs", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -421,6 +428,7 @@ _STEP_LEGACY_VALUES = {
     "sssl_optimizer": "keep",
     "sssl_lr_scale": 1.0,
     "mixup_scope": "all",
+    "rdrop_trunk": "separate",
 }
 STEP_FIELDS = tuple(_STEP_LEGACY_VALUES)
 

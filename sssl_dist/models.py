@@ -3,7 +3,8 @@
 Input is a log-mel segment [B, 1, n_mels, frames]; output is logits [B, K]. Both take any
 segment length: VGG16 through adaptive pooling as in torchvision, the small CNN through global
 pooling. Both begin with a BatchNorm over the single input channel, which learns the scale of
-the dB values instead of a hand-set normalisation constant.
+the dB values instead of a hand-set normalisation constant. `forward(x, repeat_last=m)` runs
+the head, which holds the dropouts, a second time over the last m rows, for R-Drop.
 
 Both run in the channels-last memory layout (NHWC), weights and activations, the layout the
 oneDNN CPU kernels and cuDNN's tensor-core kernels are written for. The values are the same
@@ -12,6 +13,8 @@ the time (BENCHMARKS.md, bench_models.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -50,9 +53,9 @@ class VGG16(nn.Module):
             nn.Linear(4096, num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = channels_last(x)
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+    def forward(self, x: torch.Tensor, repeat_last: int = 0) -> torch.Tensor:
+        h = torch.flatten(self.avgpool(self.features(channels_last(x))), 1)
+        return head_twice(self.classifier, h, repeat_last)
 
 
 class SmallCNN(nn.Module):
@@ -88,10 +91,23 @@ class SmallCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(8 * w, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, repeat_last: int = 0) -> torch.Tensor:
         h = self.features(channels_last(x))
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.head(self.dropout(pooled))
+        return head_twice(lambda z: self.head(self.dropout(z)), pooled, repeat_last)
+
+
+def head_twice(
+    head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, repeat_last: int
+) -> torch.Tensor:
+    """head(h), then head again on the last `repeat_last` rows of h: [n + repeat_last, K]. The
+    head holds the network's dropouts, so the repeat is a second dropout sub-model on the same
+    trunk features: R-Drop's second pass (Eq. 8) without a second pass of the trunk
+    (`rdrop_trunk: shared`)."""
+    logits = head(h)
+    if repeat_last == 0:
+        return logits
+    return torch.cat([logits, head(h[h.shape[0] - repeat_last :])])
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -80,12 +80,23 @@ def sssl_loss(
     y_clean, y_noisy = step_targets(plain, x, labels, clean_w, cfg, uses_u)
     inputs, targets = step_inputs(x_clean, y_clean, x_noisy, y_noisy, cfg, generator)
     use_kl = cfg.sssl_step == "full" and cfg.method == "sssl" and cfg.lambda_kl > 0
-    logits = model(torch.cat([inputs, x_noisy, x_noisy]) if use_kl else inputs).float()
     b, m = inputs.shape[0], x_noisy.shape[0]
+    logits = rdrop_forward(model, inputs, x_noisy, cfg) if use_kl else model(inputs).float()
     l_mix = mix_loss(logits[:b], targets.float())
     l_kl = rdrop_kl(logits[b : b + m], logits[b + m :]) if use_kl else logits.sum() * 0.0
     loss = total_loss(l_mix, l_kl, cfg.lambda_kl if use_kl else 0.0)
     return StepLosses(loss, float(l_mix.detach()), float(l_kl.detach()), x_clean.shape[0], n_u)
+
+
+def rdrop_forward(
+    model: nn.Module, inputs: torch.Tensor, x_noisy: torch.Tensor, cfg: SSSLConfig
+) -> torch.Tensor:
+    """Logits [b + 2m, K] of the step's inputs (b rows), then of U (m rows) through two dropout
+    sub-models (R-Drop, Liang et al. 2021): U twice in the batch (`rdrop_trunk: separate`), or
+    once with only the head, which holds the dropouts, run twice (`shared`)."""
+    if cfg.rdrop_trunk == "shared":
+        return model(torch.cat([inputs, x_noisy]), repeat_last=x_noisy.shape[0]).float()
+    return model(torch.cat([inputs, x_noisy, x_noisy])).float()
 
 
 def step_targets(

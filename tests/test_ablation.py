@@ -219,6 +219,52 @@ def test_x_only_mixup_never_mixes_a_u_sample_in():
     assert (inputs_all > 1).any(dim=1).sum() > 6
 
 
+def _mel_batch(n: int = 12):
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(n, 1, 32, 40, generator=g), torch.randint(0, 4, (n,), generator=g)
+    clean_w = torch.tensor([0.9, 0.0, 0.7, 0.0, 0.8, 0.0, 0.6, 0.95, 0.0, 0.55, 0.0, 0.7])[:n]
+    return x, y, clean_w
+
+
+def test_shared_trunk_computes_what_the_separate_passes_compute():
+    """rdrop_trunk: shared. With BatchNorm on fixed statistics and no dropout (the two things
+    it is allowed to change), the SmallCNN step's loss and every gradient are those of the
+    paper's two full passes, to float rounding: one trunk pass whose gradient collects both
+    heads' equals two trunk passes."""
+    x, y, clean_w = _mel_batch()
+    net = build_model("small_cnn", 4, 0.0)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()  # fixed statistics: a batch's composition cannot change them
+    plain = copy.deepcopy(net).eval()  # the targets' network, so `net` keeps its modes
+    results = {}
+    for trunk in ("separate", "shared"):
+        cfg = SSSLConfig(rdrop_trunk=trunk)
+        net.zero_grad(set_to_none=True)
+        out = sssl_loss(net, plain, x, y, clean_w, cfg, torch.Generator().manual_seed(0))
+        out.loss.backward()
+        results[trunk] = (out, [p.grad.clone() for p in net.parameters()])
+    (sep, sep_grads), (shared, shared_grads) = results["separate"], results["shared"]
+    assert torch.allclose(sep.loss, shared.loss, rtol=1e-5, atol=1e-7)
+    for a, b in zip(sep_grads, shared_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_trunk_runs_the_trunk_once_on_u_and_two_dropout_masks():
+    """rdrop_trunk: shared in train mode: the trunk sees the step's inputs and U once (b + m
+    rows, not b + 2m), and R-Drop's KL is above zero because the two heads drop differently."""
+    x, y, clean_w = _mel_batch()
+    m = int((clean_w == 0).sum())
+    for trunk, trunk_rows in (("separate", x.shape[0] + 2 * m), ("shared", x.shape[0] + m)):
+        net = build_model("small_cnn", 4, 0.5)
+        seen: list[int] = []
+        net.features.register_forward_hook(lambda _m, inp, _o, seen=seen: seen.append(len(inp[0])))
+        cfg = SSSLConfig(rdrop_trunk=trunk, pseudo_label_network="current")
+        out = sssl_loss(net, net, x, y, clean_w, cfg, torch.Generator().manual_seed(0))
+        assert seen == [m, trunk_rows]  # the pseudo-label pass over U, then the step's pass
+        assert out.l_kl > 0 and out.n_noisy == m
+
+
 def test_ema_update_is_the_decay_formula_on_a_hand_example():
     """θ' <- α θ' + (1 - α) θ for weights and BN running statistics; the batch count copied."""
     student = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1))
@@ -425,6 +471,7 @@ E2E = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeo
         ("sssl_optimizer", "reset"),
         ("sssl_lr_scale", 0.5),
         ("mixup_scope", "clean"),
+        ("rdrop_trunk", "shared"),
         # pseudo_label_network: ema trains end to end in the resume test below.
     ],
 )
