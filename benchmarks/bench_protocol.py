@@ -18,18 +18,20 @@ repository's defaults), 12 epochs each, 3 of them warm-up.
                fit (start-up, reports; BENCHMARKS.md "Ray Train overhead") is not in it
     limit      FLOPs of one SmallCNN training step at L = 3 (forward + backward, batch 64;
                torch.utils.flop_counter), this core's peak (a 2048^3 matmul, fp32 and bf16,
-               one thread), the step's share of it; and the SSSL epoch's rate in fp32 against
-               bf16 autocast, interleaved on one worker
+               one thread), the step's share of it; and the rates of the CE step, the SSSL step
+               and the SSSL step with R-Drop's trunk shared, in fp32 against bf16 autocast,
+               interleaved on one worker
+    --profile  the CE training step's operators by their own time, fp32 and bf16 (torch.profiler)
     --compile  torch.compile's first steps (the compile) and its rate against eager
     --full     then runs the protocol itself: `sssl compare --folds 10 --parallel 2
                --workers 0` on the same shards, and prints its wall time
 
     python benchmarks/bench_protocol.py [--songs 900] [--seconds 30] [--work runs/protocol]
-                                        [--compile] [--full [--set bf16=auto ...]]
+                                        [--profile] [--compile] [--full [--set bf16=auto ...]]
 
 Cost: the corpus about 8 min on 2 cores (once); one fold of the three arms about
 (20 k segments x (12 + 9 + 9 epochs - 6 shared)) / (400 segments/s) ~ 20 min on one core at
-4Q size; the limit section under a minute. --full: the protocol's own time (hours at 4Q size).
+4Q size; the limit section about 3 min. --full: the protocol's own time (hours at 4Q size).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -126,11 +129,11 @@ def timed_worker(cfg, shards, fold_ids, clock: PhaseClock):
         batcher.inputs = clock.wrap("cut segments", batcher.inputs)
     forward = w.plain.forward
 
-    def timed_forward(x):
+    def timed_forward(x, **kwargs):
         if not torch.is_grad_enabled():  # a no-gradient pass: its caller's phase owns it
-            return forward(x)
+            return forward(x, **kwargs)
         with clock.phase("forward"):
-            return forward(x)
+            return forward(x, **kwargs)
 
     w.plain.forward = timed_forward
     w.opt.step = clock.wrap("optimiser step", w.opt.step)
@@ -298,9 +301,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
 
 
 def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
-    """Segments/s of the SSSL step (and the CE step) in fp32 and under bf16 autocast, on one
-    worker of fold 0 with a fixed split, interleaved round by round so both see the same
-    machine; the medians."""
+    """Segments/s of the CE step, the SSSL step and the SSSL step with R-Drop's trunk shared
+    (`rdrop_trunk: shared`), each in fp32 and under bf16 autocast, on one worker of fold 0
+    with a fixed split, interleaved round by round so all see the same machine; the medians."""
     from sssl_dist.config import SSSLConfig
     from sssl_dist.data import epoch_batches
     from sssl_dist.epoch import loss_pass
@@ -324,6 +327,8 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
     ]
     gen = torch.Generator().manual_seed(0)
 
+    step_cfg = {"sssl": cfg, "sssl-shared": replace(cfg, rdrop_trunk="shared")}
+
     def run(kind: str, bf16: bool) -> float:
         w.plain.train()
         t0 = time.perf_counter()
@@ -332,7 +337,7 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
                 out = (
                     ce_loss(w.plain, x, y)
                     if kind == "ce"
-                    else sssl_loss(w.plain, w.plain, x, y, cw, cfg, gen)
+                    else sssl_loss(w.plain, w.plain, x, y, cw, step_cfg[kind], gen)
                 )
             w.opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -341,7 +346,7 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
 
     rates: dict[str, list[float]] = defaultdict(list)
     for _ in range(rounds):
-        for kind in ("ce", "sssl"):
+        for kind in ("ce", "sssl", "sssl-shared"):
             for bf16 in (False, True):
                 rates[f"{kind}_{'bf16' if bf16 else 'fp32'}"].append(run(kind, bf16))
     return {k: float(np.median(v[1:])) for k, v in rates.items()}  # round 1 warms up
@@ -360,55 +365,99 @@ def print_limit(shards) -> None:
     )
     print(
         "| precision | matmul peak, 1 thread (GFLOP/s) | CE step (segments/s) | CE step "
-        "GFLOP/s | share of peak | SSSL step (segments/s) |"
+        "GFLOP/s | share of peak | SSSL step (segments/s) | SSSL step, trunk shared |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for p in ("fp32", "bf16"):
         achieved = rates[f"ce_{p}"] * per_segment
         print(
             f"| {p} | {peaks[p] / 1e9:.0f} | {rates[f'ce_{p}']:.0f} | {achieved / 1e9:.1f} | "
-            f"{achieved / peaks[p]:.1%} | {rates[f'sssl_{p}']:.0f} |"
+            f"{achieved / peaks[p]:.1%} | {rates[f'sssl_{p}']:.0f} | "
+            f"{rates[f'sssl-shared_{p}']:.0f} |"
         )
+    base = rates["sssl_fp32"]
     print(
-        f"bf16 / fp32, side by side: CE step {rates['ce_bf16'] / rates['ce_fp32']:.2f}x, "
-        f"SSSL step {rates['sssl_bf16'] / rates['sssl_fp32']:.2f}x"
+        f"side by side, against fp32 with separate passes: CE step "
+        f"{rates['ce_bf16'] / rates['ce_fp32']:.2f}x in bf16; SSSL step "
+        f"{rates['sssl_bf16'] / base:.2f}x in bf16, {rates['sssl-shared_fp32'] / base:.2f}x "
+        f"with the trunk shared, {rates['sssl-shared_bf16'] / base:.2f}x with both"
     )
+
+
+def ce_training_step(bf16: bool, compiled: bool = False) -> Callable[[], None]:
+    """One SmallCNN CE training step (L = 3, batch 64, Adam) on a fixed random batch, under
+    bf16 autocast or not, eager or through torch.compile."""
+    from sssl_dist.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 4, 0.5)
+    net = torch.compile(model) if compiled else model
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x, y = torch.randn(64, 1, 128, 130), torch.randint(0, 4, (64,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def profile_step(steps: int = 20, top: int = 12) -> None:
+    """Where the CE training step's time goes (one thread), in fp32 and under bf16 autocast:
+    torch.profiler's operators by their own time, with the share convolutions take."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    for bf16 in (False, True):
+        step = ce_training_step(bf16)
+        for _ in range(3):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+        print(
+            f"\n{'bf16 autocast' if bf16 else 'fp32'}: {total / steps / 1e3:.1f} ms per step of "
+            f"64 segments; convolutions (forward + backward) {conv / total:.0%}"
+        )
+        print("| operator | share of the step | ms per step | calls per step |")
+        print("|---|---|---|---|")
+        for e in events[:top]:
+            print(
+                f"| {e.key} | {e.self_cpu_time_total / total:.1%} | "
+                f"{e.self_cpu_time_total / steps / 1e3:.2f} | {e.count / steps:.0f} |"
+            )
 
 
 def compile_rates(steps: int = 30) -> dict[str, float]:
-    """torch.compile on this CPU: seconds to the end of the first 3 training steps (the compile
-    is paid there) and segments/s afterwards, eager against compiled, one thread."""
-    from sssl_dist.models import build_model
-
+    """torch.compile on this CPU, in fp32 and under bf16 autocast: seconds to the end of the
+    first 3 training steps (the compile is paid there) and segments/s afterwards, eager
+    against compiled, one thread."""
     torch.set_num_threads(1)
-    x, y = torch.randn(64, 1, 128, 130), torch.randint(0, 4, (64,))
     out = {}
-    for name in ("eager", "compiled"):
-        torch.manual_seed(0)
-        model = build_model("small_cnn", 4, 0.5)
-        net = torch.compile(model) if name == "compiled" else model
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-        def step(net=net, opt=opt):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        t0 = time.perf_counter()
-        for _ in range(3):
-            step()
-        out[f"{name}_first3_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        out[f"{name}_rate"] = steps * 64 / (time.perf_counter() - t0)
-    print(
-        f"\ntorch.compile, SmallCNN training step, one thread: first 3 steps "
-        f"{out['eager_first3_s']:.1f} s eager, {out['compiled_first3_s']:.1f} s compiled; then "
-        f"{out['eager_rate']:.0f} against {out['compiled_rate']:.0f} segments/s "
-        f"({out['compiled_rate'] / out['eager_rate']:.2f}x)"
-    )
+    for precision in ("fp32", "bf16"):
+        for name in ("eager", "compiled"):
+            step = ce_training_step(precision == "bf16", compiled=name == "compiled")
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step()
+            out[f"{precision}_{name}_first3_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            out[f"{precision}_{name}_rate"] = steps * 64 / (time.perf_counter() - t0)
+        r = {k.removeprefix(f"{precision}_"): v for k, v in out.items() if k.startswith(precision)}
+        print(
+            f"\ntorch.compile, SmallCNN training step in {precision}, one thread: first 3 steps "
+            f"{r['eager_first3_s']:.1f} s eager, {r['compiled_first3_s']:.1f} s compiled; then "
+            f"{r['eager_rate']:.0f} against {r['compiled_rate']:.0f} segments/s "
+            f"({r['compiled_rate'] / r['eager_rate']:.2f}x)"
+        )
     return out
 
 
@@ -440,6 +489,8 @@ def main(a: argparse.Namespace) -> None:
             flush=True,
         )
     print_limit(shards)
+    if a.profile:
+        profile_step()
     if a.compile:
         compile_rates()
     if a.full:
@@ -476,5 +527,6 @@ if __name__ == "__main__":
     p.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="--full: config overrides, e.g. bf16=auto"
     )
+    p.add_argument("--profile", action="store_true", help="the step's operators (~30 s)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (~1 min)")
     main(p.parse_args())
