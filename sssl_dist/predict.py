@@ -35,7 +35,6 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,7 +263,7 @@ class PartStore:
                 hidden = self.out / table / f".{marker.stem}.parquet"
                 if hidden.exists():  # killed after the marker, before the rename
                     hidden.rename(self.out / table / f"{marker.stem}.parquet")
-        self.done = committed_keys(self.out)
+            self.done.update(json.loads(marker.read_text()))
         committed = {m.stem for m in markers}
         for table in (*_TABLES, "done"):
             for stray in (self.out / table).glob(".*"):
@@ -289,13 +288,6 @@ class PartStore:
     def read(self, table: str) -> pa.Table | None:
         parts = sorted((self.out / table).glob("part-*.parquet"))
         return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
-
-
-def committed_keys(out: Path) -> set[str]:
-    """The keys of every file a committed part of `out` holds: the commit markers' contents.
-    Read-only, so it can be asked before the output directory is locked (or exists)."""
-    markers = sorted((out / "done").glob("part-*.json"))
-    return {key for marker in markers for key in json.loads(marker.read_text())}
 
 
 def _fsync(path: Path) -> None:
@@ -559,15 +551,7 @@ def run_predict(
     there is work to do (Ray must be up after it); a run with nothing left starts no Ray."""
     t0 = time.perf_counter()
     out = Path(out_dir)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Loading the models imports torch (seconds), and starting Ray is mostly waiting for
-        # its processes: the one runs while the other waits. A bad model still fails before
-        # the output directory is created.
-        loading = pool.submit(load_models, model_paths)
-        done = committed_keys(out)
-        if start_ray is not None and any(file_key(f) not in done for f in files):
-            start_ray()
-        models = loading.result()
+    models = load_models(model_paths)
     with PartStore(out) as store:
         check_run_record(out, model_paths, max_seconds)
         schemas = table_schemas(models)
@@ -579,6 +563,8 @@ def run_predict(
         todo = [(k, f) for k, f in zip(keys, files, strict=True) if k not in store.done]
         progress = Progress(len(todo), len(files) - len(todo))
         if todo:
+            if start_ray is not None:
+                start_ray()
             stream = predict_stream(
                 todo, model_paths, models, max_seconds=max_seconds, actors=actors, gpu=gpu,
                 batch_files=batch_files, actor_cpus=actor_cpus,

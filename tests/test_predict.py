@@ -292,33 +292,6 @@ def test_finished_run_is_a_no_op_and_other_models_are_refused(
     assert run_predict([str(quadrant_model)], songs, out, start_ray=pytest.fail).skipped == 3
 
 
-def test_models_load_while_ray_starts_and_a_bad_one_leaves_no_output(
-    quadrant_model, tmp_path, ray_session, monkeypatch
-):
-    """Loading the models (the torch import) and starting Ray overlap: here loading waits for
-    start_ray, so a run that started Ray only after loading would fail. A bad model still
-    fails before the output directory is created."""
-    import threading
-
-    import sssl_dist.predict as predict
-
-    started, load = threading.Event(), predict.load_models
-
-    def load_after_start(paths):
-        assert started.wait(timeout=60), "Ray was started only after the models had loaded"
-        return load(paths)
-
-    monkeypatch.setattr(predict, "load_models", load_after_start)
-    songs = [str(write_audio(tmp_path / "a.wav", 5.0))]
-    summary = run_predict([str(quadrant_model)], songs, tmp_path / "out", start_ray=started.set)
-    assert summary.predicted == 1
-    bad = tmp_path / "bad.sssl"
-    bad.write_text("not a model")
-    with pytest.raises(ValueError, match="not a loadable sssl model"):
-        run_predict([str(bad)], songs, tmp_path / "out-bad", start_ray=started.set)
-    assert not (tmp_path / "out-bad").exists()
-
-
 def test_killed_run_resumes_with_every_file_exactly_once(quadrant_model, tmp_path, ray_session):
     """SIGKILL the CLI once parts exist; the re-run finishes the rest: every good file once,
     the bad one with its reason, nothing duplicated."""
