@@ -441,17 +441,18 @@ def compile_rates(steps: int = 30) -> dict[str, float]:
     torch.set_num_threads(1)
     out = {}
     for precision in ("fp32", "bf16"):
+        r = {}
         for name in ("eager", "compiled"):
             step = ce_training_step(precision == "bf16", compiled=name == "compiled")
             t0 = time.perf_counter()
             for _ in range(3):
                 step()
-            out[f"{precision}_{name}_first3_s"] = time.perf_counter() - t0
+            r[f"{name}_first3_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
-            out[f"{precision}_{name}_rate"] = steps * 64 / (time.perf_counter() - t0)
-        r = {k.removeprefix(f"{precision}_"): v for k, v in out.items() if k.startswith(precision)}
+            r[f"{name}_rate"] = steps * 64 / (time.perf_counter() - t0)
+        out.update({f"{precision}_{k}": v for k, v in r.items()})
         print(
             f"\ntorch.compile, SmallCNN training step in {precision}, one thread: first 3 steps "
             f"{r['eager_first3_s']:.1f} s eager, {r['compiled_first3_s']:.1f} s compiled; then "
