@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # VGG16 configuration "D" (Simonyan & Zisserman 2015, Table 1): numbers are conv widths, "M"
 # is a 2x2 max-pool.
@@ -124,6 +125,30 @@ def build_model(backbone: str, num_classes: int, dropout: float) -> nn.Module:
         model = SmallCNN(num_classes, dropout)
     else:
         raise ValueError(f"unknown backbone {backbone!r}")
+    return model.to(memory_format=torch.channels_last)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """For inference: every Conv2d followed by a BatchNorm2d in a Sequential becomes one Conv2d
+    that computes both. In eval mode BatchNorm is a fixed per-channel affine map, so it folds into
+    the convolution's weights and bias (torch.nn.utils.fusion.fuse_conv_bn_eval): the same
+    outputs up to float rounding, one pass over the activations fewer. The BatchNorm over the
+    input stays, because the convolution after it pads with zeros that the affine map would move.
+    Only for a model in eval mode that is not trained further (load_model's)."""
+    if model.training:
+        raise ValueError("fuse_conv_bn folds BatchNorm's running statistics: eval mode only")
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        fused: list[nn.Module] = []
+        while layers:
+            layer = layers.pop(0)
+            if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
+                layer = fuse_conv_bn_eval(layer, layers.pop(0))
+            fused.append(layer)
+        for name in list(seq._modules):
+            del seq._modules[name]
+        for i, layer in enumerate(fused):
+            seq.add_module(str(i), layer)
     return model.to(memory_format=torch.channels_last)
 
 

@@ -203,9 +203,10 @@ class SegmentPredictor:
     def __init__(self, model_paths: list[str], names: list[str], gpu: bool, threads: int):
         import torch
 
-        from sssl_dist.export import load_model, predict_mel
+        from sssl_dist.export import checked_segment_probabilities, load_model, song_probabilities
 
-        self.predict_mel = predict_mel
+        self.segment_probabilities = checked_segment_probabilities
+        self.song_probabilities = song_probabilities
         torch.set_num_threads(max(1, threads))
         self.device = "cuda" if gpu else "cpu"
         self.models = {n: load_model(p) for n, p in zip(names, model_paths, strict=True)}
@@ -214,25 +215,43 @@ class SegmentPredictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [
-            json.dumps(self.predict_one(mel, int(n_mels), float(dur), str(err)))
+            self.segment_result(mel, int(n_mels), float(dur), str(err))
             for mel, n_mels, dur, err in zip(
                 batch["mel"], batch["n_mels"], batch["duration_s"], batch["error"], strict=True
             )
         ]
-        return {"file": batch["file"], "result": np.array(results, dtype=object)}
+        self.add_song_probabilities(results)
+        return {
+            "file": batch["file"],
+            "result": np.array(
+                [json.dumps(r, default=np.ndarray.tolist) for r in results], dtype=object
+            ),
+        }
 
-    def predict_one(self, mel: bytes, n_mels: int, duration_s: float, error: str) -> dict:
+    def segment_result(self, mel: bytes, n_mels: int, duration_s: float, error: str) -> dict:
+        """One file's segment probabilities [S, K] by each model, or its error."""
         if error:
             return {"duration_s": duration_s, "error": error}
         spec = np.frombuffer(mel, dtype=np.float32).reshape(n_mels, -1)
         per_model: dict[str, dict[str, Any]] = {}
         for name, model in self.models.items():
             try:
-                probs, song_p = self.predict_mel(model, spec, duration_s, device=self.device)
-                per_model[name] = {"probs": probs.tolist(), "song": song_p.tolist()}
+                probs = self.segment_probabilities(model, spec, duration_s, device=self.device)
+                per_model[name] = {"probs": probs}
             except Exception as exc:  # noqa: BLE001 - recorded as this file's failure
                 per_model[name] = {"error": failure_reason(exc)}
         return {"duration_s": duration_s, "error": "", "models": per_model}
+
+    def add_song_probabilities(self, results: list[dict]) -> None:
+        """Each model's song probabilities for all the batch's files in one SVM call."""
+        for name, model in self.models.items():
+            done = [
+                r["models"][name] for r in results if "probs" in r.get("models", {}).get(name, {})
+            ]
+            if done:
+                song = self.song_probabilities(model, [d["probs"] for d in done])
+                for d, p in zip(done, song, strict=True):
+                    d["song"] = p
 
 
 # --------------------------------------------------------------------------- part store
@@ -687,8 +706,8 @@ def predict_stream(
     fc = to_dict(next(iter(models.values())).fc)
     ds = decode_dataset(todo, fc, max_seconds)
     if actor_cpus is None:
-        # On CPU the model is the light stage (SmallCNN: about a quarter of a file's decode +
-        # mel time, measured): its actors reserve no CPU, so decode tasks fill every core. An
+        # On CPU the model is the light stage (SmallCNN: a fifth of a file's decode + mel
+        # time, measured): its actors reserve no CPU, so decode tasks fill every core. An
         # actor holding the only CPU of a 1-CPU Ray would wait forever for mels.
         actor_cpus = 1.0 if gpu else 0.0
     ds = ds.map_batches(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sssl_dist.models import SmallCNN, build_model
+from sssl_dist.models import SmallCNN, build_model, fuse_conv_bn
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "vgg16"])
@@ -41,3 +41,31 @@ def test_channels_last_computes_what_nchw_computes():
     fast.eval(), plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "vgg16"])
+def test_batchnorm_folded_into_convolutions_predicts_the_same(backbone):
+    """Prediction's fused network: BatchNorm after each convolution is gone, the input's stays,
+    and the probabilities equal the unfused network's up to float rounding, with running
+    statistics that are not the identity (as after training)."""
+    torch.manual_seed(0)
+    net = build_model(backbone, 4, 0.5)
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.randn(3, 1, 128, 129) * 10 - 40  # dB-like values
+    with torch.no_grad():
+        want = torch.softmax(net(x), -1)
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+        fused = fuse_conv_bn(net)
+        got = torch.softmax(fused(x), -1)
+    norms = [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 1 and norms[0] is fused.features[0]  # only the input's
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules()) == convs
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_conv_bn(build_model(backbone, 4, 0.5))

@@ -240,10 +240,15 @@ def test_several_models_in_one_pass_match_the_single_file_path(tmp_path, ray_ses
     songs = [
         write_audio(tmp_path / "in" / f"s{i}.ogg", 8.0 + i, freq=200.0 * (i + 1)) for i in range(3)
     ]
+    # A file too short for a segment in the actor's batches: each song probability must still
+    # reach its own file when the SVM runs once for the batch.
+    short = write_audio(tmp_path / "in" / "short.ogg", 1.0, freq=300.0)
     out = tmp_path / "out"
-    summary = run_predict([str(m) for m in models], [str(s) for s in songs], out, batch_files=2)
-    assert (summary.predicted, summary.failed) == (3, 0)
+    inputs = [str(songs[0]), str(short), *map(str, songs[1:])]
+    summary = run_predict([str(m) for m in models], inputs, out, batch_files=4)
+    assert (summary.predicted, summary.failed) == (4, 1)  # failures included
     seg = segments(out)
+    files = pd.read_parquet(out / "files")
     assert sorted(seg["model"].unique()) == ["arousal", "quadrant", "valence"]
     for m in models:  # each model's probabilities equal the one-file, one-process path
         loaded = load_model(m)
@@ -253,10 +258,12 @@ def test_several_models_in_one_pass_match_the_single_file_path(tmp_path, ray_ses
             got = rows[[f"p_{lab}" for lab in loaded.label_names]].to_numpy()
             want = np.array([[x[lab] for lab in loaded.label_names] for x in ref["segments"]])
             np.testing.assert_allclose(got, want, atol=1e-6)
+            row = files[(files["model"] == m.stem) & (files["file"] == str(s))]
+            assert row["decision"].tolist() == [ref["decision"]]
+            np.testing.assert_allclose(row["probability"], ref["probability"], atol=1e-9)
     valence = seg[seg["model"] == "valence"]
     assert valence["p_arousal_pos"].isna().all()
     np.testing.assert_allclose(valence["p_valence_pos"], valence["p_positive"], atol=1e-6)
-    files = pd.read_parquet(out / "files")
     assert len(files) == 9 and set(files["output"]) >= {"valence/s0", "quadrant/s2"}
     assert (out / "valence" / "s0.json").is_file()
 
