@@ -185,19 +185,6 @@ def _check_output_shape(net: torch.nn.Module, cfg: SSSLConfig, fc: FeatureConfig
         raise ValueError("network gives NaN or inf on a silent segment")
 
 
-def predict_mel(
-    model: LoadedModel,
-    mel: np.ndarray,
-    duration_s: float,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Segment probabilities [S, K] and song probabilities [K] of one song's log-mel (raises
-    as `checked_segment_probabilities`)."""
-    probs = checked_segment_probabilities(model, mel, duration_s, batch_size, device)
-    return probs, song_probabilities(model, [probs])[0]
-
-
 def checked_segment_probabilities(
     model: LoadedModel,
     mel: np.ndarray,
@@ -242,7 +229,8 @@ def predict_song(
     if max_seconds is not None:
         y = y[: int(max_seconds * fc.sample_rate)]
     duration = y.size / fc.sample_rate
-    probs, song_p = predict_mel(model, log_mel(y, fc), duration, batch_size)
+    probs = checked_segment_probabilities(model, log_mel(y, fc), duration, batch_size)
+    song_p = song_probabilities(model, [probs])[0]
     return song_result(model, str(audio_path), duration, probs, song_p)
 
 
