@@ -145,10 +145,8 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
                 layer = fuse_conv_bn_eval(layer, layers.pop(0))
             fused.append(layer)
-        for name in list(seq._modules):
-            del seq._modules[name]
-        for i, layer in enumerate(fused):
-            seq.add_module(str(i), layer)
+        del seq[:]
+        seq.extend(fused)
     return model.to(memory_format=torch.channels_last)
 
 
