@@ -140,7 +140,7 @@ def service_round_trip(n: int, repeats: int = 3) -> dict[str, float]:
     import ray
 
     from sssl_dist.data import SegmentTable
-    from sssl_dist.epoch import fit_split_with_metrics
+    from sssl_dist.split import fit_split_with_metrics
     from sssl_dist.split_service import SplitService, start_split_service
 
     if not ray.is_initialized():

@@ -143,11 +143,11 @@ def timed_worker(cfg, shards, fold_ids, clock: PhaseClock):
 @contextlib.contextmanager
 def timed_library(clock: PhaseClock) -> Iterator[None]:
     """Module-level functions the epoch calls, timed where they are looked up."""
-    from sssl_dist import epoch, step
+    from sssl_dist import epoch, split, step
 
     patches = [
         mock.patch.object(step, "_predict", clock.wrap("pseudo-labels", step._predict)),
-        mock.patch.object(epoch, "fit_split", clock.wrap("GMM", epoch.fit_split)),
+        mock.patch.object(split, "fit_split", clock.wrap("GMM", split.fit_split)),
         mock.patch.object(epoch, "sssl_loss", clock.wrap("step arithmetic", epoch.sssl_loss)),
         mock.patch.object(epoch, "ce_loss", clock.wrap("step arithmetic", epoch.ce_loss)),
         mock.patch.object(torch.Tensor, "backward", clock.wrap("backward", torch.Tensor.backward)),
@@ -162,6 +162,7 @@ def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any
     """The train loop's epochs (train.train_loop_per_worker) without Ray: split, train,
     validate, checkpoint. Returns the last split and each epoch's record."""
     from sssl_dist import epoch as ep
+    from sssl_dist import split as sp
     from sssl_dist.checkpoint import training_state, write_checkpoint_dir
     from sssl_dist.method import LossMemory
 
@@ -176,7 +177,7 @@ def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any
             with clock.phase("loss pass"):
                 losses = ep.loss_pass(w)
             with clock.phase("split metrics"):
-                clean_w, m = ep.fit_split_with_metrics(
+                clean_w, m = sp.fit_split_with_metrics(
                     cfg, w.table, losses.numpy(), [len(w.table)], e, memory
                 )
             record["noise_auc"] = m.get("noise_auc")

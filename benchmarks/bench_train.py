@@ -27,8 +27,9 @@ def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:
     """The trainer's per-epoch work (its set-up and epoch functions), in this process, without
     Ray or DDP: per epoch its seconds in all, in the loss pass and in the optimiser steps (the
     trainer's history has the same three, so a slower phase can be told apart)."""
-    from sssl_dist.epoch import fit_split, loss_pass, train_epoch
+    from sssl_dist.epoch import loss_pass, train_epoch
     from sssl_dist.method import LossMemory
+    from sssl_dist.split import fit_split
     from sssl_dist.train import build_worker
 
     torch.set_num_threads(cfg.torch_threads)

@@ -231,9 +231,10 @@ def heap_stages(shards: str) -> None:
 
     from sssl_dist.config import SSSLConfig
     from sssl_dist.data import ShardSet
-    from sssl_dist.epoch import fit_split, loss_pass, train_epoch
+    from sssl_dist.epoch import loss_pass, train_epoch
     from sssl_dist.folds import fold_song_ids
     from sssl_dist.method import LossMemory
+    from sssl_dist.split import fit_split
     from sssl_dist.train import build_worker
 
     torch.set_num_threads(1)

@@ -295,18 +295,21 @@ def cmd_report(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- compare
 def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise."""
-    from sssl_dist.compare import default_arms, parse_arm, read_arms
+    from sssl_dist.compare import CEILING_ARMS, default_arms, parse_arm, read_arms
 
     arms = read_arms(a.arms) if a.arms else {}
     for words in a.arm or []:
         name, overrides = parse_arm(words)
         arms[name] = overrides
-    return arms or default_arms()
+    arms = arms or default_arms()
+    if a.ceiling:
+        arms.update(CEILING_ARMS)
+    return arms
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
-    from sssl_dist.compare import Design, run_comparison
+    from sssl_dist.compare import Design, check_design, run_comparison
     from sssl_dist.data import ShardSet
 
     base = _train_config(a)
@@ -321,6 +324,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         folds=None,  # --smoke: both folds of 2, so the statistics run end to end
     )
     shards = ShardSet(a.shards)
+    check_design(base, shards, design)
     out = Path(a.out or "runs/compare")
     _init_ray()
     comparison = run_comparison(
@@ -545,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME KEY=VALUE",
         help="one arm: a name, then its overrides, e.g. --arm t1 temperature=1 (repeatable)",
+    )
+    s.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="add the two arms that bound the gain (shards with per-second truth only): "
+        "oracle-split (the step on a perfect split) and oracle-labels (CE on the true labels); "
+        "the report gives each arm's share of the headroom",
     )
     s.add_argument(
         "--tasks", help="comma list of valence, arousal, quadrant (default: the config's task)"

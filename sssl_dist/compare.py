@@ -53,6 +53,16 @@ def default_arms() -> dict[str, dict[str, Any]]:
     }
 
 
+# The two arms that bound what any split or step can gain on shards with per-second truth
+# (DESIGN.md, "Measuring a noisy-label method against its ceiling"): the default step on a
+# perfect split (X = the segments whose inherited label is right), and plain CE on every
+# segment's true label. `--ceiling` adds them; shards without truth refuse them.
+CEILING_ARMS: dict[str, dict[str, Any]] = {
+    "oracle-split": {"method": "sssl", "split_evidence": "oracle"},
+    "oracle-labels": {"method": "inherit", "train_labels": "truth"},
+}
+
+
 def read_arms(path: str | Path) -> dict[str, dict[str, Any]]:
     """An arms YAML: a mapping of arm name to its config overrides (a mapping, maybe empty)."""
     data = read_config_file(path)
@@ -124,6 +134,18 @@ class Design:
         return out
 
 
+def check_design(base: SSSLConfig, shards: ShardSet, design: Design) -> None:
+    """Refuse, before Ray starts, a cell whose config is invalid or that these shards cannot
+    serve (a ceiling arm on shards without per-second truth)."""
+    from sssl_dist.fold import check_shards
+
+    for name, overrides in design.cells(base).items():
+        try:
+            check_shards(with_overrides(base, overrides), shards)
+        except ValueError as exc:
+            raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
+
+
 def run_comparison(
     base: SSSLConfig,
     shards: ShardSet,
@@ -139,8 +161,7 @@ def run_comparison(
     warmup.py); writes comparison.md, comparison.json and the
     forest plot into `out`, and returns the comparison."""
     cells = design.cells(base)
-    for overrides in cells.values():  # every cell's config is valid before any training
-        with_overrides(base, overrides)
+    check_design(base, shards, design)  # every cell is valid before any training
     folds = list(design.folds) if design.folds is not None else None
     summaries: dict[str, dict[str, Any]] = {}
     for name, summary, minutes in run_arms(
@@ -263,6 +284,9 @@ def summarise_comparison(
             arm: warmup_epochs_used(base, design, summaries, task, arm) for arm in design.arms
         }
         tasks[task] = {"table": table, "pairs": pairs, "epochs": epochs}
+        shares = headroom_shares(base, design, summaries, task)
+        if shares:
+            tasks[task]["headroom"] = shares
     return {
         "design": {
             "arms": design.arms,
@@ -280,6 +304,48 @@ def summarise_comparison(
         "tasks": tasks,
         "cells": {name: str(name) for name in summaries},
     }
+
+
+def ceiling_roles(base: SSSLConfig, design: Design) -> tuple[str | None, str | None]:
+    """(the plain-training arm, the oracle-labels arm) of a design, found by what they train:
+    CE on the inherited labels, and CE on the true labels. None where the design has none."""
+    plain = oracle = None
+    for arm, overrides in design.arms.items():
+        cfg = with_overrides(base, overrides)
+        if cfg.method == "inherit" and cfg.train_labels == "inherited" and plain is None:
+            plain = arm
+        if cfg.method == "inherit" and cfg.train_labels == "truth" and oracle is None:
+            oracle = arm
+    return plain, oracle
+
+
+def headroom_shares(
+    base: SSSLConfig, design: Design, summaries: dict[str, dict[str, Any]], task: str
+) -> dict[str, Any] | None:
+    """Each arm's share of the headroom, (arm − inherit) / (oracle-labels − inherit), on song
+    accuracy and segment accuracy against the truth: the mean gains over the folds all three
+    have. None without both bounding arms. A share is None where the oracle does not beat
+    inherit on those folds (there is no headroom to share)."""
+    plain, oracle = ceiling_roles(base, design)
+    if plain is None or oracle is None:
+        return None
+    out: dict[str, Any] = {"inherit": plain, "oracle": oracle, "metrics": {}}
+    for key, _ in (PRIMARY, *SECONDARY[:1]):
+        ceiling_x, ceiling_y, where = paired_vectors(design, summaries, task, plain, oracle, key)
+        if not where:
+            continue
+        room = float(np.mean(ceiling_y) - np.mean(ceiling_x))
+        shares: dict[str, Any] = {}
+        for arm in design.arms:
+            xs, ys, at = paired_vectors(design, summaries, task, plain, arm, key)
+            common = [i for i, w in enumerate(at) if w in where]
+            gain = float(np.mean([ys[i] - xs[i] for i in common])) if common else float("nan")
+            shares[arm] = {
+                "gain": gain,
+                "share": gain / room if room > 0 and common else None,
+            }
+        out["metrics"][key] = {"headroom": room, "arms": shares}
+    return out
 
 
 def write_comparison(out: Path, comparison: dict[str, Any]) -> None:

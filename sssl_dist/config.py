@@ -91,6 +91,25 @@ class SSSLConfig:
     # samples for the rest of training (Arpit et al. 2017: networks fit the clean pattern
     # first).
     split_network: Literal["current", "best_val"] = "current"
+    # What the GMM is fitted on, from those losses (split.py has one function each). "loss"
+    # (the paper): the loss itself. "song_relative": the loss minus its song's median loss,
+    # because a wrong inherited label comes from an excursion, a minority of its song, while a
+    # hard or ambiguous song has high losses everywhere. "smoothed": the mean over the segment
+    # and its neighbours in the same song, because excursions are contiguous in time and
+    # neighbouring segments share most of their audio. "song_relative_smoothed": both.
+    # "song_relative_seconds": the song-relative evidence of each second, recovered from the
+    # overlapping segments that cover it, and each segment scored by its median second, the
+    # majority rule that decides its true label.
+    # "oracle": no GMM; X is the segments whose inherited label is right by the per-second
+    # truth, the ceiling a perfect split gives the step (refused on shards without truth).
+    split_evidence: Literal[
+        "loss",
+        "song_relative",
+        "smoothed",
+        "song_relative_smoothed",
+        "song_relative_seconds",
+        "oracle",
+    ] = "loss"
     # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
     # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
     # clean posterior and p the network's prediction, so a wrong label that slipped into X
@@ -156,6 +175,13 @@ class SSSLConfig:
     # "rank0": on rank 0 itself, with no object-store round trip. Same split either way.
     gmm_site: Literal["driver", "rank0"] = "driver"
 
+    # Which label every training segment is trained on. "inherited" (the paper's premise): its
+    # clip's label. "truth": its own label by the per-second truth, the ceiling no split can
+    # pass (with `method: inherit`, the `oracle-labels` arm of `sssl compare`); refused on
+    # shards without truth. Validation keeps the inherited labels, so every arm selects its
+    # epoch the same way.
+    train_labels: Literal["inherited", "truth"] = "inherited"
+
     # --- optimisation ----------------------------------------------------------------------
     warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice
     epochs: int = 12  # total epochs including warm-up; our choice for the embedded corpus
@@ -213,6 +239,12 @@ class SSSLConfig:
             raise ValueError("split_network 'best_val' needs validation songs: val_fraction > 0")
 
     @property
+    def needs_truth(self) -> bool:
+        """Whether this run reads the per-second truth to train (the ceiling arms), not only
+        to report against it."""
+        return self.split_evidence == "oracle" or self.train_labels == "truth"
+
+    @property
     def num_classes(self) -> int:
         return 4 if self.task == "quadrant" else 2
 
@@ -233,8 +265,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
         "method", "task", "segment_seconds", "hop_seconds", "backbone", "dropout",
     ),
     "split (Eq. 2-3)": (
-        "tau", "gmm_scope", "selection", "split_network", "min_class_share", "gmm_max_iter",
-        "gmm_tol", "gmm_reg_covar", "gmm_max_fit",
+        "tau", "gmm_scope", "selection", "split_network", "split_evidence", "min_class_share",
+        "gmm_max_iter", "gmm_tol", "gmm_reg_covar", "gmm_max_fit",
     ),
     "step (Eq. 4-9)": (
         "temperature", "lambda_kl", "mixup_alpha", "clean_targets", "sssl_step",
@@ -248,7 +280,7 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "song decision (Eq. 10, SVM)": (
         "theta", "svm_c", "svm_kernel", "svm_features", "cross_fit_parts",
     ),
-    "evaluation": ("n_folds", "val_fraction", "seed"),
+    "evaluation": ("n_folds", "val_fraction", "seed", "train_labels"),
     "run": ("gmm_site", "torch_threads", "bf16", "max_failures", "gloo_timeout_s"),
 }  # fmt: skip
 
@@ -429,14 +461,20 @@ _STEP_LEGACY_VALUES = {
     "sssl_lr_scale": 1.0,
     "mixup_scope": "all",
     "rdrop_trunk": "separate",
+    "split_evidence": "loss",
 }
 STEP_FIELDS = tuple(_STEP_LEGACY_VALUES)
+# Fields added later that act from the first epoch on (so they are not step fields: a warm-up
+# trained under another value is not shared), with the value that reproduces the training
+# before them; the digest skips them at that value as it skips the step fields.
+_EARLY_LEGACY_VALUES = {"train_labels": "inherited"}
+_LEGACY_VALUES = {**_STEP_LEGACY_VALUES, **_EARLY_LEGACY_VALUES}
 
 
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
     """Short hash of every field: work done under other settings is never reused for these."""
     data = dataclasses.asdict(cfg)
-    for name, legacy in _STEP_LEGACY_VALUES.items():
+    for name, legacy in _LEGACY_VALUES.items():
         if name in data and data[name] == legacy:
             del data[name]
     blob = json.dumps(data, sort_keys=True).encode()

@@ -20,7 +20,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,22 @@ class SegmentTable:
             as_int(true_label),
             length_s,
         )
+
+
+def training_table(songs: list[dict[str, Any]], cfg: Any) -> SegmentTable:
+    """The segments a run trains on, with the labels `cfg.train_labels` names: inherited from
+    the clip (the paper), or each segment's own by the per-second truth (the oracle-labels
+    ceiling; every segment must have truth). The one place a training table is built, so the
+    ranks and the driver's split service see the same labels."""
+    table = SegmentTable.build(songs, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    if cfg.train_labels == "truth":
+        if (table.true_label < 0).any():
+            raise ValueError(
+                "train_labels 'truth' needs per-second truth for every training segment; these "
+                "shards have none (only generated corpora carry it)"
+            )
+        table = replace(table, label=table.true_label.copy())
+    return table
 
 
 def cut_segment(mel: np.ndarray, start_s: int, length_s: int, fps: float) -> np.ndarray:

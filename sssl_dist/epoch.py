@@ -1,4 +1,5 @@
-"""The pieces of one training epoch on one rank: loss pass, GMM split, training, validation.
+"""The pieces of one training epoch on one rank: loss pass, training, validation. The split
+between them is fitted on the driver side (split.py), or on rank 0 with the same function.
 
 `train.py` calls them in the order of its numbered steps; `benchmarks/bench_train.py` calls the
 same functions without Ray. Each takes the rank's `Worker` (its data, model and optimiser) as
@@ -9,14 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from sssl_dist.collectives import all_reduce_sum
 from sssl_dist.config import FeatureConfig, SSSLConfig
@@ -31,15 +30,10 @@ from sssl_dist.data import (
     steps_per_epoch,
 )
 from sssl_dist.method import (
-    DegenerateSplitWarning,
-    LossMemory,
-    Split,
     clean_bn_statistics,
     ema_teacher,
     ema_update,
-    normalise_losses,
     per_sample_ce,
-    split_clean_noisy,
 )
 from sssl_dist.step import ce_loss, sssl_loss
 
@@ -131,114 +125,6 @@ def loss_pass(w: Worker) -> torch.Tensor:
             logits = w.plain(w.batcher.inputs(idx).to(w.device)).float()
         losses.append(per_sample_ce(logits, w.batcher.labels(idx).to(w.device)).cpu())
     return torch.cat(losses) if losses else torch.zeros(0)
-
-
-def gather_coverage(sent: list[int], n: int) -> dict[str, Any]:
-    """How the gathered blocks cover positions 0..n-1: what each rank sent against the block
-    it owns. Exact once <=> per_rank == expected (then gathered == n)."""
-    world = len(sent)
-    expected = [hi - lo for lo, hi in (rank_block(n, r, world) for r in range(world))]
-    return {"per_rank": sent, "expected": expected, "gathered": int(sum(sent)), "n": n}
-
-
-def fit_split(
-    cfg: SSSLConfig,
-    table: SegmentTable,
-    losses: np.ndarray,
-    sent: list[int],
-    epoch: int,
-    memory: LossMemory | None = None,
-) -> tuple[Split, np.ndarray]:
-    """Step 3a (rank 0): fit the GMM split on what `cfg.selection` names: this epoch's losses
-    [N] in position order (the paper), or their mean over the SSSL epochs so far (`memory`,
-    updated here). `sent` is what each rank contributed. Returns the split and the vector the
-    GMM saw [N].
-
-    Raises unless every rank sent exactly its own block: a split fitted on a partial or
-    shifted loss vector would silently mislabel segments.
-    """
-    cover = gather_coverage(sent, len(table))
-    if cover["per_rank"] != cover["expected"] or losses.size != len(table):
-        raise RuntimeError(
-            f"the gathered losses do not cover the training set exactly once: {cover}"
-        )
-    signal = np.asarray(losses, dtype=np.float64)
-    if cfg.selection == "mean_loss":
-        if memory is None:
-            raise ValueError("selection 'mean_loss' needs the loss memory of earlier epochs")
-        signal = memory.add(signal)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DegenerateSplitWarning)
-        split = split_clean_noisy(
-            signal,
-            table.label,
-            num_classes=cfg.num_classes,
-            tau=cfg.tau,
-            mode=cfg.gmm_scope,
-            min_class_share=cfg.min_class_share,
-            max_iter=cfg.gmm_max_iter,
-            tol=cfg.gmm_tol,
-            reg_covar=cfg.gmm_reg_covar,
-            max_fit=cfg.gmm_max_fit,
-            seed=cfg.seed + epoch,
-        )
-    for warning in caught:
-        log.warning("epoch %d split: %s", epoch, warning.message)
-    return split, signal
-
-
-def fit_split_with_metrics(
-    cfg: SSSLConfig,
-    table: SegmentTable,
-    losses: np.ndarray,
-    sent: list[int],
-    epoch: int,
-    memory: LossMemory | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Step 3a wherever it runs (the driver's split service or rank 0): the split as
-    `Split.clean_w` [N] (w on X, 0 on U) and what the epoch reports about it, the gather's
-    coverage included."""
-    split, signal = fit_split(cfg, table, losses, sent, epoch, memory)
-    metrics = split_metrics(split, table, signal)
-    metrics["gathered"] = gather_coverage(sent, len(table))
-    return split.clean_w, metrics
-
-
-def split_metrics(split: Split, table: SegmentTable, losses: np.ndarray) -> dict[str, Any]:
-    """What each epoch reports about the split, including noise detection against truth."""
-    m: dict[str, Any] = {
-        "n_clean": int(split.clean_mask.sum()),
-        "n_noisy": int((~split.clean_mask).sum()),
-        "clean_fraction": split.clean_fraction,
-        "class_counts_in_x": split.class_counts_in_x,
-        "split_warnings": split.warnings,
-        "gmm": {
-            name: {
-                "means": f.means,
-                "variances": f.variances,
-                "weights": f.weights,
-                "degenerate": f.degenerate,
-                # What this GMM saw, for the report's plot (full vectors stay out of the JSON).
-                "hist": _fit_histogram(name, losses, table),
-            }
-            for name, f in split.fits.items()
-        },
-        "loss_range": [float(np.nanmin(losses)), float(np.nanmax(losses))],
-    }
-    wrong = table.wrong
-    if (wrong >= 0).all() and 0 < wrong.sum() < wrong.size:
-        noisy = ~split.clean_mask
-        m["noise_auc"] = float(roc_auc_score(wrong, 1 - split.clean_prob))
-        m["noise_precision"] = float(wrong[noisy].mean()) if noisy.any() else 0.0
-        m["noise_recall"] = float(noisy[wrong == 1].mean())
-    return m
-
-
-def _fit_histogram(name: str, losses: np.ndarray, table: SegmentTable, bins: int = 30) -> list[int]:
-    """Histogram of the normalised losses one GMM saw ("all", or "class k"), for the report."""
-    members = np.ones(len(table), bool) if name == "all" else table.label == int(name.split()[-1])
-    scaled = normalise_losses(losses[members & np.isfinite(losses)])
-    return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()
 
 
 def epoch_lr(cfg: SSSLConfig, epoch: int) -> float:

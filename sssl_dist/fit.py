@@ -24,7 +24,7 @@ import ray.train
 from sssl_dist import runfiles
 from sssl_dist.checkpoint import finished_checkpoint, json_default, remove_stray_temp_dirs
 from sssl_dist.config import SSSLConfig, config_digest, to_dict
-from sssl_dist.data import SegmentTable, ShardSet
+from sssl_dist.data import ShardSet, training_table
 from sssl_dist.split_service import start_split_service
 from sssl_dist.train import LoopConfig, train_loop_per_worker
 from sssl_dist.warmup import adopt_warmup
@@ -173,8 +173,7 @@ def _split_service(
     the driver side, and an actor would only add a process start to every fold."""
     if cfg.gmm_site != "driver" or cfg.method == "inherit" or workers == 0:
         return None, ""
-    train = [shards.by_id[s] for s in fold_ids["train"]]
-    table = SegmentTable.build(train, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    table = training_table([shards.by_id[s] for s in fold_ids["train"]], cfg)
     return start_split_service(cfg, table, name)
 
 

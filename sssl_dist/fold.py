@@ -14,11 +14,25 @@ from typing import Any
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.crossfit import cross_fit
-from sssl_dist.data import SegmentTable, ShardSet, segment_count
+from sssl_dist.data import SegmentTable, ShardSet, segment_count, training_table
 from sssl_dist.fit import FoldRun, fit_run
 from sssl_dist.folds import SongIds, fold_song_ids
 
 log = logging.getLogger(__name__)
+
+
+def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
+    """Refuse a config these shards cannot serve, before Ray starts: the ceiling arms
+    (`split_evidence: oracle`, `train_labels: truth`) train on the per-second truth, which only
+    generated corpora carry."""
+    if cfg.needs_truth and not shards.has_truth:
+        what = (
+            "split_evidence 'oracle'" if cfg.split_evidence == "oracle" else "train_labels 'truth'"
+        )
+        raise ValueError(
+            f"{what} trains on per-second truth, and the shards in {shards.root} have none (only "
+            "corpora from `sssl synth` carry it): drop the oracle arms for these shards"
+        )
 
 
 def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: int) -> SegmentTable:
@@ -28,6 +42,7 @@ def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: in
     - a song shorter than L has no segment: it would vanish from the SVM and the test set;
     - fewer training segments than ranks would leave a rank with an empty loss-pass block.
     """
+    check_shards(cfg, shards)
     by_id = shards.by_id
     fold_songs = [by_id[s] for ids in fold_ids.values() for s in ids]
     short = sorted(
@@ -43,9 +58,7 @@ def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: in
             f"of the song-level decision; use segment_seconds <= {int(short[0][0])}, or re-shard "
             "without them"
         )
-    table = SegmentTable.build(
-        [by_id[s] for s in fold_ids["train"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
-    )
+    table = training_table([by_id[s] for s in fold_ids["train"]], cfg)
     n_train = len(table)
     ranks = max(workers, 1)
     if n_train < ranks:

@@ -258,13 +258,32 @@ def split_clean_noisy(
     else:
         raise ValueError(f"unknown GMM scope {mode!r}")
 
+    return split_from_clean_prob(w, labels, fits, num_classes, tau, min_class_share, sizes)
+
+
+def split_from_clean_prob(
+    w: np.ndarray,
+    labels: np.ndarray,
+    fits: dict[str, GmmFit],
+    num_classes: int,
+    tau: float,
+    min_class_share: float = 0.05,
+    sizes: list[int] | None = None,
+) -> Split:
+    """§2.1.2: X = {w > τ}, U = the rest, from clean posteriors w [N] however they were found
+    (the GMMs of `split_clean_noisy`, or the truth for the oracle split); warns (and logs)
+    when X or U is empty or a class falls under `min_class_share` of X. `sizes`: the number
+    of segments of each inherited class, when the caller has counted them already."""
+    labels = np.asarray(labels)
+    if sizes is None:
+        sizes = np.bincount(labels, minlength=num_classes)[:num_classes].tolist()
     clean_mask = w > tau
     # One bincount over X's labels instead of one masked count per class (10^7 at scale).
     counts = np.bincount(labels[clean_mask], minlength=num_classes)[:num_classes].tolist()
     notes = [f"{name}: {f.degenerate}" for name, f in fits.items() if f.degenerate]
     notes += _split_notes(clean_mask, counts, sizes, min_class_share)
     for note in notes:
-        warnings.warn(note, DegenerateSplitWarning, stacklevel=2)
+        warnings.warn(note, DegenerateSplitWarning, stacklevel=3)
     return Split(
         clean_prob=w, clean_mask=clean_mask, fits=fits, class_counts_in_x=counts, warnings=notes
     )

@@ -10,7 +10,7 @@ workers. A restarted rank 0 calls `resume(epoch, memory)` first, so epochs that 
 again are fitted again from the checkpoint's state, never counted twice.
 
 `gmm_site: rank0` keeps the fit on rank 0 (no actor, no object-store round trip); both sites
-run the same `fit_split` + `split_metrics`, so they give the same split.
+run the same `split.fit_split_with_metrics`, so they give the same split.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import SegmentTable
-from sssl_dist.epoch import fit_split_with_metrics
 from sssl_dist.method import LossMemory
+from sssl_dist.split import fit_split_with_metrics
 
 NAMESPACE = "sssl"  # the named actors of this package, apart from the user's own
 

@@ -145,6 +145,7 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
             f"- `{arm}` evaluated epoch (1-based; warm-up = epochs 1-{e['warmup_epochs']}) "
             f"{epochs}" + (f"; {said}." if said else ".")
         )
+    lines += headroom_lines(t.get("headroom"))
     lines += [
         "",
         "| pair / metric | gain, points [95 % CI] | p | corrected t | P(gain) / P(ROPE) / "
@@ -155,6 +156,35 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
         for key, m in pair["metrics"].items():
             label = f"{pair['b']} − {pair['a']}: {METRIC_NAMES.get(key, key)}"
             lines.append(_stats_row(label, m))
+    return lines
+
+
+def headroom_lines(headroom: dict[str, Any] | None) -> list[str]:
+    """Each arm's share of the headroom between plain training and the oracle labels, per
+    metric: a gain read against what any split or step could still gain."""
+    if not headroom or not headroom["metrics"]:
+        return []
+    plain, oracle = headroom["inherit"], headroom["oracle"]
+    keys = list(headroom["metrics"])
+    lines = [
+        "",
+        f"Share of the headroom: (arm − `{plain}`) / (`{oracle}` − `{plain}`), mean gains over "
+        "the folds, points (share):",
+        "",
+        "| arm | " + " | ".join(METRIC_NAMES.get(k, k) for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    arms = list(headroom["metrics"][keys[0]]["arms"])
+    for arm in arms:
+        cells = []
+        for k in keys:
+            m = headroom["metrics"][k]["arms"].get(arm)
+            if m is None or not math.isfinite(m["gain"]):
+                cells.append("—")
+                continue
+            share = "no headroom" if m["share"] is None else f"{100 * m['share']:.0f} %"
+            cells.append(f"{100 * m['gain']:+.1f} ({share})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines
 
 

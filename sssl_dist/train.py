@@ -56,10 +56,9 @@ from sssl_dist.collectives import (
     rank0_decides,
 )
 from sssl_dist.config import SSSLConfig, from_dict
-from sssl_dist.data import SegmentTable, ShardSet
+from sssl_dist.data import SegmentTable, ShardSet, training_table
 from sssl_dist.epoch import (
     Worker,
-    fit_split_with_metrics,
     loss_pass,
     segment_accuracy,
     song_probabilities,
@@ -69,6 +68,7 @@ from sssl_dist.method import LossMemory, ema_teacher
 from sssl_dist.models import build_model
 from sssl_dist.precision import choose_precision
 from sssl_dist.song import song_level_results
+from sssl_dist.split import fit_split_with_metrics
 from sssl_dist.split_service import NAMESPACE
 
 
@@ -191,10 +191,12 @@ def build_worker(
     """One rank's Worker for the songs `fold_ids`: the trainer's (set_up_rank) and, with the
     defaults, a plain single process's (benchmarks time the same path without Ray)."""
     by_id = shards.by_id
-    build = lambda part: SegmentTable.build(  # noqa: E731
-        [by_id[s] for s in fold_ids[part]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
+    table = training_table([by_id[s] for s in fold_ids["train"]], cfg)
+    # Validation keeps the inherited labels whatever `train_labels` says: every arm selects its
+    # epoch the same way, and segment accuracy against the truth is reported beside it.
+    val_table = SegmentTable.build(
+        [by_id[s] for s in fold_ids["val"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
     )
-    table, val_table = build("train"), build("val")
     # Each global batch mixes segments from all training songs, so every rank needs all the
     # training mels (and the validation and test songs it predicts at the end).
     mels = shards.load_mels({s for ids in fold_ids.values() for s in ids})

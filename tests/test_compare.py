@@ -88,3 +88,48 @@ def test_bad_comparisons_are_refused_before_training(shard_dir, tmp_path, caplog
     assert main(cmd) == 2
     assert message in caplog.text
     assert not (tmp_path / "x" / "quadrant").exists()
+
+
+def test_the_ceiling_arms_bound_the_gain_and_report_each_arms_share(
+    shard_dir, tmp_path, ray_session
+):
+    """`--ceiling` adds oracle-split and oracle-labels: the oracle split is the truth (noise
+    AUC 1 at every SSSL epoch), and the report reads every arm's gain as a share of the
+    headroom between inherit (0 %) and the oracle labels (100 %)."""
+    out = tmp_path / "ceiling"
+    cmd = ["compare", "--shards", str(shard_dir), "--workers", "0", "--out", str(out),
+           "--arm", "inherit", "method=inherit", "--ceiling", "--folds", "2",
+           "--set", "epochs=3", "warmup_epochs=2", "batch_size=32"]  # fmt: skip
+    assert main(cmd) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert list(comparison["design"]["arms"]) == ["inherit", "oracle-split", "oracle-labels"]
+    for fold in range(2):
+        history = json.loads(
+            (out / "quadrant/oracle-split" / f"fold-{fold}/history.json").read_text()
+        )
+        sssl_epochs = [h for h in history if "noise_auc" in h]
+        assert sssl_epochs and all(h["noise_auc"] == 1.0 for h in sssl_epochs)
+    headroom = comparison["tasks"]["quadrant"]["headroom"]
+    assert (headroom["inherit"], headroom["oracle"]) == ("inherit", "oracle-labels")
+    truth = headroom["metrics"]["val_seg_acc_truth"]
+    assert truth["arms"]["inherit"] == {
+        "gain": 0.0,
+        "share": 0.0 if truth["headroom"] > 0 else None,
+    }
+    if truth["headroom"] > 0:
+        assert truth["arms"]["oracle-labels"]["share"] == pytest.approx(1.0)
+    assert "Share of the headroom" in (out / "comparison.md").read_text()
+
+
+def test_the_ceiling_arms_are_refused_on_shards_without_truth(shard_dir, tmp_path, caplog):
+    """One line, exit 2, before Ray starts and before anything is written."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
+    for song in manifest["songs"]:
+        song.pop("truth", None)
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    cmd = ["compare", "--shards", str(bare), "--out", str(tmp_path / "x"), "--ceiling"]
+    assert main(cmd) == 2
+    assert "arm oracle-split: split_evidence 'oracle' trains on per-second truth" in caplog.text
+    assert not (tmp_path / "x").exists()

@@ -9,8 +9,8 @@ import numpy as np
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import SegmentTable
-from sssl_dist.epoch import fit_split_with_metrics
 from sssl_dist.method import LossMemory
+from sssl_dist.split import fit_split_with_metrics
 from sssl_dist.split_service import SplitService
 
 

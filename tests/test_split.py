@@ -1,0 +1,162 @@
+"""The split's evidence (split.py) and the ceiling arms, on planted numbers: each candidate does
+what its docstring says, the oracle is the truth, and both ceilings are refused without truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from sssl_dist.config import SSSLConfig
+from sssl_dist.data import SegmentTable, training_table
+from sssl_dist.split import (
+    oracle_clean_prob,
+    per_second_evidence,
+    smoothed_over_neighbours,
+    song_relative,
+    song_starts,
+    split_segments,
+)
+
+
+def _song(sid: str, truth: list[int], label: int) -> dict:
+    return {"song_id": sid, "duration_s": float(len(truth)), "quadrant": label, "truth": truth}
+
+
+def test_song_starts_mark_each_songs_block():
+    assert song_starts(np.array([0, 0, 0, 1, 2, 2])).tolist() == [0, 3, 4, 6]
+
+
+def test_song_relative_is_the_log_ratio_to_each_songs_own_median():
+    from sssl_dist.split import LOG_EPS
+
+    losses = np.array([1.0, 2.0, 8.0, 5.0, 5.0, 10.0, np.nan]) - LOG_EPS
+    song_of = np.array([0, 0, 0, 1, 1, 1, 1])
+    got = song_relative(losses, song_of)
+    np.testing.assert_allclose(got[:6], np.log([0.5, 1.0, 4.0, 1.0, 1.0, 2.0]))
+    assert np.isnan(got[6])  # a NaN loss stays NaN and does not move its song's median
+
+
+def test_a_hard_song_no_longer_hides_an_easy_songs_excursion():
+    """Song 0 is hard (high loss everywhere, all labels right); song 1 is easy with a 3-segment
+    excursion of wrong labels whose losses are lower than song 0's. The raw loss ranks song 0's
+    right labels above the excursion; measured against its own song the excursion stands out."""
+    hard = np.full(10, 3.0) + np.linspace(0, 0.2, 10)
+    easy = np.array([0.1, 0.2, 0.1, 2.0, 2.2, 2.1, 0.2, 0.1, 0.2, 0.1])
+    losses = np.concatenate([hard, easy])
+    song_of = np.repeat([0, 1], 10)
+    wrong = np.r_[np.zeros(10), [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]]
+    assert roc_auc_score(wrong, losses) < 0.5
+    assert roc_auc_score(wrong, song_relative(losses, song_of)) == 1.0
+
+
+def test_smoothing_over_a_planted_excursion_gives_the_expected_mask():
+    """One noisy reading inside a contiguous excursion of segments 4-8 (segment 6 reads low)
+    and one outside it (segment 1 reads high): averaged over the neighbours, a threshold at the
+    middle separates exactly the excursion."""
+    losses = np.array([0.1, 1.4, 0.1, 0.1, 2.0, 2.0, 0.4, 2.0, 2.0, 0.1, 0.1, 0.1])
+    song_of = np.zeros(losses.size, dtype=int)
+    raw_mask = losses > 1.0
+    smooth = smoothed_over_neighbours(losses, song_of, radius=1)
+    assert raw_mask.nonzero()[0].tolist() == [1, 4, 5, 7, 8]
+    assert (smooth > 1.0).nonzero()[0].tolist() == [4, 5, 6, 7, 8]
+    np.testing.assert_allclose(smooth[0], (0.1 + 1.4) / 2)  # a song's end: fewer neighbours
+
+
+def test_smoothing_never_mixes_two_songs_and_skips_nan():
+    losses = np.array([1.0, 1.0, 9.0, 9.0, np.nan, 9.0])
+    song_of = np.array([0, 0, 1, 1, 1, 1])
+    got = smoothed_over_neighbours(losses, song_of, radius=1)
+    np.testing.assert_allclose(got, [1.0, 1.0, 9.0, 9.0, 9.0, 9.0])
+
+
+def test_per_second_evidence_puts_a_boundary_segment_on_its_majoritys_side():
+    """Seconds 6-11 of a 16 s song are an excursion (evidence 1, the rest 0). A 3 s segment
+    reads the mean of its seconds: the one starting at second 4 (one excursion second of
+    three: its truth is the clip label) reads 1/3, the one at 5 (two of three: wrong) reads
+    2/3. Recovered per second and scored by the median second, each boundary segment goes to
+    its majority's side, and the interior keeps its reading."""
+    seconds = np.zeros(16)
+    seconds[6:12] = 1.0
+    starts = np.arange(14)
+    readings = np.array([seconds[t : t + 3].mean() for t in starts])
+    got = per_second_evidence(readings, np.zeros(14, dtype=int), starts, 3)
+    majority = np.array([np.median(seconds[t : t + 3]) for t in starts])
+    assert readings[4] == pytest.approx(1 / 3) and readings[5] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(got, majority, atol=0.2)  # the jump penalty blurs a little
+    assert ((got > 0.5) == (majority > 0.5)).all()
+    assert ((readings > 0.5) == (majority > 0.5)).all()  # premise: the mean reads right too
+    assert got[4] < readings[4] and got[5] > readings[5]  # but the median second is surer
+
+
+def test_per_second_evidence_keeps_songs_apart_and_skips_nan():
+    readings = np.array([0.0, 0.0, 0.0, 5.0, 5.0, np.nan, 5.0])
+    song_of = np.array([0, 0, 0, 1, 1, 1, 1])
+    starts = np.array([0, 1, 2, 0, 1, 2, 3])
+    got = per_second_evidence(readings, song_of, starts, 2)
+    np.testing.assert_allclose(got, [0, 0, 0, 5, 5, 5, 5], atol=1e-6)
+
+
+def _truth_table(task: str = "quadrant", length: int = 1) -> SegmentTable:
+    songs = [_song("a", [0, 0, 2, 2, 0, 0], 0), _song("b", [1, 1, 1, 3, 1, 1], 1)]
+    return SegmentTable.build(songs, task, length, 1)
+
+
+def test_the_oracle_split_is_the_truth():
+    table = _truth_table()
+    cfg = SSSLConfig(split_evidence="oracle", segment_seconds=1)
+    split, _ = split_segments(cfg, table, np.zeros(len(table)), epoch=3)
+    assert (~split.clean_mask).nonzero()[0].tolist() == [2, 3, 9]
+    assert split.clean_mask.tolist() == (table.wrong == 0).tolist()
+    assert split.fits == {}  # no GMM was fitted
+
+
+def test_the_oracle_split_is_refused_without_truth():
+    songs = [{"song_id": "a", "duration_s": 6.0, "quadrant": 0}]
+    table = SegmentTable.build(songs, "quadrant", 1, 1)
+    with pytest.raises(ValueError, match="needs per-second truth"):
+        oracle_clean_prob(table)
+
+
+def test_oracle_labels_train_on_each_segments_own_label():
+    songs = [_song("a", [0, 0, 2, 2, 0, 0], 0)]
+    table = training_table(songs, SSSLConfig(train_labels="truth", segment_seconds=1))
+    assert table.label.tolist() == [0, 0, 2, 2, 0, 0]
+    inherited = training_table(songs, SSSLConfig(segment_seconds=1))
+    assert inherited.label.tolist() == [0] * 6
+    without = [{"song_id": "a", "duration_s": 6.0, "quadrant": 0}]
+    with pytest.raises(ValueError, match="needs per-second truth"):
+        training_table(without, SSSLConfig(train_labels="truth", segment_seconds=1))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"split_evidence": "oracle"}, "split_evidence 'oracle' trains on per-second truth"),
+        ({"method": "inherit", "train_labels": "truth"}, "train_labels 'truth' trains on"),
+    ],
+)
+def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
+    from sssl_dist.fold import check_shards
+
+    class NoTruth:
+        has_truth = False
+        root = "shards/4q"
+
+    with pytest.raises(ValueError, match=message):
+        check_shards(SSSLConfig(**overrides), NoTruth())
+    check_shards(SSSLConfig(), NoTruth())  # an ordinary arm needs no truth
+
+
+def test_the_default_evidence_fits_the_loss_itself():
+    """`split_evidence: loss` is the split the paper fits: the same posteriors as fitting the
+    GMM on the losses directly."""
+    from sssl_dist.method import split_clean_noisy
+
+    rng = np.random.default_rng(0)
+    table = _truth_table()
+    losses = rng.random(len(table))
+    split, seen = split_segments(SSSLConfig(segment_seconds=1), table, losses, epoch=0)
+    direct = split_clean_noisy(losses, table.label, num_classes=4, tau=0.5, seed=0)
+    np.testing.assert_array_equal(seen, losses)
+    np.testing.assert_allclose(split.clean_prob, direct.clean_prob)
