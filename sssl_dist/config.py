@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -21,286 +21,6 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Log-mel front end (paper §3.1: librosa, 22.05 kHz, Hann 1024, hop 512, 128 mels)."""
-
-    sample_rate: int = 22050  # paper §3.1
-    n_fft: int = 1024  # paper §3.1 (Hann window of 1024 samples)
-    hop_length: int = 512  # paper §3.1
-    n_mels: int = 128  # paper §3.1
-    # Shortest song kept: the longest segment the paper uses (5 s, §4.1), so one shard set
-    # serves every L in 1..5 s. Our choice.
-    min_duration_s: float = 5.0
-    # Longest song sharded; longer files are rejected with a reason (one 10-min file would
-    # otherwise dominate a shard). Our choice; `sssl predict` has no such limit.
-    max_duration_s: float = 900.0
-    # A file whose RMS is below this (dBFS) is "silent" and rejected. Our choice.
-    silence_dbfs: float = -60.0
-
-    def __post_init__(self) -> None:
-        _check_fields(self, _FEATURE_RANGES)
-        if self.max_duration_s <= self.min_duration_s:
-            raise ValueError(
-                f"max_duration_s ({self.max_duration_s}) must exceed "
-                f"min_duration_s ({self.min_duration_s})"
-            )
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.sample_rate / self.hop_length
-
-    def digest(self) -> str:
-        """Short hash of the feature settings: shards built with other settings are rebuilt."""
-        return config_digest(self)
-
-
-@dataclass(frozen=True)
-class SSSLConfig:
-    """One training run. Defaults: the paper where it says, DivideMix/MixMatch where it does not."""
-
-    # --- what is trained -------------------------------------------------------------------
-    method: Literal["inherit", "sssl-nokl", "sssl"] = "sssl"  # paper Table 3 (Proposed = sssl)
-    task: Literal["quadrant", "valence", "arousal"] = "quadrant"  # paper §3: V/A binary, 4Q
-    segment_seconds: int = 3  # L; paper Table 2: 3 s best for valence
-    hop_seconds: int = 1  # paper §4.1: overlap is L - 1 s
-    backbone: Literal["small_cnn", "vgg16"] = "small_cnn"  # paper uses vgg16; small_cnn for CPU
-    dropout: float = 0.5  # VGG16 classifier default; also what R-Drop (Eq. 8) perturbs
-
-    # --- SSSL (Eq. 3-9) --------------------------------------------------------------------
-    tau: float = 0.5  # clean threshold on w (§2.1.2); DivideMix p_threshold = 0.5
-    temperature: float = 0.5  # T of Eq. 4; DivideMix / MixMatch T = 0.5
-    lambda_kl: float = 1.0  # λ of Eq. 9; R-Drop paper's alpha range 0.3-5; our choice 1.0
-    mixup_alpha: float = 0.75  # δ ~ Beta(α, α) in Eq. 6; MixMatch default 0.75
-    # What one GMM is fitted over. Per-class (one GMM per inherited class) is the default: the
-    # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus;
-    # "global" is the paper's own split.
-    gmm_scope: Literal["per_class", "global"] = "per_class"
-    # What the GMM is fitted on. "epoch_loss" is the paper's: this epoch's loss pass.
-    # "mean_loss" averages each segment's loss over the SSSL epochs so far (temporal averaging,
-    # as AUM does with margins), so one epoch in which the network memorises a wrong label does
-    # not pull that segment into X.
-    selection: Literal["epoch_loss", "mean_loss"] = "epoch_loss"
-    # Which network computes the losses the GMM sees. "current" (the paper): the network as it
-    # is at this epoch, which has trained on these very labels. "best_val": the epoch with the
-    # highest validation segment accuracy so far (inherited labels, no truth), kept as a copy,
-    # after Prestopping (Song et al. 2019, "How does early stopping help generalization against
-    # label noise?"): a network stopped before it memorises the wrong labels selects the clean
-    # samples for the rest of training (Arpit et al. 2017: networks fit the clean pattern
-    # first).
-    split_network: Literal["current", "best_val"] = "current"
-    # What the GMM is fitted on, from those losses (split.py has one function each). "loss"
-    # (the paper): the loss itself. "song_relative": the loss minus its song's median loss,
-    # because a wrong inherited label comes from an excursion, a minority of its song, while a
-    # hard or ambiguous song has high losses everywhere. "smoothed": the mean over the segment
-    # and its neighbours in the same song, because excursions are contiguous in time and
-    # neighbouring segments share most of their audio. "song_relative_smoothed": both.
-    # "song_relative_seconds": the song-relative evidence of each second, recovered from the
-    # overlapping segments that cover it, and each segment scored by its median second, the
-    # majority rule that decides its true label.
-    # "oracle": no GMM; X is the segments whose inherited label is right by the per-second
-    # truth, the ceiling a perfect split gives the step (refused on shards without truth).
-    split_evidence: Literal[
-        "loss",
-        "song_relative",
-        "smoothed",
-        "song_relative_smoothed",
-        "song_relative_seconds",
-        "oracle",
-    ] = "loss"
-    # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
-    # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
-    # clean posterior and p the network's prediction, so a wrong label that slipped into X
-    # with a borderline w is not trained on at full strength.
-    clean_targets: Literal["inherited", "refined"] = "inherited"
-    # The SSSL step's ablation ladder: each rung adds one component to the one before (rung 0
-    # is `method: inherit`, CE on every segment). "filter": CE on X only, U dropped, the
-    # small-loss baseline of Co-teaching (Han et al. 2018) on the GMM's clean set. "pseudo":
-    # X plus U with U's labels replaced by sharpened predictions (Eq. 4-5), no mixup, no
-    # R-Drop. "pseudo_mixup": plus mixup (Eq. 6-7). "full": plus R-Drop's KL over U (Eq. 8),
-    # the paper's step (Eq. 4-9); `sssl-nokl` drops the KL from it.
-    sssl_step: Literal["filter", "pseudo", "pseudo_mixup", "full"] = "full"
-    # Which network predicts U's pseudo-labels (and X's refined targets). "current" (the
-    # paper): the network being trained. "ema": an exponential moving average of its weights,
-    # the teacher of Mean Teacher (Tarvainen & Valpola 2017), whose targets do not chase the
-    # student's last few steps. The average starts from the network at the first SSSL epoch.
-    # The default since it met the rule for a new default with `bn_stats: clean` (10 folds, L = 1
-    # and L = 3, docs/configuration.md); the paper's value is one key away.
-    pseudo_label_network: Literal["current", "ema"] = "ema"
-    # α of the teacher's update θ' <- α θ' + (1 - α) θ after every optimiser step. Mean Teacher
-    # uses 0.99 in its ramp-up and 0.999 later; 0.99 (a memory of ~100 steps, about one epoch
-    # of 200 songs at L = 3) because our SSSL phase lasts a few epochs, not 10^5 steps.
-    ema_decay: float = 0.99
-    # Where BatchNorm's running statistics (what eval mode normalises with: loss pass,
-    # validation, prediction) come from in SSSL epochs. "running" (PyTorch's): the training
-    # forwards, whose inputs are mixed (Eq. 6) and never seen at evaluation. "clean":
-    # recomputed after each SSSL epoch's last step on `bn_stats_segments` unmixed training
-    # segments, with the epoch's final weights: PreciseBN (Wu & Johnson 2021) and SWA's
-    # update_bn (Izmailov et al. 2018). Training still normalises with batch statistics.
-    # The default together with `pseudo_label_network: ema` (above); "running" is the paper's.
-    bn_stats: Literal["running", "clean"] = "clean"
-    # PreciseBN finds population statistics from a few thousand samples accurate; our choice,
-    # about one pass over the training segments of 200 songs at L = 3.
-    bn_stats_segments: int = 4096
-    # The optimiser at the switch to SSSL. "keep": Adam's moments (SGD's momentum) carry on
-    # from the warm-up. "reset": cleared at the first SSSL epoch, as a fresh optimiser would
-    # be, because they were estimated on the warm-up's CE, not on Eq. 9. Our choice to measure.
-    sssl_optimizer: Literal["keep", "reset"] = "keep"
-    # The SSSL epochs' learning rate as a multiple of the schedule's (1: the same): a smaller
-    # step once the loss changes, as in fine-tuning. Our choice to measure.
-    sssl_lr_scale: float = 1.0
-    # Which samples mixup (Eq. 6) pairs. "all" (the paper, MixMatch and DivideMix): partners
-    # from X ∪ Û. "clean": X with X only, Û trained unmixed, so no inherited label is ever
-    # blended with a pseudo-label (MixMatch's mixing without its unlabelled half).
-    mixup_scope: Literal["all", "clean"] = "all"
-    # How R-Drop's two passes over U (Eq. 8) are run. "separate" (the paper, R-Drop): U is
-    # twice in the step's batch and goes through the whole network twice. "shared": the layers
-    # without dropout (SmallCNN's trunk, VGG16's convolutions) run once on U and the head that
-    # holds the dropouts runs twice, so the two sub-models still differ by their dropout
-    # masks. Only BatchNorm's batch statistics change: they count U once instead of twice.
-    # Less work per step, since the trunk is most of it. Our choice to measure.
-    rdrop_trunk: Literal["separate", "shared"] = "separate"
-    min_class_share: float = 0.05  # warn when a class is under 5 % of X; our choice
-    gmm_max_iter: int = 10  # DivideMix
-    gmm_tol: float = 1e-2  # DivideMix
-    gmm_reg_covar: float = 5e-4  # DivideMix
-    # Above this many losses EM runs on a strided subsample and the posteriors are computed for
-    # all (the full fit takes seconds at 10^7 losses). Our choice; below it nothing changes, and
-    # at 10^7 it changes 0.004 % of the assignments (docs/configuration.md).
-    gmm_max_fit: int = 200_000
-    # Where the GMM is fitted each SSSL epoch. "driver": a service the driver owns (the design
-    # card's "driver-side GMM"), which keeps the split history through worker restarts.
-    # "rank0": on rank 0 itself, with no object-store round trip. Same split either way.
-    gmm_site: Literal["driver", "rank0"] = "driver"
-
-    # Which label every training segment is trained on. "inherited" (the paper's premise): its
-    # clip's label. "truth": its own label by the per-second truth, the ceiling no split can
-    # pass (with `method: inherit`, the `oracle-labels` arm of `sssl compare`); refused on
-    # shards without truth. Validation keeps the inherited labels, so every arm selects its
-    # epoch the same way.
-    train_labels: Literal["inherited", "truth"] = "inherited"
-
-    # --- optimisation ----------------------------------------------------------------------
-    warmup_epochs: int = 3  # plain CE before the first split (DivideMix warm-up); our choice
-    epochs: int = 12  # total epochs including warm-up; our choice for the embedded corpus
-    batch_size: int = 64  # global batch, split evenly across DDP workers; our choice
-    optimizer: Literal["adam", "sgd"] = "adam"  # paper silent; Adam trains the CNNs robustly
-    lr: float = 1e-3  # Adam default
-    weight_decay: float = 5e-4  # DivideMix
-    # Learning rate by epoch. "constant" (the paper is silent): lr throughout. "cosine":
-    # lr * (1 + cos(pi * epoch / epochs)) / 2, cosine annealing without restarts (Loshchilov &
-    # Hutter 2017), so late epochs take small steps instead of jumping between minima.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    momentum: float = 0.9  # used by SGD only
-
-    # Which epoch's network makes the fold's segment predictions, song decision and exported
-    # model. "last": the final epoch (the paper's, which is silent). "best_val" (default): the
-    # epoch with the highest segment accuracy on the validation songs (inherited labels: no
-    # truth is used), because the network gets worse as it memorises wrong labels (measured:
-    # docs/configuration.md).
-    eval_epoch: Literal["last", "best_val"] = "best_val"
-
-    # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
-    theta: float = 0.5  # θ of f7 in Eq. 10; paper: "low sensitivity ... empirical"; our choice
-    svm_c: float = 1.0  # scikit-learn default
-    svm_kernel: Literal["rbf", "linear"] = "rbf"  # scikit-learn default
-    # What the SVM learns from. "in_sample" (the paper): Eq. 10 features of the training songs
-    # from the network that trained on them, more confident than an unseen song's. "cross_fit":
-    # each training song's features come from a network trained without it (the training songs
-    # split into `cross_fit_parts` song-grouped parts, one extra run per part), the stacking
-    # practice of Wolpert 1992 and cleanlab's out-of-sample rule.
-    svm_features: Literal["in_sample", "cross_fit"] = "in_sample"
-    cross_fit_parts: int = 2
-
-    # --- evaluation ------------------------------------------------------------------------
-    n_folds: int = 10  # paper §4.3: ten-fold cross-validation
-    val_fraction: float = 0.1  # songs held out inside each training fold for honest selection
-    seed: int = 0
-
-    # --- execution -------------------------------------------------------------------------
-    torch_threads: int = 1  # per worker on CPU: two workers on two cores must not oversubscribe
-    # bf16 autocast on the worker device: true, false, or "auto": on where the device does bf16
-    # fast (a GPU that supports it; a CPU with AMX or AVX512-BF16 where a short probe of the
-    # training step at start-up is faster than fp32: precision.py). Off by default so that a
-    # result is the same on every machine; the GMM always sees float32 losses.
-    bf16: bool | Literal["auto"] = False
-    max_failures: int = 0  # Ray Train FailureConfig: worker restarts before the run fails
-    gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
-
-    def __post_init__(self) -> None:
-        _check_fields(self, _SSSL_RANGES)
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(
-                f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})"
-            )
-        if self.split_network == "best_val" and self.val_fraction <= 0:
-            raise ValueError("split_network 'best_val' needs validation songs: val_fraction > 0")
-
-    @property
-    def needs_truth(self) -> bool:
-        """Whether this run reads the per-second truth to train (the ceiling arms), not only
-        to report against it."""
-        return self.split_evidence == "oracle" or self.train_labels == "truth"
-
-    @property
-    def num_classes(self) -> int:
-        return 4 if self.task == "quadrant" else 2
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return {
-            "quadrant": QUADRANTS,
-            "valence": ("negative", "positive"),
-            "arousal": ("low", "high"),
-        }[self.task]
-
-
-# What each SSSLConfig field governs: `sssl train --help` lists the keys in these groups, and a
-# test checks that every field is in exactly one. The dataclass keeps its field order, because
-# that order is the byte layout of every config.yaml already saved beside results.
-FIELD_GROUPS: dict[str, tuple[str, ...]] = {
-    "what is trained": (
-        "method", "task", "segment_seconds", "hop_seconds", "backbone", "dropout",
-    ),
-    "split (Eq. 2-3)": (
-        "tau", "gmm_scope", "selection", "split_network", "split_evidence", "min_class_share",
-        "gmm_max_iter", "gmm_tol", "gmm_reg_covar", "gmm_max_fit",
-    ),
-    "step (Eq. 4-9)": (
-        "temperature", "lambda_kl", "mixup_alpha", "clean_targets", "sssl_step",
-        "pseudo_label_network", "ema_decay", "bn_stats", "bn_stats_segments", "sssl_optimizer",
-        "sssl_lr_scale", "mixup_scope", "rdrop_trunk",
-    ),
-    "optimisation": (
-        "warmup_epochs", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-        "lr_schedule", "momentum", "eval_epoch",
-    ),
-    "song decision (Eq. 10, SVM)": (
-        "theta", "svm_c", "svm_kernel", "svm_features", "cross_fit_parts",
-    ),
-    "evaluation": ("n_folds", "val_fraction", "seed", "train_labels"),
-    "run": ("gmm_site", "torch_threads", "bf16", "max_failures", "gloo_timeout_s"),
-}  # fmt: skip
-
-# Alternatives that were measured against the default and not adopted (by the rule in
-# docs/configuration.md, which has each measurement). They stay one config value away.
-NOT_ADOPTED: dict[str, str] = {
-    "gmm_scope": "global",  # the paper's own split (--config paper_global_split)
-    "selection": "mean_loss",
-    "split_network": "best_val",
-    "clean_targets": "refined",
-    "lr_schedule": "cosine",
-    "svm_features": "cross_fit",
-    # The SSSL step's candidates (the ablation ladder, 5 folds at L = 1 and L = 3): alone,
-    # neither resolved against the paper's step; together (ema and clean) they are the default.
-    "sssl_optimizer": "reset",
-    "mixup_scope": "clean",
-}
-
-
-C = TypeVar("C", FeatureConfig, SSSLConfig)
 
 
 @dataclass(frozen=True)
@@ -336,49 +56,344 @@ def _above(low: float) -> _Range:
     return _Range(low=low, low_open=True)
 
 
-# The allowed range of every numeric field. Choices need no entry: their `Literal` annotation
-# lists them, and integer, float and bool types come from the annotations too.
-_FEATURE_RANGES = {
-    "sample_rate": _at_least(1),
-    "n_fft": _at_least(1),
-    "hop_length": _at_least(1),
-    "n_mels": _at_least(1),
-    "min_duration_s": _above(0),
-    "max_duration_s": _above(0),
-    "silence_dbfs": _Range(high=0),  # dBFS: full scale is 0
+# The groups `sssl train --help` lists the keys in, in this order.
+WHAT, SPLIT, STEP = "what is trained", "split (Eq. 2-3)", "step (Eq. 4-9)"
+OPTIM, SONG, EVAL, RUN = "optimisation", "song decision (Eq. 10, SVM)", "evaluation", "run"
+GROUPS = (WHAT, SPLIT, STEP, OPTIM, SONG, EVAL, RUN)
+_UNSET = object()  # "this fact does not apply", where None could be a value
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the code needs to know about one config field, declared once beside it.
+
+    group: where `--help` lists it. valid: the range of a numeric field (choices come from its
+    `Literal` annotation). after_warmup: no warm-up epoch reads it, so runs that differ only in
+    it share their warm-up (warmup.py); a field that does not say so is assumed to act during
+    the warm-up, the safe default. legacy: the value that reproduces the training from before
+    the field existed, bit for bit; at that value the run digest leaves the field out, so adding
+    an option renames no stored result. not_adopted: an alternative measured against the
+    default and not adopted (docs/configuration.md has the measurement).
+    """
+
+    group: str = ""
+    valid: _Range | None = None
+    after_warmup: bool = False
+    legacy: Any = _UNSET
+    not_adopted: Any = _UNSET
+
+
+def option(
+    default: Any,
+    group: str = "",
+    *,
+    valid: _Range | None = None,
+    after_warmup: bool = False,
+    legacy: Any = _UNSET,
+    not_adopted: Any = _UNSET,
+) -> Any:
+    """A config field with its default and its `Facts`."""
+    facts = Facts(group, valid, after_warmup, legacy, not_adopted)
+    return field(default=default, metadata={"facts": facts})
+
+
+def facts_of(cls: type) -> dict[str, Facts]:
+    """Every field's facts, in field order; a field declared without `option` has none."""
+    return {f.name: f.metadata.get("facts") for f in fields(cls)}
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel front end (paper §3.1: librosa, 22.05 kHz, Hann 1024, hop 512, 128 mels)."""
+
+    sample_rate: int = option(22050, valid=_at_least(1))  # paper §3.1
+    n_fft: int = option(1024, valid=_at_least(1))  # paper §3.1 (Hann window of 1024 samples)
+    hop_length: int = option(512, valid=_at_least(1))  # paper §3.1
+    n_mels: int = option(128, valid=_at_least(1))  # paper §3.1
+    # Shortest song kept: the longest segment the paper uses (5 s, §4.1), so one shard set
+    # serves every L in 1..5 s. Our choice.
+    min_duration_s: float = option(5.0, valid=_above(0))
+    # Longest song sharded; longer files are rejected with a reason (one 10-min file would
+    # otherwise dominate a shard). Our choice; `sssl predict` has no such limit.
+    max_duration_s: float = option(900.0, valid=_above(0))
+    # A file whose RMS is below this (dBFS) is "silent" and rejected. Our choice.
+    silence_dbfs: float = option(-60.0, valid=_Range(high=0))
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.max_duration_s <= self.min_duration_s:
+            raise ValueError(
+                f"max_duration_s ({self.max_duration_s}) must exceed "
+                f"min_duration_s ({self.min_duration_s})"
+            )
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def digest(self) -> str:
+        """Short hash of the feature settings: shards built with other settings are rebuilt."""
+        return config_digest(self)
+
+
+@dataclass(frozen=True)
+class SSSLConfig:
+    """One training run. Defaults: the paper where it says, DivideMix/MixMatch where it does not."""
+
+    # --- what is trained -------------------------------------------------------------------
+    # paper Table 3 (Proposed = sssl)
+    method: Literal["inherit", "sssl-nokl", "sssl"] = option("sssl", WHAT, after_warmup=True)
+    # paper §3: V/A binary, 4Q
+    task: Literal["quadrant", "valence", "arousal"] = option("quadrant", WHAT)
+    # L; paper Table 2: 3 s best for valence
+    segment_seconds: int = option(3, WHAT, valid=_Range(1, 30))
+    hop_seconds: int = option(1, WHAT, valid=_at_least(1))  # paper §4.1: overlap is L - 1 s
+    # paper uses vgg16; small_cnn for CPU
+    backbone: Literal["small_cnn", "vgg16"] = option("small_cnn", WHAT)
+    # VGG16 classifier default; also what R-Drop (Eq. 8) perturbs
+    dropout: float = option(0.5, WHAT, valid=_Range(0, 1, high_open=True))
+
+    # --- SSSL (Eq. 3-9) --------------------------------------------------------------------
+    # clean threshold on w (§2.1.2); DivideMix p_threshold = 0.5
+    tau: float = option(
+        0.5, SPLIT, valid=_Range(0, 1, low_open=True, high_open=True), after_warmup=True
+    )
+    # T of Eq. 4; DivideMix / MixMatch T = 0.5
+    temperature: float = option(0.5, STEP, valid=_above(0), after_warmup=True)
+    # λ of Eq. 9; R-Drop paper's alpha range 0.3-5; our choice 1.0
+    lambda_kl: float = option(1.0, STEP, valid=_at_least(0), after_warmup=True)
+    # δ ~ Beta(α, α) in Eq. 6; MixMatch default 0.75
+    mixup_alpha: float = option(0.75, STEP, valid=_at_least(0), after_warmup=True)
+    # What one GMM is fitted over. Per-class (one GMM per inherited class) is the default: the
+    # paper's single global GMM let one quadrant vanish from X on our ground-truth corpus;
+    # "global" is the paper's own split.
+    gmm_scope: Literal["per_class", "global"] = option(
+        "per_class", SPLIT, after_warmup=True, not_adopted="global"
+    )
+    # What the GMM is fitted on. "epoch_loss" is the paper's: this epoch's loss pass.
+    # "mean_loss" averages each segment's loss over the SSSL epochs so far (temporal averaging,
+    # as AUM does with margins), so one epoch in which the network memorises a wrong label does
+    # not pull that segment into X.
+    selection: Literal["epoch_loss", "mean_loss"] = option(
+        "epoch_loss", SPLIT, after_warmup=True, not_adopted="mean_loss"
+    )
+    # Which network computes the losses the GMM sees. "current" (the paper): the network as it
+    # is at this epoch, which has trained on these very labels. "best_val": the epoch with the
+    # highest validation segment accuracy so far (inherited labels, no truth), kept as a copy,
+    # after Prestopping (Song et al. 2019, "How does early stopping help generalization against
+    # label noise?"): a network stopped before it memorises the wrong labels selects the clean
+    # samples for the rest of training (Arpit et al. 2017: networks fit the clean pattern
+    # first).
+    split_network: Literal["current", "best_val"] = option(
+        "current", SPLIT, after_warmup=True, not_adopted="best_val"
+    )
+    # What the GMM is fitted on, from those losses (split.py has one function each). "loss"
+    # (the paper): the loss itself. "song_relative": the loss minus its song's median loss,
+    # because a wrong inherited label comes from an excursion, a minority of its song, while a
+    # hard or ambiguous song has high losses everywhere. "smoothed": the mean over the segment
+    # and its neighbours in the same song, because excursions are contiguous in time and
+    # neighbouring segments share most of their audio. "song_relative_smoothed": both.
+    # "song_relative_seconds": the song-relative evidence of each second, recovered from the
+    # overlapping segments that cover it, and each segment scored by its median second, the
+    # majority rule that decides its true label.
+    # "oracle": no GMM; X is the segments whose inherited label is right by the per-second
+    # truth, the ceiling a perfect split gives the step (refused on shards without truth).
+    split_evidence: Literal[
+        "loss",
+        "song_relative",
+        "smoothed",
+        "song_relative_smoothed",
+        "song_relative_seconds",
+        "oracle",
+    ] = option("loss", SPLIT, after_warmup=True, legacy="loss")
+    # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
+    # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
+    # clean posterior and p the network's prediction, so a wrong label that slipped into X
+    # with a borderline w is not trained on at full strength.
+    clean_targets: Literal["inherited", "refined"] = option(
+        "inherited", STEP, after_warmup=True, not_adopted="refined"
+    )
+    # The SSSL step's ablation ladder: each rung adds one component to the one before (rung 0
+    # is `method: inherit`, CE on every segment). "filter": CE on X only, U dropped, the
+    # small-loss baseline of Co-teaching (Han et al. 2018) on the GMM's clean set. "pseudo":
+    # X plus U with U's labels replaced by sharpened predictions (Eq. 4-5), no mixup, no
+    # R-Drop. "pseudo_mixup": plus mixup (Eq. 6-7). "full": plus R-Drop's KL over U (Eq. 8),
+    # the paper's step (Eq. 4-9); `sssl-nokl` drops the KL from it.
+    sssl_step: Literal["filter", "pseudo", "pseudo_mixup", "full"] = option(
+        "full", STEP, after_warmup=True, legacy="full"
+    )
+    # Which network predicts U's pseudo-labels (and X's refined targets). "current" (the
+    # paper): the network being trained. "ema": an exponential moving average of its weights,
+    # the teacher of Mean Teacher (Tarvainen & Valpola 2017), whose targets do not chase the
+    # student's last few steps. The average starts from the network at the first SSSL epoch.
+    # The default since it met the rule for a new default with `bn_stats: clean` (10 folds, L = 1
+    # and L = 3, docs/configuration.md); the paper's value is one key away.
+    pseudo_label_network: Literal["current", "ema"] = option(
+        "ema", STEP, after_warmup=True, legacy="current"
+    )
+    # α of the teacher's update θ' <- α θ' + (1 - α) θ after every optimiser step. Mean Teacher
+    # uses 0.99 in its ramp-up and 0.999 later; 0.99 (a memory of ~100 steps, about one epoch
+    # of 200 songs at L = 3) because our SSSL phase lasts a few epochs, not 10^5 steps.
+    ema_decay: float = option(
+        0.99, STEP, valid=_Range(0, 1, high_open=True), after_warmup=True, legacy=0.99
+    )
+    # Where BatchNorm's running statistics (what eval mode normalises with: loss pass,
+    # validation, prediction) come from in SSSL epochs. "running" (PyTorch's): the training
+    # forwards, whose inputs are mixed (Eq. 6) and never seen at evaluation. "clean":
+    # recomputed after each SSSL epoch's last step on `bn_stats_segments` unmixed training
+    # segments, with the epoch's final weights: PreciseBN (Wu & Johnson 2021) and SWA's
+    # update_bn (Izmailov et al. 2018). Training still normalises with batch statistics.
+    # The default together with `pseudo_label_network: ema` (above); "running" is the paper's.
+    bn_stats: Literal["running", "clean"] = option(
+        "clean", STEP, after_warmup=True, legacy="running"
+    )
+    # PreciseBN finds population statistics from a few thousand samples accurate; our choice,
+    # about one pass over the training segments of 200 songs at L = 3.
+    bn_stats_segments: int = option(4096, STEP, valid=_at_least(1), after_warmup=True, legacy=4096)
+    # The optimiser at the switch to SSSL. "keep": Adam's moments (SGD's momentum) carry on
+    # from the warm-up. "reset": cleared at the first SSSL epoch, as a fresh optimiser would
+    # be, because they were estimated on the warm-up's CE, not on Eq. 9. Our choice to measure.
+    sssl_optimizer: Literal["keep", "reset"] = option(
+        "keep", STEP, after_warmup=True, legacy="keep", not_adopted="reset"
+    )
+    # The SSSL epochs' learning rate as a multiple of the schedule's (1: the same): a smaller
+    # step once the loss changes, as in fine-tuning. Our choice to measure.
+    sssl_lr_scale: float = option(1.0, STEP, valid=_above(0), after_warmup=True, legacy=1.0)
+    # Which samples mixup (Eq. 6) pairs. "all" (the paper, MixMatch and DivideMix): partners
+    # from X ∪ Û. "clean": X with X only, Û trained unmixed, so no inherited label is ever
+    # blended with a pseudo-label (MixMatch's mixing without its unlabelled half).
+    mixup_scope: Literal["all", "clean"] = option(
+        "all", STEP, after_warmup=True, legacy="all", not_adopted="clean"
+    )
+    # How R-Drop's two passes over U (Eq. 8) are run. "separate" (the paper, R-Drop): U is
+    # twice in the step's batch and goes through the whole network twice. "shared": the layers
+    # without dropout (SmallCNN's trunk, VGG16's convolutions) run once on U and the head that
+    # holds the dropouts runs twice, so the two sub-models still differ by their dropout
+    # masks. Only BatchNorm's batch statistics change: they count U once instead of twice.
+    # Less work per step, since the trunk is most of it. Our choice to measure.
+    rdrop_trunk: Literal["separate", "shared"] = option(
+        "separate", STEP, after_warmup=True, legacy="separate"
+    )
+    # warn when a class is under 5 % of X; our choice
+    min_class_share: float = option(0.05, SPLIT, valid=_Range(0, 1), after_warmup=True)
+    gmm_max_iter: int = option(10, SPLIT, valid=_at_least(1), after_warmup=True)  # DivideMix
+    gmm_tol: float = option(1e-2, SPLIT, valid=_above(0), after_warmup=True)  # DivideMix
+    gmm_reg_covar: float = option(5e-4, SPLIT, valid=_at_least(0), after_warmup=True)  # DivideMix
+    # Above this many losses EM runs on a strided subsample and the posteriors are computed for
+    # all (the full fit takes seconds at 10^7 losses). Our choice; below it nothing changes, and
+    # at 10^7 it changes 0.004 % of the assignments (docs/configuration.md).
+    gmm_max_fit: int = option(200_000, SPLIT, valid=_at_least(2), after_warmup=True)
+    # Where the GMM is fitted each SSSL epoch. "driver": a service the driver owns (the design
+    # card's "driver-side GMM"), which keeps the split history through worker restarts.
+    # "rank0": on rank 0 itself, with no object-store round trip. Same split either way.
+    gmm_site: Literal["driver", "rank0"] = option("driver", RUN, after_warmup=True)
+
+    # Which label every training segment is trained on. "inherited" (the paper's premise): its
+    # clip's label. "truth": its own label by the per-second truth, the ceiling no split can
+    # pass (with `method: inherit`, the `oracle-labels` arm of `sssl compare`); refused on
+    # shards without truth. Validation keeps the inherited labels, so every arm selects its
+    # epoch the same way.
+    train_labels: Literal["inherited", "truth"] = option("inherited", WHAT, legacy="inherited")
+
+    # --- optimisation ----------------------------------------------------------------------
+    # plain CE before the first split (DivideMix warm-up); our choice
+    warmup_epochs: int = option(3, OPTIM, valid=_at_least(0))
+    # total epochs including warm-up; our choice for the embedded corpus
+    epochs: int = option(12, OPTIM, valid=_at_least(1))
+    # global batch, split evenly across DDP workers; our choice
+    batch_size: int = option(64, OPTIM, valid=_at_least(1))
+    # paper silent; Adam trains the CNNs robustly
+    optimizer: Literal["adam", "sgd"] = option("adam", OPTIM)
+    lr: float = option(1e-3, OPTIM, valid=_above(0))  # Adam default
+    weight_decay: float = option(5e-4, OPTIM, valid=_at_least(0))  # DivideMix
+    # Learning rate by epoch. "constant" (the paper is silent): lr throughout. "cosine":
+    # lr * (1 + cos(pi * epoch / epochs)) / 2, cosine annealing without restarts (Loshchilov &
+    # Hutter 2017), so late epochs take small steps instead of jumping between minima.
+    lr_schedule: Literal["constant", "cosine"] = option("constant", OPTIM, not_adopted="cosine")
+    momentum: float = option(0.9, OPTIM, valid=_Range(0, 1, high_open=True))  # used by SGD only
+
+    # Which epoch's network makes the fold's segment predictions, song decision and exported
+    # model. "last": the final epoch (the paper's, which is silent). "best_val" (default): the
+    # epoch with the highest segment accuracy on the validation songs (inherited labels: no
+    # truth is used), because the network gets worse as it memorises wrong labels (measured:
+    # docs/configuration.md).
+    eval_epoch: Literal["last", "best_val"] = option("best_val", OPTIM, after_warmup=True)
+
+    # --- song-level decision (Eq. 10 + SVM, §2.2) -------------------------------------------
+    # θ of f7 in Eq. 10; paper: "low sensitivity ... empirical"; our choice
+    theta: float = option(0.5, SONG, valid=_Range(0, 1), after_warmup=True)
+    svm_c: float = option(1.0, SONG, valid=_above(0), after_warmup=True)  # scikit-learn default
+    # scikit-learn default
+    svm_kernel: Literal["rbf", "linear"] = option("rbf", SONG, after_warmup=True)
+    # What the SVM learns from. "in_sample" (the paper): Eq. 10 features of the training songs
+    # from the network that trained on them, more confident than an unseen song's. "cross_fit":
+    # each training song's features come from a network trained without it (the training songs
+    # split into `cross_fit_parts` song-grouped parts, one extra run per part), the stacking
+    # practice of Wolpert 1992 and cleanlab's out-of-sample rule.
+    svm_features: Literal["in_sample", "cross_fit"] = option(
+        "in_sample", SONG, after_warmup=True, not_adopted="cross_fit"
+    )
+    cross_fit_parts: int = option(2, SONG, valid=_at_least(2), after_warmup=True)
+
+    # --- evaluation ------------------------------------------------------------------------
+    n_folds: int = option(10, EVAL, valid=_at_least(2))  # paper §4.3: ten-fold cross-validation
+    # songs held out inside each training fold for honest selection
+    val_fraction: float = option(0.1, EVAL, valid=_Range(0, 1, high_open=True))
+    seed: int = option(0, EVAL, valid=_at_least(0))
+
+    # --- execution -------------------------------------------------------------------------
+    # per worker on CPU: two workers on two cores must not oversubscribe
+    torch_threads: int = option(1, RUN, valid=_at_least(1))
+    # bf16 autocast on the worker device: true, false, or "auto": on where the device does bf16
+    # fast (a GPU that supports it; a CPU with AMX or AVX512-BF16 where a short probe of the
+    # training step at start-up is faster than fp32: precision.py). Off by default so that a
+    # result is the same on every machine; the GMM always sees float32 losses.
+    bf16: bool | Literal["auto"] = option(False, RUN)
+    # Ray Train FailureConfig: worker restarts before the run fails
+    max_failures: int = option(0, RUN, valid=_at_least(-1), after_warmup=True)
+    # torch.distributed timeout (Ray default); tests shorten it
+    gloo_timeout_s: int = option(1800, RUN, valid=_at_least(1), after_warmup=True)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})"
+            )
+        if self.split_network == "best_val" and self.val_fraction <= 0:
+            raise ValueError("split_network 'best_val' needs validation songs: val_fraction > 0")
+
+    @property
+    def needs_truth(self) -> bool:
+        """Whether this run reads the per-second truth to train (the ceiling arms), not only
+        to report against it."""
+        return self.split_evidence == "oracle" or self.train_labels == "truth"
+
+    @property
+    def num_classes(self) -> int:
+        return 4 if self.task == "quadrant" else 2
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return {
+            "quadrant": QUADRANTS,
+            "valence": ("negative", "positive"),
+            "arousal": ("low", "high"),
+        }[self.task]
+
+
+# The tables the code reads, derived from the fields' facts (one declaration per field).
+_SSSL_FACTS = facts_of(SSSLConfig)
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    g: tuple(name for name, f in _SSSL_FACTS.items() if f and f.group == g) for g in GROUPS
 }
-_SSSL_RANGES = {
-    "segment_seconds": _Range(1, 30),
-    "hop_seconds": _at_least(1),
-    "dropout": _Range(0, 1, high_open=True),
-    "tau": _Range(0, 1, low_open=True, high_open=True),
-    "temperature": _above(0),
-    "lambda_kl": _at_least(0),
-    "mixup_alpha": _at_least(0),  # 0: no mixup
-    "ema_decay": _Range(0, 1, high_open=True),  # 1 would never move the teacher
-    "bn_stats_segments": _at_least(1),
-    "sssl_lr_scale": _above(0),
-    "min_class_share": _Range(0, 1),
-    "gmm_max_iter": _at_least(1),
-    "gmm_tol": _above(0),
-    "gmm_reg_covar": _at_least(0),
-    "gmm_max_fit": _at_least(2),  # a two-component mixture needs two losses
-    "warmup_epochs": _at_least(0),
-    "epochs": _at_least(1),
-    "batch_size": _at_least(1),
-    "lr": _above(0),
-    "weight_decay": _at_least(0),
-    "momentum": _Range(0, 1, high_open=True),
-    "theta": _Range(0, 1),  # a probability threshold (Eq. 10's f7)
-    "svm_c": _above(0),
-    "cross_fit_parts": _at_least(2),
-    "n_folds": _at_least(2),
-    "val_fraction": _Range(0, 1, high_open=True),
-    "seed": _at_least(0),  # numpy refuses negative seeds
-    "torch_threads": _at_least(1),
-    "max_failures": _at_least(-1),  # Ray's FailureConfig: -1 retries without limit
-    "gloo_timeout_s": _at_least(1),
+NOT_ADOPTED: dict[str, Any] = {
+    name: f.not_adopted for name, f in _SSSL_FACTS.items() if f and f.not_adopted is not _UNSET
 }
+AFTER_WARMUP: tuple[str, ...] = tuple(n for n, f in _SSSL_FACTS.items() if f and f.after_warmup)
+
+
+C = TypeVar("C", FeatureConfig, SSSLConfig)
 
 
 @functools.cache
@@ -410,8 +425,9 @@ def _switch_words(hint: Any) -> tuple[str, ...] | None:
     return words[0]
 
 
-def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) -> None:
+def _check_fields(cfg: FeatureConfig | SSSLConfig) -> None:
     """Refuse a value of the wrong type, outside its choices or outside its range."""
+    ranges = {n: f.valid for n, f in facts_of(type(cfg)).items() if f and f.valid is not None}
     for name, hint in _field_types(type(cfg)).items():
         value = getattr(cfg, name)
         words = _switch_words(hint)
@@ -445,37 +461,16 @@ def _check_fields(cfg: FeatureConfig | SSSLConfig, ranges: dict[str, _Range]) ->
 _RENAMED = {"split": "gmm_scope"}
 
 
-# The SSSL step's ablation rungs and candidate fixes: each acts from the first SSSL epoch on.
-# They were added after run identities were first stored; beside each, the value that
-# reproduces the training before it existed, bit for bit. At that value a field stays out of
-# the digest: adding an option renames (and re-runs) no stored result. The values are fixed
-# here, not read from the defaults, so that changing a default changes the default's digest:
-# a result trained under the old default is never reused for the new one.
-_STEP_LEGACY_VALUES = {
-    "sssl_step": "full",
-    "pseudo_label_network": "current",
-    "ema_decay": 0.99,
-    "bn_stats": "running",
-    "bn_stats_segments": 4096,
-    "sssl_optimizer": "keep",
-    "sssl_lr_scale": 1.0,
-    "mixup_scope": "all",
-    "rdrop_trunk": "separate",
-    "split_evidence": "loss",
-}
-STEP_FIELDS = tuple(_STEP_LEGACY_VALUES)
-# Fields added later that act from the first epoch on (so they are not step fields: a warm-up
-# trained under another value is not shared), with the value that reproduces the training
-# before them; the digest skips them at that value as it skips the step fields.
-_EARLY_LEGACY_VALUES = {"train_labels": "inherited"}
-_LEGACY_VALUES = {**_STEP_LEGACY_VALUES, **_EARLY_LEGACY_VALUES}
-
-
 def config_digest(cfg: FeatureConfig | SSSLConfig) -> str:
-    """Short hash of every field: work done under other settings is never reused for these."""
+    """Short hash of every field: work done under other settings is never reused for these.
+
+    A field at its `legacy` value (Facts) stays out, so adding an option renames no stored
+    result. The legacy values are declared, not read from the defaults, so that changing a
+    default changes the default's digest: a result trained under the old default is never
+    reused for the new one."""
     data = dataclasses.asdict(cfg)
-    for name, legacy in _LEGACY_VALUES.items():
-        if name in data and data[name] == legacy:
+    for name, facts in facts_of(type(cfg)).items():
+        if facts and facts.legacy is not _UNSET and data[name] == facts.legacy:
             del data[name]
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

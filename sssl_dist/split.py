@@ -17,6 +17,7 @@ Shapes: N for the training segments, in the table's order (song id, start second
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any
@@ -92,24 +93,62 @@ def per_second_evidence(
     segment by the median of its seconds: the majority rule itself. Where an excursion ends
     inside a segment, the plain segment loss blurs the two sides; the median second says
     which side holds the majority. NaN evidence is left out of the fit.
+
+    Songs with the same number of segments share one solve (`_seconds_operator`), so the cost
+    grows with the number of distinct song lengths, not of songs.
     """
     out = np.array(evidence, dtype=np.float64)
-    starts = song_starts(song_of)
-    for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-        first = start[lo:hi] - start[lo]
-        seconds = int(first[-1]) + length_s
-        cover = np.zeros((hi - lo, seconds))
-        for k, t in enumerate(first):
-            cover[k, t : t + length_s] = 1.0 / length_s
-        known = np.isfinite(out[lo:hi])
-        if not known.any():
-            continue
-        a = cover[known]
-        jumps = np.diff(np.eye(seconds), axis=0)
-        lhs = a.T @ a + JUMP_PENALTY * jumps.T @ jumps
-        z = np.linalg.solve(lhs + 1e-9 * np.eye(seconds), a.T @ out[lo:hi][known])
-        out[lo:hi] = [np.median(z[t : t + length_s]) for t in first]
+    bounds = song_starts(song_of)
+    lo, counts = bounds[:-1], np.diff(bounds)
+    hops = np.where(counts > 1, start[np.minimum(lo + 1, start.size - 1)] - start[lo], 1)
+    for n, hop in {(int(c), int(h)) for c, h in zip(counts, hops, strict=True)}:
+        songs = lo[(counts == n) & (hops == hop)]
+        rows = songs[:, None] + np.arange(n)  # [S, n] table positions
+        readings = out[rows]
+        whole = np.isfinite(readings).all(axis=1)
+        if whole.any():
+            z = readings[whole] @ _seconds_operator(n, hop, length_s).T  # [S, seconds]
+            out[rows[whole]] = _median_seconds(z, n, hop, length_s)
+        for song in rows[~whole]:  # a NaN reading: its own fit, without that segment
+            out[song] = _song_seconds(out[song], hop, length_s)
     return out
+
+
+def _cover(n: int, hop: int, length_s: int) -> np.ndarray:
+    """[n, seconds]: segment k averages seconds k*hop .. k*hop + L - 1."""
+    cover = np.zeros((n, (n - 1) * hop + length_s))
+    for k in range(n):
+        cover[k, k * hop : k * hop + length_s] = 1.0 / length_s
+    return cover
+
+
+def _solve_seconds(cover: np.ndarray) -> np.ndarray:
+    """[seconds, n]: the penalised least-squares map from segment readings to seconds."""
+    seconds = cover.shape[1]
+    jumps = np.diff(np.eye(seconds), axis=0)
+    lhs = cover.T @ cover + JUMP_PENALTY * jumps.T @ jumps + 1e-9 * np.eye(seconds)
+    return np.linalg.solve(lhs, cover.T)
+
+
+@functools.lru_cache(maxsize=256)
+def _seconds_operator(n: int, hop: int, length_s: int) -> np.ndarray:
+    return _solve_seconds(_cover(n, hop, length_s))
+
+
+def _median_seconds(z: np.ndarray, n: int, hop: int, length_s: int) -> np.ndarray:
+    """[S, n]: the median of each segment's seconds, from per-second evidence z [S, seconds]."""
+    windows = np.lib.stride_tricks.sliding_window_view(z, length_s, axis=1)
+    return np.median(windows[:, np.arange(n) * hop], axis=2)
+
+
+def _song_seconds(readings: np.ndarray, hop: int, length_s: int) -> np.ndarray:
+    """One song's `per_second_evidence` fitted on its finite readings only."""
+    known = np.isfinite(readings)
+    if not known.any():
+        return readings
+    cover = _cover(readings.size, hop, length_s)
+    z = readings[known] @ _solve_seconds(cover[known]).T
+    return _median_seconds(z[None], readings.size, hop, length_s)[0]
 
 
 def smoothed_over_neighbours(

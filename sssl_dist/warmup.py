@@ -9,8 +9,10 @@ their own run directory as that epoch's checkpoint before they start, and the or
 what a run resumes from holds the weights, the optimiser, the RNG and the best epoch so far.
 
 Two runs share when their configs agree on every field except those that act only after the
-warm-up (AFTER_WARMUP), on the same fold, shards and number of workers. A field added later is
-assumed to act during the warm-up until it is listed here: the safe default is not to share.
+warm-up (config.AFTER_WARMUP, from each field's `after_warmup` fact), on the same fold, shards
+and number of workers. A field that does not declare `after_warmup` is assumed to act during
+the warm-up: the safe default is not to share. `epochs` joins them under a constant learning
+rate (cosine's depends on it).
 """
 
 from __future__ import annotations
@@ -22,40 +24,10 @@ import shutil
 from pathlib import Path
 
 from sssl_dist.checkpoint import epoch_dir_name, newest_persisted, readable_epoch
-from sssl_dist.config import STEP_FIELDS, SSSLConfig, to_dict
+from sssl_dist.config import AFTER_WARMUP, SSSLConfig, to_dict
 from sssl_dist.runfiles import WARMUP
 
 log = logging.getLogger(__name__)
-
-# Fields that no warm-up epoch reads: the method (the warm-up is CE for every method), the
-# split and the SSSL step (Eq. 3-9), which epoch is evaluated, the song-level decision, and
-# fault handling. `epochs` joins them under a constant learning rate (cosine's depends on it).
-AFTER_WARMUP = (
-    "method",
-    "tau",
-    "temperature",
-    "lambda_kl",
-    "mixup_alpha",
-    "gmm_scope",
-    "selection",
-    "split_network",
-    "clean_targets",
-    *STEP_FIELDS,  # the step's ablation rungs and candidate fixes
-    "min_class_share",
-    "gmm_max_iter",
-    "gmm_tol",
-    "gmm_reg_covar",
-    "gmm_max_fit",
-    "gmm_site",
-    "eval_epoch",
-    "theta",
-    "svm_c",
-    "svm_kernel",
-    "svm_features",
-    "cross_fit_parts",
-    "max_failures",
-    "gloo_timeout_s",
-)
 
 
 def warmup_key(cfg: SSSLConfig) -> str | None:

@@ -225,6 +225,43 @@ def test_every_field_is_in_exactly_one_group_and_alternatives_are_allowed_values
         assert value in get_args(hints[key]) and value != getattr(SSSLConfig(), key), key
 
 
+def test_every_field_declares_its_facts_and_the_derived_tables_are_the_hand_kept_ones():
+    """Each field is declared once with its facts (`option`); a field added without them, or
+    without a group, fails here. The tables derived from them equal the ones that were kept by
+    hand beside the dataclass before, so warm-up sharing and the digest did not move."""
+    from sssl_dist.config import AFTER_WARMUP, GROUPS, FeatureConfig, facts_of
+
+    for cls in (SSSLConfig, FeatureConfig):
+        missing = [name for name, facts in facts_of(cls).items() if facts is None]
+        assert not missing, f"{cls.__name__} fields declared without option(): {missing}"
+    assert all(f.group in GROUPS for f in facts_of(SSSLConfig).values())
+    step = (
+        "sssl_step",
+        "pseudo_label_network",
+        "ema_decay",
+        "bn_stats",
+        "bn_stats_segments",
+        "sssl_optimizer",
+        "sssl_lr_scale",
+        "mixup_scope",
+        "rdrop_trunk",
+        "split_evidence",
+    )
+    before = {"method", "tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_scope",
+              "selection", "split_network", "clean_targets", *step, "min_class_share",
+              "gmm_max_iter", "gmm_tol", "gmm_reg_covar", "gmm_max_fit", "gmm_site",
+              "eval_epoch", "theta", "svm_c", "svm_kernel", "svm_features", "cross_fit_parts",
+              "max_failures", "gloo_timeout_s"}  # fmt: skip
+    assert set(AFTER_WARMUP) == before
+    legacy = {n: f.legacy for n, f in facts_of(SSSLConfig).items() if n in (*step, "train_labels")}
+    assert legacy == {
+        "sssl_step": "full", "pseudo_label_network": "current", "ema_decay": 0.99,
+        "bn_stats": "running", "bn_stats_segments": 4096, "sssl_optimizer": "keep",
+        "sssl_lr_scale": 1.0, "mixup_scope": "all", "rdrop_trunk": "separate",
+        "split_evidence": "loss", "train_labels": "inherited",
+    }  # fmt: skip
+
+
 def test_sgd_with_momentum_and_a_linear_svm_are_what_they_say():
     """Fields no benchmark uses still do what they name: optimizer sgd with its momentum, and
     svm_kernel linear."""
