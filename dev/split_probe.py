@@ -2,6 +2,9 @@
 
     python dev/split_probe.py --work runs/probe --folds 5 --fold 0 [--L 3] [--drive loss]
 
+With --oos it measures instead whether out-of-sample scoring would help: a network trained
+on half of the training songs scores the other half, beside one trained on all of them.
+
 Trains one fold in this process with the product's own pieces (train.build_worker and the
 epoch functions; no Ray): the warm-up, then SSSL epochs whose split is driven by the score
 named by --drive. At the end of the warm-up and at every SSSL epoch it computes every candidate
@@ -100,6 +103,34 @@ def network_losses(w, net) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(losses).numpy(), torch.cat(probs).numpy()
 
 
+def out_of_sample(shards, cfg, fold_ids: dict, epochs: int) -> None:
+    """Does a network that never saw a song rank its wrong labels better? Train plain CE on
+    all training songs (in sample) and on half of them (A); score the other half (B) with both,
+    after every epoch, and print the noise AUC of the raw loss and of the song-relative score."""
+    from sssl_dist.epoch import train_epoch
+    from sssl_dist.split import song_relative
+    from sssl_dist.train import build_worker
+
+    train = sorted(fold_ids["train"])
+    half_a, half_b = train[0::2], train[1::2]
+    w_all, _, _ = build_worker(cfg, shards, fold_ids)
+    w_a, _, _ = build_worker(cfg, shards, {**fold_ids, "train": half_a})
+    scorer_b, _, _ = build_worker(cfg, shards, {**fold_ids, "train": half_b})
+    wrong = scorer_b.table.wrong
+    for epoch in range(epochs):
+        for w in (w_all, w_a):
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101)
+            train_epoch(w, None, epoch)
+        row = {"epoch": epoch}
+        for name, w in (("in_sample", w_all), ("out_of_sample", w_a)):
+            losses, _ = network_losses(scorer_b, w.plain)
+            row[f"{name}_loss"] = roc_auc_score(wrong, losses)
+            row[f"{name}_relative"] = roc_auc_score(
+                wrong, song_relative(losses, scorer_b.table.song_of)
+            )
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--work", type=Path, default=Path("runs/probe"))
@@ -111,6 +142,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--drive", default="loss", help="split_evidence that drives training")
     p.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
+    p.add_argument(
+        "--oos", action="store_true", help="in-sample against out-of-sample scoring instead"
+    )
     a = p.parse_args()
 
     from shards.synth import SynthConfig
@@ -127,6 +161,9 @@ def main() -> None:
     )
     cfg = SSSLConfig(n_folds=a.folds, epochs=a.epochs, warmup_epochs=a.warmup, segment_seconds=a.L)
     cfg = with_overrides(cfg, {"split_evidence": a.drive, **parse_overrides(a.set)})
+    if a.oos:
+        out_of_sample(shards, cfg, fold_song_ids(shards, cfg, a.fold), a.epochs)
+        return
     w, _, _ = build_worker(cfg, shards, fold_song_ids(shards, cfg, a.fold))
     wrong = w.table.wrong
     rows = []
