@@ -2,10 +2,11 @@
 
 Each returns the songs as `SongRecord`s and a `LoadReport` listing what could not be used, one
 line each: songs listed without audio, audio without a label row, repeated ids, labels that do
-not parse, and conflicts (rows that disagree, files that share an id). Nothing is dropped
-silently: the report goes to the log and into the shard manifest. A file that cannot be read
-as a whole (not UTF-8, a malformed row, values on another scale than the midpoint's) raises
-ValueError naming it. Layouts: DESIGN.md.
+not parse, and conflicts (rows that disagree, files that share an id), and for the dynamic
+annotations the ratings refused, the seconds left unknown and the ratings of ids without a
+song (shards/dynamic.py). Nothing is dropped silently: the report goes to the log and into the
+shard manifest. A file that cannot be read as a whole (not UTF-8, a malformed row, values on
+another scale than the midpoint's) raises ValueError naming it. Layouts: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sssl_dist.records import SongRecord, labels_from_quadrant, labels_from_va
+from shards.dynamic import (
+    Ratings,
+    attach,
+    by_song,
+    parse_time,
+    read_long,
+    read_wide,
+    report_coverage,
+    scale_midpoint,
+)
+from sssl_dist.records import Scale, SongRecord, labels_from_quadrant, labels_from_va
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,10 @@ class LoadReport:
     duplicate_ids: list[str] = field(default_factory=list)  # identical repeated rows (first kept)
     bad_rows: list[str] = field(default_factory=list)  # rows whose labels cannot be parsed
     conflicts: list[str] = field(default_factory=list)  # ids refused: their sources disagree
+    # Dynamic annotations (shards/dynamic.py); the songs concerned keep their static labels.
+    bad_truth: list[str] = field(default_factory=list)  # a song's dynamic ratings refused
+    partial_truth: list[str] = field(default_factory=list)  # seconds left unknown, and why
+    truth_without_song: list[str] = field(default_factory=list)  # ratings of ids not loaded
 
     def log_summary(self, dataset: str) -> None:
         for name in self.__dict__:
@@ -194,10 +209,15 @@ def _number(text: str, name: str) -> float:
     return value
 
 
-def _va_labels(valence: str, arousal: str, midpoint: float) -> dict[str, Any]:
+def _va_labels(valence: str, arousal: str, midpoint: float, scale: Scale) -> dict[str, Any]:
+    """Binary labels cut at the midpoint, and the continuous values on their scale (a value
+    off the scale makes the row a bad row)."""
     v, a = _number(valence, "valence"), _number(arousal, "arousal")
+    for name, value in (("valence", v), ("arousal", a)):
+        if not scale[0] <= value <= scale[1]:
+            raise ValueError(f"{name} {value:g} is off the {scale[0]:g}..{scale[1]:g} scale")
     labels = labels_from_va(_binary(v, midpoint), _binary(a, midpoint))
-    return {**labels, "valence_value": v, "arousal_value": a}
+    return {**labels, "valence_value": v, "arousal_value": a, "value_scale": scale}
 
 
 # The scales MER annotations come on: PMEmo [0, 1], -1..1 (some circumplex tools), EiM and
@@ -205,13 +225,14 @@ def _va_labels(valence: str, arousal: str, midpoint: float) -> dict[str, Any]:
 SCALES = ((0.0, 1.0), (-1.0, 1.0), (1.0, 9.0))
 
 
-def check_scale(values: list[float], midpoint: float, where: str, hint: str) -> None:
-    """Refuse a midpoint outside the scale the values come on: 1..9 values cut at 0.5 would
-    make every song positive and high. `hint` says how to set the midpoint, e.g.
+def check_scale(values: list[float], midpoint: float, where: str, hint: str) -> Scale | None:
+    """The scale the values come on (the narrowest of SCALES that holds them all, else their
+    own range; None without values). Refuses a midpoint outside it: 1..9 values cut at 0.5
+    would make every song positive and high. `hint` says how to set the midpoint, e.g.
     "pass --midpoint {mid:g}"."""
     values = [v for v in values if math.isfinite(v)]
     if not values:
-        return
+        return None
     lo, hi = min(values), max(values)
     a, b = next(((a, b) for a, b in SCALES if a <= lo and hi <= b), (lo, hi))
     if not a < midpoint < b:
@@ -220,6 +241,7 @@ def check_scale(values: list[float], midpoint: float, where: str, hint: str) -> 
             f"{where}: valence/arousal values span {lo:g}..{hi:g} (a {a:g}..{b:g} scale), but "
             f"the midpoint is {midpoint:g}: {hint.format(mid=mid)}"
         )
+    return (a, b)
 
 
 def _column_values(rows: list[dict[str, str]], columns: tuple[str, ...]) -> list[float]:
@@ -249,34 +271,69 @@ def load_4q(root: Path, source: str = "4q") -> tuple[list[SongRecord], LoadRepor
     return _pair(rows, "Song", root / "MER_audio_taffc_dataset", parse, source)
 
 
-def _load_static_va(root, audio_dir, id_col, valence_col, arousal_col, midpoint, source):
+# The scales each data set states (docs/datasets.md says where): static and dynamic PMEmo
+# ratings on 0..1; EiM's and DEAM's static ratings on the 9-point scale, their dynamic ones
+# on -1..1. Binary labels cut each at its midpoint.
+UNIT: Scale = (0.0, 1.0)
+NINE_POINT: Scale = (1.0, 9.0)
+SIGNED: Scale = (-1.0, 1.0)
+
+Loaded = tuple[list[SongRecord], LoadReport, dict[str, list[int | None]]]
+
+
+def _load_static_va(root, audio_dir, id_col, valence_col, arousal_col, scale, source):
     """PMEmo and EiM share a shape: one static-annotation CSV, audio named by id."""
     root = Path(root)
     csv_path = root / "annotations" / "static_annotations.csv"
     rows = read_csv(csv_path)
     _need_columns(rows, (id_col, arousal_col, valence_col), csv_path)
     values = _column_values(rows, (valence_col, arousal_col))
-    check_scale(values, midpoint, str(csv_path), f"is this the {source} annotation file?")
+    mid = scale_midpoint(scale)
+    check_scale(values, mid, str(csv_path), f"is this the {source} annotation file?")
 
     def parse(row):
-        return _va_labels(row[valence_col], row[arousal_col], midpoint)
+        return _va_labels(row[valence_col], row[arousal_col], mid, scale)
 
     return _pair(rows, id_col, root / audio_dir, parse, source)
 
 
-def load_pmemo(root: Path) -> tuple[list[SongRecord], LoadReport]:
-    """PMEmo2019: chorus/<musicId>.mp3 + annotations/static_annotations.csv ([0, 1], cut 0.5)."""
-    return _load_static_va(
-        root, "chorus", "musicId", "Valence(mean)", "Arousal(mean)", 0.5, "pmemo"
+PMEMO_DYNAMIC = Path("annotations/dynamic_annotations.csv")
+PMEMO_COLUMNS = {"valence": "Valence(mean)", "arousal": "Arousal(mean)"}
+
+
+def load_pmemo(root: Path) -> Loaded:
+    """PMEmo2019: chorus/<musicId>.mp3 + annotations/static_annotations.csv ([0, 1], cut 0.5),
+    and the per-second truth from annotations/dynamic_annotations.csv (long: musicId,
+    frameTime, Arousal(mean), Valence(mean), [0, 1])."""
+    records, report = _load_static_va(
+        root, "chorus", "musicId", PMEMO_COLUMNS["valence"], PMEMO_COLUMNS["arousal"], UNIT, "pmemo"
     )
+    path = Path(root) / PMEMO_DYNAMIC
+    if not path.is_file():
+        log.warning("pmemo: no %s, so no per-second truth", path)
+        return records, report, {}
+    rows = read_csv(path)
+    _need_columns(rows, ("musicId", "frameTime", *PMEMO_COLUMNS.values()), path)
+    ratings = Ratings()
+    read_long(rows, path, "musicId", "frameTime", PMEMO_COLUMNS, UNIT, ratings)
+    return _with_ratings(records, report, ratings, UNIT)
 
 
-def load_eim(root: Path) -> tuple[list[SongRecord], LoadReport]:
+EIM_DYNAMIC = {
+    "valence": Path("annotations/valence_cont_average.csv"),
+    "arousal": Path("annotations/arousal_cont_average.csv"),
+}
+
+
+def load_eim(root: Path) -> Loaded:
     """Emotion in Music: clips_45seconds/<song_id>.mp3 + annotations/static_annotations.csv
-    (mean_valence / mean_arousal on 1-9, cut at 5)."""
-    return _load_static_va(
-        root, "clips_45seconds", "song_id", "mean_valence", "mean_arousal", 5.0, "eim"
+    (mean_valence / mean_arousal on 1-9, cut at 5), and the per-second truth from
+    annotations/{valence,arousal}_cont_average.csv (wide: song_id, sample_15000ms, ...; -1..1)."""
+    records, report = _load_static_va(
+        root, "clips_45seconds", "song_id", "mean_valence", "mean_arousal", NINE_POINT, "eim"
     )
+    ratings = _read_wide_pair(Path(root), EIM_DYNAMIC, SIGNED, "eim")
+    return _with_ratings(records, report, ratings, SIGNED)
 
 
 DEAM_CSV_DIR = Path("annotations/annotations averaged per song/song_level")
@@ -284,11 +341,19 @@ DEAM_CSVS = (
     "static_annotations_averaged_songs_1_2000.csv",
     "static_annotations_averaged_songs_2000_2058.csv",
 )
+DEAM_DYNAMIC_DIR = Path(
+    "annotations/annotations averaged per song/dynamic (per second annotations)"
+)
+DEAM_DYNAMIC = {
+    "valence": DEAM_DYNAMIC_DIR / "valence.csv",
+    "arousal": DEAM_DYNAMIC_DIR / "arousal.csv",
+}
 
 
-def load_deam(root: Path) -> tuple[list[SongRecord], LoadReport]:
+def load_deam(root: Path) -> Loaded:
     """DEAM: MEMD_audio/<song_id>.mp3 + the two song-level averaged CSVs (1-9, cut at 5;
-    column names carry a leading space, stripped by read_csv)."""
+    column names carry a leading space, stripped by read_csv), and the per-second truth from
+    the dynamic valence.csv and arousal.csv (wide like EiM, -1..1, rows of different lengths)."""
     root = Path(root)
     rows: list[dict[str, str]] = []
     found = [
@@ -300,23 +365,64 @@ def load_deam(root: Path) -> tuple[list[SongRecord], LoadReport]:
         part = read_csv(path)
         _need_columns(part, ("song_id", "valence_mean", "arousal_mean"), path)
         values = _column_values(part, ("valence_mean", "arousal_mean"))
-        check_scale(values, 5.0, str(path), "is this a DEAM annotation file?")
+        check_scale(
+            values, scale_midpoint(NINE_POINT), str(path), "is this a DEAM annotation file?"
+        )
         rows += part
 
     def parse(row):
-        return _va_labels(row["valence_mean"], row["arousal_mean"], 5.0)
+        return _va_labels(
+            row["valence_mean"], row["arousal_mean"], scale_midpoint(NINE_POINT), NINE_POINT
+        )
 
-    return _pair(rows, "song_id", root / "MEMD_audio", parse, "deam")
+    records, report = _pair(rows, "song_id", root / "MEMD_audio", parse, "deam")
+    ratings = _read_wide_pair(root, DEAM_DYNAMIC, SIGNED, "deam")
+    return _with_ratings(records, report, ratings, SIGNED)
 
 
-def load_manifest_csv(path: Path, midpoint: float = 0.5) -> tuple[list[SongRecord], LoadReport]:
+def _read_wide_pair(
+    root: Path, files: dict[str, Path], scale: Scale, source: str
+) -> Ratings | None:
+    """The ratings of a valence file and an arousal file in the wide layout; None when the
+    data set came without them. One without the other is refused: the truth needs both."""
+    paths = {d: root / f for d, f in files.items()}
+    present = [p for p in paths.values() if p.is_file()]
+    if not present:
+        log.warning(
+            "%s: no %s, so no per-second truth", source, " or ".join(map(str, paths.values()))
+        )
+        return None
+    if len(present) < len(paths):
+        absent = next(p for p in paths.values() if not p.is_file())
+        raise FileNotFoundError(
+            f"{absent} not found beside {present[0].name}: the per-second truth needs both"
+        )
+    ratings = Ratings()
+    for dimension, path in paths.items():
+        rows = read_csv(path)
+        _need_columns(rows, ("song_id",), path)
+        read_wide(rows, path, dimension, scale, ratings)
+    return ratings
+
+
+def _with_ratings(
+    records: list[SongRecord], report: LoadReport, ratings: Ratings | None, scale: Scale
+) -> Loaded:
+    if ratings is None:
+        return records, report, {}
+    records, truth = attach(records, ratings, scale, scale_midpoint(scale), report)
+    return records, report, truth
+
+
+def load_manifest_csv(path: Path, midpoint: float = 0.5, truth_path: Path | None = None) -> Loaded:
     """Anyone's data: a CSV with `path` and `quadrant` (Q1-Q4 or 1-4) and/or `valence` and
     `arousal` (0/1, or continuous cut at `midpoint`); optional `id` (default: file stem).
-    Relative paths are taken from the CSV's folder."""
+    Relative paths are taken from the CSV's folder. `truth_path`: an optional per-second truth
+    CSV (`manifest_truth`)."""
     path = Path(path)
     rows = read_csv(path)
     _need_columns(rows, ("path",), path)
-    check_scale(
+    scale = check_scale(
         _column_values([r for r in rows if not r.get("quadrant")], ("valence", "arousal")),
         midpoint,
         str(path),
@@ -328,7 +434,7 @@ def load_manifest_csv(path: Path, midpoint: float = 0.5) -> tuple[list[SongRecor
         return audio if audio.is_absolute() else path.parent / audio
 
     def parse(row):  # the file belongs to the row: two files under one id are a conflict
-        return {"audio_path": str(audio_of(row)), **_manifest_labels(row, midpoint)}
+        return {"audio_path": str(audio_of(row)), **_manifest_labels(row, midpoint, scale)}
 
     report = LoadReport()
     kept = _one_row_per_id(rows, lambda row: row.get("id") or audio_of(row).stem, parse, report)
@@ -338,15 +444,70 @@ def load_manifest_csv(path: Path, midpoint: float = 0.5) -> tuple[list[SongRecor
             report.missing_audio.append(song_id)
             continue
         records.append(SongRecord(song_id=song_id, source="manifest", **fields))
-    return records, report
+    if truth_path is None:
+        return records, report, {}
+    return manifest_truth(records, report, Path(truth_path), midpoint)
 
 
-def _manifest_labels(row: dict[str, str], midpoint: float) -> dict[str, Any]:
+def _manifest_labels(row: dict[str, str], midpoint: float, scale: Scale | None) -> dict[str, Any]:
     if row.get("quadrant"):
         return labels_from_quadrant(parse_quadrant(row["quadrant"]))
     if row.get("valence") and row.get("arousal"):
-        return _va_labels(row["valence"], row["arousal"], midpoint)
+        # No scale: no value in the file is a finite number, so _va_labels refuses the row.
+        return _va_labels(row["valence"], row["arousal"], midpoint, scale or (-math.inf, math.inf))
     raise ValueError("needs quadrant, or valence and arousal")
+
+
+def manifest_truth(
+    records: list[SongRecord], report: LoadReport, path: Path, midpoint: float
+) -> Loaded:
+    """A manifest's per-second truth file, long like PMEmo's: `id` (the manifest's id), `time`
+    (seconds from the start of the audio; samples at any rate are averaged into seconds), and
+    either `valence` and `arousal` on the manifest's scale (cut at `midpoint`) or `quadrant`
+    (Q1-Q4 or 1-4)."""
+    rows = read_csv(path)
+    _need_columns(rows, ("id", "time"), path)
+    if rows and "quadrant" in rows[0]:
+        truth = read_quadrant_seconds(rows, path, report)
+        report_coverage(records, {song: {path.name} for song in truth}, report)
+        loaded = {r.song_id for r in records}
+        return records, report, {s: t for s, t in truth.items() if s in loaded}
+    _need_columns(rows, ("valence", "arousal"), path)
+    values = _column_values(rows, ("valence", "arousal"))
+    scale = check_scale(values, midpoint, str(path), "pass --midpoint {mid:g}")
+    ratings = Ratings()
+    columns = {"valence": "valence", "arousal": "arousal"}
+    read_long(rows, path, "id", "time", columns, scale or (-math.inf, math.inf), ratings)
+    records, truth = attach(records, ratings, scale, midpoint, report)
+    return records, report, truth
+
+
+def read_quadrant_seconds(
+    rows: list[dict[str, str]], path: Path, report: LoadReport
+) -> dict[str, list[int | None]]:
+    """A truth file with a quadrant per row: song -> quadrant per second (from second 0). A
+    second whose rows name two quadrants is unknown; a row that does not parse refuses the
+    song's truth."""
+    truth = {}
+    for song, group in by_song(rows, "id").items():
+        try:
+            parsed = [(parse_time(r["time"], "time"), parse_quadrant(r["quadrant"])) for r in group]
+        except ValueError as exc:
+            report.bad_truth.append(f"{song} ({path.name}: {exc})")
+            continue
+        seen: dict[int, set[int]] = {}
+        for t, q in parsed:
+            seen.setdefault(math.floor(t + 1e-9), set()).add(q)
+        torn = sorted(s for s, qs in seen.items() if len(qs) > 1)
+        if torn:
+            report.partial_truth.append(
+                f"{song}: {path.name}: {len(torn)} second(s) name two quadrants (from "
+                f"{torn[0]} s); those seconds are unknown"
+            )
+        truth[song] = [
+            next(iter(seen[s])) if len(seen.get(s, ())) == 1 else None for s in range(max(seen) + 1)
+        ]
+    return truth
 
 
 def read_ground_truth(root: Path) -> dict[str, list[int]]:
@@ -360,19 +521,24 @@ def read_ground_truth(root: Path) -> dict[str, list[int]]:
     return {song: [secs[i] for i in sorted(secs)] for song, secs in truth.items()}
 
 
-def load_dataset(name: str, root: Path, midpoint: float = 0.5):
-    """Dispatch by dataset name; returns (records, report, per-second truth or {})."""
+def load_dataset(name: str, root: Path, midpoint: float = 0.5, truth: Path | None = None) -> Loaded:
+    """Dispatch by dataset name; returns (records, report, per-second truth or {}). `truth`:
+    a manifest's per-second truth file (the data sets read their own)."""
     root = Path(root)
+    if truth is not None and name != "manifest":
+        raise ValueError(
+            f"--truth is for --dataset manifest; {name!r} reads its own per-second annotations"
+        )
     if name == "4q":
         return (*load_4q(root), read_ground_truth(root))
     if name == "synthetic":
         return (*load_4q(root, source="synthetic"), read_ground_truth(root))
     if name == "pmemo":
-        return (*load_pmemo(root), {})
+        return load_pmemo(root)
     if name == "eim":
-        return (*load_eim(root), {})
+        return load_eim(root)
     if name == "deam":
-        return (*load_deam(root), {})
+        return load_deam(root)
     if name == "manifest":
-        return (*load_manifest_csv(root, midpoint), {})
+        return load_manifest_csv(root, midpoint, truth)
     raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")

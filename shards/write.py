@@ -91,7 +91,7 @@ def write_shard(
     fc = FeatureConfig(**fc_dict)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    songs, rejects = [], []
+    songs, rejects, refused = [], [], []
     t0 = time.perf_counter()
     with wds.TarWriter(str(tmp)) as tar:
         for entry in planned:
@@ -105,13 +105,20 @@ def write_shard(
                 )
                 continue
             key = shard_key(rec["song_id"])
+            duration = y.size / fc.sample_rate
             meta = {
                 **rec,
                 "key": key,
-                "duration_s": y.size / fc.sample_rate,
+                "duration_s": duration,
                 "frames": int(mel.shape[1]),
                 "truth": entry["truth"],
             }
+            overrun = truth_past_audio(entry["truth"], duration)
+            if overrun:
+                refused.append(
+                    {"song_id": rec["song_id"], "path": rec["audio_path"], "reason": overrun}
+                )
+                meta = without_truth(meta)
             buf = io.BytesIO()
             np.save(buf, mel.astype(np.float16), allow_pickle=False)
             tar.write(
@@ -125,11 +132,38 @@ def write_shard(
         "feature_digest": fc.digest(),
         "songs": songs,
         "rejects": rejects,
+        "truth_refused": refused,
         "bytes": path.stat().st_size,
         "seconds": time.perf_counter() - t0,
     }
     _write_json_atomic(path.with_name(path.name + ".json"), sidecar)
     return sidecar
+
+
+# A 2 Hz rating can carry a time up to one sample period past the clip's last decoded sample
+# (EiM rates its 45 s clips up to sample_45000ms; MP3 decoders differ by a few ms).
+TRUTH_OVERRUN_S = 0.5
+
+
+def truth_past_audio(truth: list[int | None] | None, duration_s: float) -> str | None:
+    """Why a song's per-second truth does not fit its audio, or None: a second known after
+    the audio ends means the ratings were made on other audio (a full song against this
+    excerpt, or another song under this id), so none of its seconds can be trusted."""
+    last = max((s for s, q in enumerate(truth or []) if q is not None), default=None)
+    if last is None or last < duration_s + TRUTH_OVERRUN_S:
+        return None
+    return (
+        f"per-second truth runs to second {last}, past the audio's end at {duration_s:.1f} s: "
+        "refused (the song keeps its clip label, its seconds are unknown)"
+    )
+
+
+def without_truth(meta: dict[str, Any]) -> dict[str, Any]:
+    """A song's manifest entry with its dynamic ratings and per-second truth taken out."""
+    out = {
+        k: v for k, v in meta.items() if k not in ("valence_curve", "arousal_curve", "curve_scale")
+    }
+    return {**out, "truth": None}
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -229,6 +263,8 @@ def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report
     manifest = _manifest(out, [sidecars[i] for i in range(len(plans))], fc, dataset, load_report)
     for rej in manifest["rejects"]:
         log.warning("rejected %s: %s", rej["path"], rej["reason"])
+    for rej in manifest["truth_refused"]:
+        log.warning("%s: %s", rej["song_id"], rej["reason"])
     if not manifest["songs"]:
         raise RuntimeError(
             f"no usable song: all {len(ordered)} file(s) were rejected "
@@ -251,6 +287,8 @@ def _manifest(out, sidecars, fc, dataset, load_report) -> dict[str, Any]:
         ],
         "songs": songs,
         "rejects": [r for sc in sidecars for r in sc["rejects"]],
+        # Sidecars written before this check have no such list.
+        "truth_refused": [r for sc in sidecars for r in sc.get("truth_refused", [])],
         "load_report": load_report or {},
     }
     _write_json_atomic(out / MANIFEST_NAME, manifest)

@@ -142,11 +142,16 @@ def cmd_shard(a: argparse.Namespace) -> int:
     from shards.datasets import load_dataset
     from shards.write import shard_dataset
 
-    records, report, truth = load_dataset(a.dataset, Path(a.root), a.midpoint)
+    records, report, truth = load_dataset(a.dataset, Path(a.root), a.midpoint, a.truth)
     report.log_summary(a.dataset)
     if a.smoke:
         records = records[:8]
-    log.info("%s: %d song(s) with audio and labels", a.dataset, len(records))
+    log.info(
+        "%s: %d song(s) with audio and labels, %d with per-second truth",
+        a.dataset,
+        len(records),
+        sum(r.song_id in truth for r in records),
+    )
     _init_ray()
     t0 = time.perf_counter()
     manifest = shard_dataset(
@@ -160,12 +165,13 @@ def cmd_shard(a: argparse.Namespace) -> int:
     refused = len(report.bad_rows) + len(report.conflicts)
     log.info(
         "sharded %d song(s) into %d shard(s) in %.1f s (%d file(s) rejected, %d row(s) refused "
-        "by the loader); reasons in %s",
+        "by the loader, %d song(s)' per-second truth refused); reasons in %s",
         len(manifest["songs"]),
         len(manifest["shards"]),
         time.perf_counter() - t0,
         len(manifest["rejects"]),
         refused,
+        len(report.bad_truth) + len(manifest["truth_refused"]),
         Path(a.out) / "manifest.json",
     )
     return 0
@@ -477,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="'manifest' only: continuous valence/arousal above this are high",
+    )
+    s.add_argument(
+        "--truth",
+        help="'manifest' only: per-second truth CSV (id, time, and valence + arousal or "
+        "quadrant; docs/datasets.md)",
     )
     s.add_argument("--smoke", action="store_true", help="first 8 songs only")
     s.set_defaults(func=cmd_shard)

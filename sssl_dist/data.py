@@ -73,14 +73,21 @@ class ShardSet:
         (or the same songs with other features) changes it, so a run is never resumed on
         different data."""
         keys = ("song_id", "duration_s", "frames", "quadrant", "valence", "arousal", "truth")
-        songs = [{k: s.get(k) for k in keys} for s in self.songs]
+        # The per-second ratings count where a manifest has them; absent, the entry (and the
+        # digest of every shard set written before they existed) is what it was.
+        added = ("valence_curve", "arousal_curve", "curve_scale")
+        songs = [
+            {k: s.get(k) for k in keys} | {k: s[k] for k in added if k in s} for s in self.songs
+        ]
         tars = sorted((sh["file"], sh.get("bytes")) for sh in self.manifest["shards"])
         blob = json.dumps([songs, self.manifest["feature_config"], tars], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
     def has_truth(self) -> bool:
-        return all(s.get("truth") for s in self.songs)
+        """Whether any second of any song has known per-second truth: then the reports show
+        the metrics against it, computed over the segments whose truth is known."""
+        return any(q is not None for s in self.songs for q in s.get("truth") or ())
 
     def load_mels(self, song_ids: set[str] | None = None) -> dict[str, np.ndarray]:
         """song id -> float16 mel [n_mels, frames], read-only.
@@ -242,9 +249,15 @@ def segment_count(duration_s: float, length_s: int, hop_s: int = 1) -> int:
     return int(math.floor((duration_s - length_s) / hop_s + 1e-9)) + 1
 
 
-def segment_truth(truth: list[int], start: int, length_s: int, task: str) -> int:
-    """True task label of a segment: the majority over its seconds (ties: the earliest)."""
-    labels = [task_label_of_quadrant(q, task) for q in truth[start : start + length_s]]
+def segment_truth(truth: list[int | None], start: int, length_s: int, task: str) -> int:
+    """True task label of a segment: the majority over its seconds (ties: the earliest);
+    -1 (unknown) unless every one of its seconds is known. A segment half inside the first
+    15 unrated seconds of a dynamic annotation has no truth: its label would rest on the
+    seconds that happen to be rated, and the segment is neither right nor wrong."""
+    seconds = truth[start : start + length_s]
+    if len(seconds) < length_s or any(q is None for q in seconds):
+        return -1
+    labels = [task_label_of_quadrant(q, task) for q in seconds]
     return max(labels, key=lambda v: (labels.count(v), -labels.index(v)))
 
 
@@ -300,10 +313,12 @@ def training_table(songs: list[dict[str, Any]], cfg: Any) -> SegmentTable:
     ranks and the driver's split service see the same labels."""
     table = SegmentTable.build(songs, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
     if cfg.train_labels == "truth":
-        if (table.true_label < 0).any():
+        unknown = int((table.true_label < 0).sum())
+        if unknown:
             raise ValueError(
-                "train_labels 'truth' needs per-second truth for every training segment; these "
-                "shards have none (only generated corpora carry it)"
+                f"train_labels 'truth' needs per-second truth for every training segment; "
+                f"{unknown} of {len(table)} have none (only generated corpora are rated from "
+                "their first second)"
             )
         table = replace(table, label=table.true_label.copy())
     return table

@@ -215,19 +215,30 @@ def segment_accuracy(w: Worker) -> dict[str, float]:
     w.plain.eval()
     table = w.val_table
     lo, hi = rank_block(len(table), w.rank, w.world)
-    counts = np.zeros(3)
+    counts = np.zeros(4)
     for idx in loss_pass_batches(lo, hi, w.eval_batch):
         with w.autocast():
             pred = w.plain(w.val_batcher.inputs(idx).to(w.device)).argmax(-1).cpu().numpy()
-        counts += (
-            np.sum(pred == table.label[idx]),
-            np.sum(pred == table.true_label[idx]),
-            idx.size,
-        )
-    hit, true_hit, n = all_reduce_sum(counts.tolist())
+        counts += hit_counts(pred, table.label[idx], table.true_label[idx])
+    return segment_accuracies(*all_reduce_sum(counts.tolist()))
+
+
+def hit_counts(pred: np.ndarray, label: np.ndarray, true_label: np.ndarray) -> np.ndarray:
+    """[hits against the inherited label, segments, hits against the truth, segments whose
+    truth is known]: a segment whose truth is unknown (-1) is neither right nor wrong."""
+    known = true_label >= 0
+    return np.array(
+        [np.sum(pred == label), pred.size, np.sum(pred[known] == true_label[known]), known.sum()],
+        dtype=np.float64,
+    )
+
+
+def segment_accuracies(hit: float, n: float, true_hit: float, known: float) -> dict[str, float]:
+    """The summed `hit_counts` of every rank as accuracies; against the truth only where some
+    segment's truth is known, over those segments."""
     out = {"val_seg_acc": hit / max(n, 1)}
-    if (table.true_label >= 0).all() and n:
-        out["val_seg_acc_truth"] = true_hit / n
+    if known:
+        out["val_seg_acc_truth"] = true_hit / known
     return out
 
 

@@ -161,7 +161,8 @@ def _curve_axes(ax, probs: np.ndarray, starts: np.ndarray, length: int, names, t
         )
     if truth:
         for s, q in enumerate(truth):
-            ax.axvspan(s, s + 1, ymin=0, ymax=0.05, color=COLOURS[q], lw=0)
+            if q is not None:  # an unrated second (dynamic annotations start at 15 s)
+                ax.axvspan(s, s + 1, ymin=0, ymax=0.05, color=COLOURS[q], lw=0)
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("P(emotion)")

@@ -176,10 +176,12 @@ def oracle_clean_prob(table: SegmentTable) -> np.ndarray:
     """w = 1 where the inherited label is right by the per-second truth, 0 where wrong: [N].
     Raises where a segment's truth is unknown: the oracle is defined only with truth."""
     wrong = table.wrong
-    if (wrong < 0).any():
+    unknown = int((wrong < 0).sum())
+    if unknown:
         raise ValueError(
-            "split_evidence 'oracle' needs per-second truth for every training segment; these "
-            "shards have none (only generated corpora carry it)"
+            f"split_evidence 'oracle' needs per-second truth for every training segment; "
+            f"{unknown} of {wrong.size} have none (only generated corpora are rated from their "
+            "first second)"
         )
     return 1.0 - wrong.astype(np.float64)
 
@@ -306,13 +308,25 @@ def split_metrics(split: Split, table: SegmentTable, evidence: np.ndarray) -> di
         },
         "loss_range": [float(np.nanmin(evidence)), float(np.nanmax(evidence))],
     }
-    wrong = table.wrong
-    if (wrong >= 0).all() and 0 < wrong.sum() < wrong.size:
-        noisy = ~split.clean_mask
-        m["noise_auc"] = float(roc_auc_score(wrong, 1 - split.clean_prob))
-        m["noise_precision"] = float(wrong[noisy].mean()) if noisy.any() else 0.0
-        m["noise_recall"] = float(noisy[wrong == 1].mean())
+    m.update(noise_detection(split, table.wrong))
     return m
+
+
+def noise_detection(split: Split, wrong: np.ndarray) -> dict[str, float]:
+    """How well the split finds the wrong inherited labels, over the segments whose truth is
+    known (`wrong` [N]: 1 wrong, 0 right, -1 unknown; an unknown segment is neither): ROC-AUC
+    of 1 - w, and the precision and recall of U. Empty without both right and wrong ones."""
+    known = wrong >= 0
+    truth = wrong[known]
+    if not 0 < truth.sum() < truth.size:
+        return {}
+    noisy = ~split.clean_mask[known]
+    return {
+        "noise_auc": float(roc_auc_score(truth, 1 - split.clean_prob[known])),
+        "noise_precision": float(truth[noisy].mean()) if noisy.any() else 0.0,
+        "noise_recall": float(noisy[truth == 1].mean()),
+        "noise_known": int(known.sum()),
+    }
 
 
 def _fit_histogram(

@@ -139,13 +139,98 @@ def test_oracle_labels_train_on_each_segments_own_label():
 def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
     from sssl_dist.fold import check_shards
 
-    class NoTruth:
-        has_truth = False
+    class Shards:
         root = "shards/4q"
+        songs = [{"song_id": "a", "duration_s": 6.0, "quadrant": 0}]
 
     with pytest.raises(ValueError, match=message):
-        check_shards(SSSLConfig(**overrides), NoTruth())
-    check_shards(SSSLConfig(), NoTruth())  # an ordinary arm needs no truth
+        check_shards(SSSLConfig(**overrides), Shards())
+    check_shards(SSSLConfig(), Shards())  # an ordinary arm needs no truth
+    # Partial truth (a dynamic annotation, unrated before second 2) is refused too, counted
+    # at the segment length the arm trains with; complete truth is served.
+    Shards.songs = [{**Shards.songs[0], "truth": [None, None, 0, 0, 1, 1]}]
+    with pytest.raises(ValueError, match=r"trains on per-second truth, and 2 of the 4 segments"):
+        check_shards(SSSLConfig(**overrides, segment_seconds=3), Shards())
+    Shards.songs = [{**Shards.songs[0], "truth": [0, 0, 0, 0, 1, 1]}]
+    check_shards(SSSLConfig(**overrides, segment_seconds=3), Shards())
+
+
+# ---------------------------------------------------------------- partially known truth
+def test_a_segment_is_known_only_when_every_second_is():
+    from sssl_dist.data import segment_truth
+
+    truth = [None, None, 1, 0, 0, None]  # Q2 Q1 Q1: valence 0 1 1, arousal 1 1 1
+    assert [segment_truth(truth, k, 2, "quadrant") for k in range(5)] == [-1, -1, 1, 0, -1]
+    assert [segment_truth(truth, k, 3, "valence") for k in range(4)] == [-1, -1, 1, -1]
+    assert segment_truth(truth, 4, 3, "arousal") == -1  # runs past the rated seconds
+    song = {"song_id": "a", "duration_s": 6.0, "quadrant": 1, "truth": truth}
+    table = SegmentTable.build([song], "quadrant", 2, 1)
+    assert table.wrong.tolist() == [-1, -1, 0, 1, -1]
+
+
+def test_noise_detection_scores_the_known_segments_only():
+    """Planted: six segments, two of them unknown. An unknown segment's posterior would make
+    the AUC perfect if it counted as right (or as wrong); it counts as neither."""
+    from sssl_dist.method import split_from_clean_prob
+    from sssl_dist.split import noise_detection
+
+    wrong = np.array([0, 1, -1, 0, 1, -1])
+    w = np.array([0.9, 0.2, 0.1, 0.3, 0.6, 0.95])  # clean posteriors; X = w > 0.5
+    split = split_from_clean_prob(w, np.zeros(6, int), {}, num_classes=4, tau=0.5)
+    got = noise_detection(split, wrong)
+    known = wrong >= 0
+    assert got["noise_auc"] == roc_auc_score(wrong[known], 1 - w[known]) == 0.75
+    assert got["noise_precision"] == 0.5  # U ∩ known = segments 1 and 3: one of them wrong
+    assert got["noise_recall"] == 0.5  # of the two wrong ones, segment 1 is in U
+    assert got["noise_known"] == 4
+    assert noise_detection(split, np.full(6, -1)) == {}  # nothing known: no figure
+
+
+def test_segment_accuracy_against_the_truth_leaves_unknown_segments_out():
+    from sssl_dist.epoch import hit_counts, segment_accuracies
+
+    pred = np.array([0, 1, 1, 2, 3])
+    label = np.array([0, 0, 1, 2, 2])
+    truth = np.array([0, 1, -1, -1, 0])  # segments 2 and 3: neither right nor wrong
+    counts = hit_counts(pred, label, truth)
+    assert counts.tolist() == [3, 5, 2, 3]
+    # Two ranks' counts add up; the truth figure is over the known segments only.
+    both = counts + hit_counts(np.array([1]), np.array([1]), np.array([-1]))
+    assert segment_accuracies(*both) == {"val_seg_acc": 4 / 6, "val_seg_acc_truth": 2 / 3}
+    assert segment_accuracies(*hit_counts(pred, label, np.full(5, -1))) == {"val_seg_acc": 0.6}
+
+
+def test_shards_with_some_known_seconds_show_truth_statistics(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from sssl_dist.config import FeatureConfig
+    from sssl_dist.data import ShardSet
+
+    def shards_with(truths):
+        songs = [{"song_id": f"s{i}", "truth": t} for i, t in enumerate(truths)]
+        manifest = {"feature_config": asdict(FeatureConfig()), "songs": songs, "shards": []}
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        return ShardSet(tmp_path)
+
+    assert shards_with([None, [None, None, 2]]).has_truth
+    assert not shards_with([None, [None, None]]).has_truth
+    assert shards_with([[0, 1]]).has_truth
+
+
+def test_the_truth_bar_skips_unrated_seconds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sssl_dist.report import _curve_axes
+
+    fig, ax = plt.subplots()
+    names = ["Q1", "Q2", "Q3", "Q4"]
+    _curve_axes(ax, np.full((4, 4), 0.25), np.arange(4), 1, names, truth=[None, None, 0, 3])
+    assert len(ax.patches) == 2  # one coloured span per rated second
+    plt.close(fig)
 
 
 def test_the_default_evidence_fits_the_loss_itself():
