@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _need_columns(rows: list[dict[str, str]], columns: tuple[str, ...], path: Path) -> None:
-    present = set(rows[0]) if rows else set()
+    if not rows:  # a header alone (or nothing): say so, not that its columns are missing
+        raise ValueError(f"{path}: no rows under the header; nothing to load")
+    present = set(rows[0])
     missing = [c for c in columns if c not in present]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {sorted(present)}")
@@ -440,7 +443,9 @@ def load_manifest_csv(path: Path, midpoint: float = 0.5, truth_path: Path | None
     kept = _one_row_per_id(rows, lambda row: row.get("id") or audio_of(row).stem, parse, report)
     records = []
     for song_id, fields in kept.items():
-        if not Path(fields["audio_path"]).is_file():
+        # Only a path with nothing there is missing audio: a folder or a FIFO of that name
+        # goes on to the shard stage, which rejects it saying what it is.
+        if not os.path.lexists(fields["audio_path"]):
             report.missing_audio.append(song_id)
             continue
         records.append(SongRecord(song_id=song_id, source="manifest", **fields))

@@ -14,15 +14,19 @@ time writes into an output directory (a lock).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
+import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +37,10 @@ import webdataset as wds
 from filelock import FileLock
 from tqdm import tqdm
 
-from sssl_dist.audio import AudioError, decode, log_mel
+from sssl_dist.audio import AudioError, decode, log_mel, not_a_regular_file, probe_duration
 from sssl_dist.config import FeatureConfig
 from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
-from sssl_dist.outdir import hold
+from sssl_dist.outdir import hold, process_alive
 from sssl_dist.records import SongRecord
 
 if TYPE_CHECKING:
@@ -90,9 +94,34 @@ def write_shard(
     (the plan, songs written, rejects)."""
     fc = FeatureConfig(**fc_dict)
     path = Path(path)
+    # The writer's pid in the name tells a later run whether the writer still runs.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    songs, rejects, refused = [], [], []
     t0 = time.perf_counter()
+    try:
+        songs, rejects, refused = _write_tar(planned, tmp, fc)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or cancelled write leaves nothing behind
+    sidecar = {
+        "file": path.name,
+        "planned": planned,
+        "feature_digest": fc.digest(),
+        "songs": songs,
+        "rejects": rejects,
+        "truth_refused": refused,
+        "bytes": path.stat().st_size,
+        "seconds": time.perf_counter() - t0,
+    }
+    _write_json_atomic(path.with_name(path.name + ".json"), sidecar)
+    return sidecar
+
+
+def _write_tar(
+    planned: list[dict[str, Any]], tmp: Path, fc: FeatureConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
+    """Write the usable songs of a plan into the tar `tmp`; returns (songs written, rejects,
+    songs whose per-second truth was refused)."""
+    songs, rejects, refused = [], [], []
     with wds.TarWriter(str(tmp)) as tar:
         for entry in planned:
             rec = entry["record"]
@@ -125,19 +154,7 @@ def write_shard(
                 {"__key__": key, "mel.npy": buf.getvalue(), "json": json.dumps(meta).encode()}
             )
             songs.append(meta)
-    tmp.replace(path)
-    sidecar = {
-        "file": path.name,
-        "planned": planned,
-        "feature_digest": fc.digest(),
-        "songs": songs,
-        "rejects": rejects,
-        "truth_refused": refused,
-        "bytes": path.stat().st_size,
-        "seconds": time.perf_counter() - t0,
-    }
-    _write_json_atomic(path.with_name(path.name + ".json"), sidecar)
-    return sidecar
+    return songs, rejects, refused
 
 
 # A 2 Hz rating can carry a time up to one sample period past the clip's last decoded sample
@@ -228,39 +245,43 @@ def lock_output(out: Path) -> FileLock:
 
 
 def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report, progress):
+    removed = remove_stale_temp_files(out)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted run", removed, out)
     ordered = sorted(records, key=lambda r: r.song_id)
     plans = [
         [plan_entry(r, truth.get(r.song_id)) for r in ordered[i : i + songs_per_shard]]
         for i in range(0, len(ordered), songs_per_shard)
     ]
     digest = fc.digest()
-    remote = ray.remote(num_cpus=1)(write_shard)
     sidecars: dict[int, dict[str, Any]] = {}
-    pending = {}
+    todo: dict[int, Path] = {}
     for i, plan in enumerate(plans):
         path = out / f"shard-{i:06d}.tar"
         done = _finished(path, plan, digest)
-        if done is not None:
+        if done is None:
+            todo[i] = path
+        else:
             sidecars[i] = done
-            continue
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False, configure_logging=False)
-        pending[remote.remote(plan, str(path), asdict(fc))] = i
     if sidecars:
         log.info("shards: %d of %d already complete, skipped", len(sidecars), len(plans))
     bar = tqdm(total=len(ordered), desc="shard songs", unit="song", disable=not progress)
     bar.update(sum(len(plans[i]) for i in sidecars))
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        i = pending.pop(ready[0])
-        sidecars[i] = ray.get(ready[0])
-        bar.update(len(plans[i]))
-    bar.close()
-    for old in out.glob("shard-*.tar"):  # a larger earlier plan: its extra shards are stale
-        if int(old.stem.split("-")[1]) >= len(plans):
-            old.unlink()
-            old.with_name(old.name + ".json").unlink(missing_ok=True)
-    manifest = _manifest(out, [sidecars[i] for i in range(len(plans))], fc, dataset, load_report)
+    try:
+        for i, sidecar in _write_shards({i: (plans[i], todo[i]) for i in todo}, fc):
+            sidecars[i] = sidecar
+            bar.update(len(plans[i]))
+        bar.close()
+        for old in out.glob("shard-*.tar"):  # a larger earlier plan: its extra shards are stale
+            if int(old.stem.split("-")[1]) >= len(plans):
+                old.unlink()
+                old.with_name(old.name + ".json").unlink(missing_ok=True)
+        manifest = _manifest(
+            out, [sidecars[i] for i in range(len(plans))], fc, dataset, load_report
+        )
+    except OSError as exc:  # here or in a shard task: one line, not a chain of tracebacks
+        left = [plans[i] for i in range(len(plans)) if i not in sidecars]
+        raise write_failure(exc, out, left, fc) from None
     for rej in manifest["rejects"]:
         log.warning("rejected %s: %s", rej["path"], rej["reason"])
     for rej in manifest["truth_refused"]:
@@ -271,6 +292,99 @@ def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report
             f"(reasons in {out / MANIFEST_NAME})"
         )
     return manifest
+
+
+def _write_shards(
+    jobs: dict[int, tuple[list[dict[str, Any]], Path]], fc: FeatureConfig
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(shard index, sidecar) as each shard task finishes, one Ray task per shard. An OSError
+    in a task (a full disk) is raised here as itself; the other tasks are then cancelled, and
+    each removes its temporary file."""
+    if not jobs:
+        return
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(write_shard)
+    pending = {remote.remote(plan, str(path), asdict(fc)): i for i, (plan, path) in jobs.items()}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                sidecar = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, OSError):
+                    raise exc.cause from None
+                raise
+            yield i, sidecar
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+# What a write fails with when the disk (or the user's quota) is full.
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+# Per song beyond its float16 mel: two tar members' headers and padding and the JSON record;
+# per shard: the tar's end-of-archive blocking.
+_SONG_OVERHEAD_BYTES, _TAR_OVERHEAD_BYTES = 3072, 10240
+
+
+class ShardWriteError(RuntimeError):
+    """Writing the shard set failed (a full disk, a folder not writable); finished shards are
+    kept, and the same command continues from them."""
+
+
+def write_failure(
+    exc: OSError, out: Path, left: list[list[dict[str, Any]]], fc: FeatureConfig
+) -> ShardWriteError:
+    """One line for a failed write: for a full disk, about how much the unfinished shards
+    need and how much is free."""
+    again = "finished shards are kept and the same command continues from them"
+    if exc.errno in _DISK_FULL:
+        need = max(1, math.ceil(estimated_bytes(left, fc) / 1e6))
+        free = shutil.disk_usage(out).free / 1e6
+        return ShardWriteError(
+            f"{_DISK_FULL[exc.errno]} at {out} (needs about {need} MB more, {free:.0f} MB "
+            f"free): free some space or choose another --out; {again}"
+        )
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ShardWriteError(f"sharding into {out} failed{where}: {exc.strerror or exc}; {again}")
+
+
+def estimated_bytes(plans: list[list[dict[str, Any]]], fc: FeatureConfig) -> int:
+    """About what the tars of `plans` take: each song's float16 mel at the duration its header
+    gives (at most max_duration_s), plus the tar's own bytes."""
+    total = 0
+    for plan in plans:
+        total += _TAR_OVERHEAD_BYTES
+        for entry in plan:
+            path = entry["record"]["audio_path"]
+            # Only a regular file is probed: opening a FIFO would block.
+            seconds = probe_duration(path) if not_a_regular_file(path) is None else None
+            frames = min(seconds or 0.0, fc.max_duration_s) * fc.frames_per_second + 1
+            total += fc.n_mels * frames * np.dtype(np.float16).itemsize + _SONG_OVERHEAD_BYTES
+    return int(total)
+
+
+# The temporary names of this module's writers: `.shard-000004.tar.<pid>.tmp` (a tar) and
+# `.<file>.<pid>.<uuid>.tmp` (a shard's sidecar, the manifest).
+_TEMP_NAME = re.compile(
+    rf"\.(?:shard-\d+\.tar(?:\.json)?|{re.escape(MANIFEST_NAME)})\.(\d+)(?:\.[0-9a-f]{{32}})?\.tmp"
+)
+
+
+def remove_stale_temp_files(out: Path) -> int:
+    """Delete the temporary files of writers that no longer run: a shard task stopped by
+    SIGKILL, or by Ray when its driver got SIGTERM, leaves its temporary tar behind. Called
+    under the output's lock, so no other run writes here; a file whose pid still runs on this
+    machine is kept all the same. Returns how many were removed."""
+    removed = 0
+    for path in out.glob(".*.tmp"):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match and not process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _manifest(out, sidecars, fc, dataset, load_report) -> dict[str, Any]:

@@ -9,6 +9,7 @@ skip the file and say why.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import librosa
@@ -45,8 +46,9 @@ def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) 
     fc.max_duration_s are refused; `sssl predict` passes False and accepts any length.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError("file not found")
+    unusable = not_a_regular_file(path)
+    if unusable:
+        raise AudioError(unusable)
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
     header = probe_duration(path)
@@ -62,6 +64,31 @@ def decode(path: str | Path, fc: FeatureConfig, *, enforce_limits: bool = True) 
         y = librosa.resample(y, orig_sr=native_sr, target_sr=fc.sample_rate, res_type="soxr_hq")
     check_signal(y, fc, enforce_limits=enforce_limits)
     return y.astype(np.float32, copy=False)
+
+
+def not_a_regular_file(path: str | Path) -> str | None:
+    """What a path is when it is not a regular file ("a folder", "a named pipe (FIFO)", ...),
+    or None for a regular file. Asked before anything opens the path: opening a FIFO blocks
+    until something writes to it, and "file not found" would be wrong for all but a missing
+    path."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if path.is_symlink() else "file not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), None)
+    return f"{kind}, not an audio file" if kind else "not a regular file"
 
 
 # Leading bytes of the containers libsndfile reads (MP3 may also start with a frame sync).
@@ -90,7 +117,10 @@ def _undecodable_reason(path: Path, exc: Exception) -> str:
     """Why libsndfile could not read a file, in words that fit the file. libsndfile answers
     "File does not exist or is not a regular file" for any MP3-named file it cannot parse,
     which is wrong when the file exists: say what the file actually is instead."""
-    kind = sniff_format(path)
+    try:
+        kind = sniff_format(path)
+    except OSError as err:  # unreadable (permissions): a reason too, never a crash
+        return f"cannot be read ({err.strerror or err})"
     if kind == "text":
         return "a text file, not audio"
     if kind is None:

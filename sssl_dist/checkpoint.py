@@ -31,6 +31,7 @@ import torch
 
 from sssl_dist.config import SSSLConfig, save_config
 from sssl_dist.method import LossMemory
+from sssl_dist.outdir import process_alive
 from sssl_dist.runfiles import CONFIG, FINAL, HISTORY, RESULT, STATE
 
 # Epoch checkpoints kept beside `final` (Ray's num_to_keep with workers, ours in local mode):
@@ -197,20 +198,10 @@ def remove_stray_temp_dirs() -> int:
     removed = 0
     for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
         pid = d.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def json_default(obj: Any) -> Any:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -92,27 +93,49 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: stop, keep what is finished, exit 143."""
 
 
+# Set by the SIGTERM handler: a signal that lands inside a blocking Ray call (ray.wait) comes
+# out of it as a plain KeyboardInterrupt, and only this still tells SIGTERM from Ctrl-C.
+_SIGTERM_RECEIVED = threading.Event()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM_RECEIVED.set()
     raise Terminated()
 
 
 def _catch_sigterm() -> None:
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _stop(exc: KeyboardInterrupt) -> NoReturn:
+# What an interrupted command keeps and how it goes on, by command; the default is the
+# training commands'.
+ON_STOP = {
+    "synth": "The corpus is complete only once synth_config.json is written; run the same "
+    "command again to generate it",
+    "shard": "Finished shards are kept (each is written whole or not at all, and the next run "
+    "removes the temporary files of those in flight); run the same command again to write "
+    "the rest",
+    "predict": "Committed files are kept; run the same command again to predict the rest",
+}
+ON_STOP_TRAINING = (
+    "Finished folds and each run's last finished epoch are kept; run the same command again "
+    "to continue from there"
+)
+
+
+def stop_message(command: str, terminated: bool) -> str:
+    """The line an interrupted command ends with: what stopped it, what it keeps, what next."""
+    how = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+    return f"{how}: stopped. {ON_STOP.get(command, ON_STOP_TRAINING)}"
+
+
+def _stop(exc: KeyboardInterrupt, command: str) -> NoReturn:
     """After Ctrl-C or SIGTERM: stop Ray (its workers and any in-process training thread with
-    it) and exit 130 or 143 at once. Finished folds are in their reports and every finished
-    epoch is checkpointed, so the same command resumes; at most the epoch in flight is lost."""
-    terminated = isinstance(exc, Terminated)
-    log.error(
-        "%s: stopped. Finished folds and each run's last finished epoch are kept; run the same "
-        "command again to continue from there",
-        "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)",
-    )
+    it) and exit 130 or 143 at once. What is finished is kept (`stop_message`), so the same
+    command resumes; in training at most the epoch in flight is lost."""
+    terminated = isinstance(exc, Terminated) or _SIGTERM_RECEIVED.is_set()
+    log.error("%s", stop_message(command, terminated))
     try:
         import ray
 
@@ -204,10 +227,12 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
 def cmd_train(a: argparse.Namespace) -> int:
     from sssl_dist.cv import run_cv
     from sssl_dist.data import ShardSet
+    from sssl_dist.folds import check_shard_folds
 
     cfg = _train_config(a)
     folds = _fold_list(a.folds, a.fold, cfg.n_folds, a.smoke)
     shards = ShardSet(a.shards)
+    check_shard_folds(shards, cfg.task, cfg.n_folds)
     _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
     summary = run_cv(
@@ -315,7 +340,7 @@ def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
-    from sssl_dist.compare import Design, check_design, run_comparison
+    from sssl_dist.compare import Design, check_cells, run_comparison
     from sssl_dist.data import ShardSet
 
     base = _train_config(a)
@@ -330,7 +355,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         folds=None,  # --smoke: both folds of 2, so the statistics run end to end
     )
     shards = ShardSet(a.shards)
-    check_design(base, shards, design)
+    check_cells(base, shards, design)
     out = Path(a.out or "runs/compare")
     _init_ray()
     comparison = run_comparison(
@@ -681,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        _stop(exc)
+        _stop(exc, args.command)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         if args.verbose:

@@ -27,6 +27,7 @@ import numpy as np
 from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
 from sssl_dist.cv import run_arms
 from sssl_dist.data import ShardSet
+from sssl_dist.folds import check_shard_folds
 from sssl_dist.results import draw_plots
 from sssl_dist.stats import DEFAULT_ROPE, compare_paired
 
@@ -99,7 +100,10 @@ class Design:
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
         if not 0 < self.rope < 1:
-            raise ValueError(f"--rope is a fraction of accuracy in (0, 1), got {self.rope}")
+            # Held as a fraction, given and shown in accuracy points (as --rope takes it).
+            raise ValueError(
+                f"--rope is in accuracy points, above 0 and below 100: got {100 * self.rope:g}"
+            )
         if self.pairing not in PAIRINGS and ":" not in self.pairing:
             raise ValueError(
                 f"--pairs must be one of {PAIRINGS} or a list A:B,C:D, got {self.pairing!r}"
@@ -134,16 +138,19 @@ class Design:
         return out
 
 
-def check_design(base: SSSLConfig, shards: ShardSet, design: Design) -> None:
-    """Refuse, before Ray starts, a cell whose config is invalid or that these shards cannot
-    serve (a ceiling arm on shards without per-second truth)."""
+def check_cells(base: SSSLConfig, shards: ShardSet, design: Design) -> None:
+    """Before any training (and before Ray starts): every cell's config is valid, these shards
+    can serve it (a ceiling arm needs per-second truth), and each task's classes have songs
+    enough for the folds."""
     from sssl_dist.fold import check_shards
 
     for name, overrides in design.cells(base).items():
+        cfg = with_overrides(base, overrides)
         try:
-            check_shards(with_overrides(base, overrides), shards)
+            check_shards(cfg, shards)
         except ValueError as exc:
             raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
+        check_shard_folds(shards, cfg.task, cfg.n_folds)
 
 
 def run_comparison(
@@ -161,7 +168,7 @@ def run_comparison(
     warmup.py); writes comparison.md, comparison.json and the
     forest plot into `out`, and returns the comparison."""
     cells = design.cells(base)
-    check_design(base, shards, design)  # every cell is valid before any training
+    check_cells(base, shards, design)  # every cell is valid before any training
     folds = list(design.folds) if design.folds is not None else None
     summaries: dict[str, dict[str, Any]] = {}
     for name, summary, minutes in run_arms(

@@ -56,11 +56,31 @@ class ShardSet:
         path = self.root / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} in {self.root}: run `sssl shard` first")
-        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.manifest: dict[str, Any] = _read_manifest(path)
         self.feature_config = FeatureConfig(**self.manifest["feature_config"])
         self.songs: list[dict[str, Any]] = sorted(
             self.manifest["songs"], key=lambda s: s["song_id"]
         )
+        self.check_shard_files()
+
+    def check_shard_files(self) -> None:
+        """Refuse a shard set whose tars are not as `sssl shard` left them: a shard deleted,
+        or cut short (a copy that stopped, a full disk). The size recorded in the manifest
+        tells; re-running `sssl shard` rewrites exactly such shards."""
+        rerun = f"run `sssl shard` again with the same arguments and --out {self.root}"
+        for shard in self.manifest["shards"]:
+            path = self.root / shard["file"]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"shard {shard['file']} listed in {self.root / MANIFEST_NAME} is missing: "
+                    f"{rerun} to write it again"
+                )
+            size, recorded = path.stat().st_size, shard.get("bytes")
+            if recorded is not None and size != recorded:
+                raise ValueError(
+                    f"shard {path} is damaged ({size:,} bytes, the manifest records "
+                    f"{recorded:,}): {rerun}, which rewrites it"
+                )
 
     @property
     def by_id(self) -> dict[str, dict[str, Any]]:
@@ -107,24 +127,35 @@ class ShardSet:
 
     def read_tars(self, song_ids: set[str]) -> Iterator[tuple[str, np.ndarray]]:
         """(song id, mel) for the wanted songs, opening only the shards that hold them."""
-        urls = [
-            str(self.root / sh["file"])
-            for sh in self.manifest["shards"]
-            if song_ids.intersection(sh["songs"])
-        ]
+        for shard in self.manifest["shards"]:
+            if song_ids.intersection(shard["songs"]):
+                yield from self._read_tar(self.root / shard["file"], song_ids)
+
+    def _read_tar(self, path: Path, song_ids: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(song id, mel) for the wanted songs of one shard; a shard that cannot be read is
+        named, with what to do."""
         # We choose the shards ourselves, so WebDataset's own node/worker splitting is switched
         # off (identity splitters).
         dataset = wds.WebDataset(
-            urls,
+            [str(path)],
             shardshuffle=False,
             empty_check=False,
             nodesplitter=_all_urls,
             workersplitter=_all_urls,
         )
-        for sample in dataset:
-            meta = json.loads(sample["json"])
-            if meta["song_id"] in song_ids:
-                yield meta["song_id"], np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+        try:
+            for sample in dataset:
+                meta = json.loads(sample["json"])
+                if meta["song_id"] in song_ids:
+                    mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+                    yield meta["song_id"], mel
+        except Exception as exc:  # noqa: BLE001 - tarfile, WebDataset, JSON and .npy errors alike
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise RuntimeError(
+                f"shard {path} cannot be read ({type(exc).__name__}: {first}): delete it and "
+                f"run `sssl shard` again with the same arguments and --out {self.root}, which "
+                "writes it again"
+            ) from exc
 
     def mel_cache(self) -> tuple[np.ndarray, dict[str, list[int]]]:
         """(store [n_mels, all frames] float16, memory-mapped; {song id: [offset, frames]}).
@@ -223,6 +254,21 @@ class ShardSet:
             raise RuntimeError(
                 f"{len(missing)} song(s) missing from shards in {self.root}: {sorted(missing)[:3]}"
             )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A shard set's manifest, or ValueError naming the file when it is cut short or not a
+    manifest (`sssl shard` writes it whole, through a temporary name)."""
+    again = f"run `sssl shard` again with the same arguments and --out {path.parent} to rewrite it"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged (not valid JSON: {exc}): {again}") from None
+    needed = ("feature_config", "shards", "songs")
+    missing = [k for k in needed if k not in manifest] if isinstance(manifest, dict) else needed
+    if missing:
+        raise ValueError(f"{path} is not a shard manifest (no {', '.join(missing)}): {again}")
+    return manifest
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:

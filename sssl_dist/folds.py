@@ -21,8 +21,28 @@ SongIds = dict[str, list[str]]  # {"train": [...], "val": [...], "test": [...]}
 
 def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     """Test-song indices of each fold; every song is in exactly one test fold."""
+    check_fold_count(labels, n_folds)
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [test for _, test in skf.split(np.zeros(len(labels)), labels)]
+
+
+def check_fold_count(labels: np.ndarray, n_folds: int, task: str = "") -> None:
+    """Refuse more folds than the smallest class has songs, saying the most this data allows:
+    with more, some test folds lack that class (scikit-learn only warns), and above every
+    class's count scikit-learn fails without saying how many folds would do."""
+    counts = np.unique(labels, return_counts=True)[1]
+    smallest = int(counts.min()) if counts.size else 0
+    if n_folds > smallest:
+        which = f" for task {task}" if task else ""
+        raise ValueError(
+            f"{n_folds} folds, but the smallest class{which} has {smallest} song(s): at most "
+            f"{smallest} folds on this data (--folds, or n_folds)"
+        )
+
+
+def check_shard_folds(shards: ShardSet, task: str, n_folds: int) -> None:
+    """check_fold_count on a shard set's labels for a task (before any run starts)."""
+    check_fold_count(np.array([s[task] for s in shards.songs]), n_folds, task)
 
 
 def fold_indices(

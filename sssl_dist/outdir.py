@@ -7,6 +7,7 @@ one done-list twice. The second command fails at once, naming the lock it found.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -28,3 +29,14 @@ def hold(out: Path, command: str, lock_name: str) -> FileLock:
             "wait for it to finish or choose another --out"
         ) from None
     return lock
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (its temporary files are in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

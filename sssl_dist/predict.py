@@ -86,7 +86,10 @@ def find_audio(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def _is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+    """An audio-named entry of a searched folder. Anything but a folder (which is searched
+    itself) counts: a FIFO or a broken link named .mp3 is listed among the failures with what
+    it is, never skipped unseen."""
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.is_dir()
 
 
 def read_manifest(path: Path) -> list[str]:
@@ -102,6 +105,8 @@ def read_manifest(path: Path) -> list[str]:
             rows = [(reader.line_num, row[MANIFEST_COLUMN]) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"manifest {path}: not a UTF-8 CSV ({exc})") from None
+    if not rows:
+        raise ValueError(f"manifest {path} has a header but no rows: list one audio file a row")
     empty = [line for line, value in rows if not (value or "").strip()]
     if empty:
         raise ValueError(f"manifest {path}: empty {MANIFEST_COLUMN!r} on line {empty[0]}")

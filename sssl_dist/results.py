@@ -76,6 +76,7 @@ def draw_plots(out: Path, draw: Callable[[], None]) -> bool:
 def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = True) -> None:
     """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
     run_dir = Path(run_dir)
+    check_report_dir(run_dir)
     cfg = from_dict(SSSLConfig, yaml.safe_load((run_dir / CONFIG).read_text()))
     runs = {int(d.name.split("-")[1]): FoldRun.read(d) for d in sorted(run_dir.glob("fold-*"))}
     if not runs:
@@ -84,6 +85,27 @@ def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = 
     seconds = json.loads(old.read_text()).get("seconds", float("nan")) if old.is_file() else None
     summary = summarise(cfg, runs, float("nan") if seconds is None else seconds)
     write_report(run_dir, cfg, summary, runs, truth_of(shards), plots)
+
+
+def check_report_dir(run_dir: Path) -> None:
+    """FileNotFoundError with a sentence when `run_dir` is not the report of one training: a
+    missing folder, a comparison's top folder (whose cells are reports), any other folder."""
+    if not run_dir.is_dir():
+        what = "a file, not a folder" if run_dir.exists() else "not there"
+        raise FileNotFoundError(f"{run_dir} is {what}: give the --out folder of `sssl train`")
+    if (run_dir / CONFIG).is_file():
+        return
+    cells = sorted(p.parent for p in run_dir.glob(f"*/*/{CONFIG}"))
+    if cells:
+        shown = ", ".join(str(c) for c in cells[:3]) + (" ..." if len(cells) > 3 else "")
+        raise FileNotFoundError(
+            f"{run_dir} holds {len(cells)} reports, not one (a comparison?): give one of them, "
+            f"e.g. {shown}"
+        )
+    raise FileNotFoundError(
+        f"{run_dir} is not a training report (it has no {CONFIG}): give the --out folder of "
+        "`sssl train`, or a cell of `sssl compare` (its TASK/ARM folder)"
+    )
 
 
 def summarise(cfg: SSSLConfig, runs: dict[int, FoldRun], seconds: float) -> dict[str, Any]:

@@ -238,3 +238,79 @@ def test_a_comparison_with_nothing_left_to_run_finishes_quietly(parallel):
 
     out = run_methods(SSSLConfig(), None, lambda m: Path("unused") / m, [], parallel=parallel)
     assert list(out) == []
+
+
+# ----------------------------------------------------------------------------- messages that
+# say what happened, before Ray starts
+def _labels_only_shards(root: Path, quadrants: list[int]) -> Path:
+    """A shard directory whose manifest holds labels only (no tars): enough for the checks a
+    command makes before it starts Ray."""
+    songs = [
+        {"song_id": f"s{i:02d}", "quadrant": q, "valence": int(q in (0, 3)),
+         "arousal": int(q in (0, 1)), "duration_s": 10.0, "frames": 431}
+        for i, q in enumerate(quadrants)
+    ]  # fmt: skip
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text(
+        json.dumps({"feature_config": {}, "shards": [], "songs": songs})
+    )
+    return root
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the command starts Ray: these inputs are refused before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for an input refused beforehand")
+
+    monkeypatch.setattr("sssl_dist.cli._init_ray", refuse)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--folds", "8", "--workers", "0"],
+        ["train", "--set", "n_folds=8", "--workers", "0"],
+        ["compare", "--folds", "5", "--tasks", "valence,quadrant"],  # the second task's
+    ],
+)
+def test_more_folds_than_the_smallest_class_says_the_maximum(tmp_path, caplog, no_ray, args):
+    shards = _labels_only_shards(tmp_path / "s", [0] * 3 + [1] * 6 + [2] * 6 + [3] * 6)
+    assert main([*args, "--shards", str(shards), "--out", str(tmp_path / "o")]) == 2
+    folds = args[args.index("--folds") + 1] if "--folds" in args else "8"
+    assert f"{folds} folds, but the smallest class for task quadrant has 3 song(s): at most 3" in (
+        caplog.text
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_rope_is_refused_in_the_points_it_is_given_in(tmp_path, caplog, no_ray):
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    assert main(["compare", "--shards", str(shards), "--rope", "150", "--folds", "2"]) == 2
+    assert "--rope is in accuracy points, above 0 and below 100: got 150" in caplog.text
+
+
+def test_a_damaged_manifest_is_one_line_naming_it(tmp_path, caplog, no_ray):
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    text = (shards / "manifest.json").read_text()
+    (shards / "manifest.json").write_text(text[:100])
+    assert main(["train", "--shards", str(shards), "--workers", "0"]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"{shards / 'manifest.json'} is damaged (not valid JSON")
+    assert "run `sssl shard` again" in line
+
+
+def test_report_on_a_folder_that_is_not_a_run_says_so(tmp_path, caplog):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'} is not there: give the --out folder" in caplog.text
+    assert main(["report", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a training report (it has no config.yaml)" in caplog.text
+    for arm in ("inherit", "sssl"):  # a comparison's top folder: its cells are the reports
+        (tmp_path / "cmp" / "quadrant" / arm).mkdir(parents=True)
+        (tmp_path / "cmp" / "quadrant" / arm / "config.yaml").write_text("tau: 0.5\n")
+    assert main(["report", str(tmp_path / "cmp")]) == 2
+    assert f"holds 2 reports, not one (a comparison?): give one of them, e.g. {tmp_path}" in (
+        caplog.text
+    )
+    assert "Errno" not in caplog.text

@@ -220,3 +220,15 @@ def test_ddp_ranks_stop_together_after_the_epoch_in_flight(shard_dir, tmp_path, 
         run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="ddp", workers=2)
     watcher.join()
     _stopped_at_a_boundary(run_dir)
+
+
+def test_an_interrupted_shard_run_says_what_sharding_keeps():
+    from sssl_dist.cli import stop_message
+
+    shard = stop_message("shard", terminated=True)
+    assert shard.startswith("terminated (SIGTERM): stopped. Finished shards are kept")
+    assert "run the same command again to write the rest" in shard
+    assert "fold" not in shard and "epoch" not in shard
+    train = stop_message("compare", terminated=False)
+    assert train.startswith("interrupted (Ctrl-C): stopped. Finished folds and each run's last")
+    assert "shard" not in stop_message("predict", terminated=True)

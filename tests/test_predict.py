@@ -118,6 +118,9 @@ def test_inputs_from_folders_and_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("file\nx.wav\n")
     with pytest.raises(ValueError, match="has no 'path' column"):
         find_audio([tmp_path / "bad.csv"])
+    (tmp_path / "empty.csv").write_text("path,label\n")  # the column is there, no row is
+    with pytest.raises(ValueError, match="empty.csv has a header but no rows"):
+        find_audio([tmp_path / "empty.csv"])
 
 
 def test_output_names_are_safe_and_distinct():
@@ -164,6 +167,10 @@ def bad_and_odd_files(root: Path) -> tuple[dict[Path, float], dict[str, str]]:
     bad["short.wav"] = "too short for one 3 s segment"
     sf.write(root / "huge.wav", tone(5.0) * 1e30, 22050, subtype="FLOAT")
     bad["huge.wav"] = ""  # refused (NaN log-mel, or absurd amplitude), whatever the words
+    os.mkfifo(root / "pipe.mp3")  # listed with what it is, never opened (that would block)
+    bad["pipe.mp3"] = "a named pipe (FIFO), not an audio file"
+    os.symlink(root / "moved away.wav", root / "link.wav")
+    bad["link.wav"] = "a broken symbolic link"
     return good, bad
 
 

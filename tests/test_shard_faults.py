@@ -8,8 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +25,8 @@ from conftest import write_audio
 from shards.datasets import load_dataset
 from shards.write import shard_dataset
 from sssl_dist.data import ShardSet
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _csv(path, header, rows, encoding="utf-8"):
@@ -303,8 +311,190 @@ def test_a_mel_cache_index_that_does_not_match_is_rebuilt(tiny_shards):
 
 def test_a_failed_mel_cache_build_leaves_no_temp_file(tiny_shards):
     tar = tiny_shards / "shard-000000.tar"
-    tar.write_bytes(os.urandom(3000))  # a damaged shard: the build fails
-    with pytest.raises(Exception):  # noqa: B017 - whatever the tar reader raises
+    tar.write_bytes(os.urandom(tar.stat().st_size))  # damaged, its size kept: the build fails
+    with pytest.raises(
+        RuntimeError, match=rf"shard {re.escape(str(tar))} cannot be read .*: delete it and run"
+    ):
         ShardSet(tiny_shards).load_mels()
     leftovers = [p.name for p in (tiny_shards / "mel_cache").rglob("*") if p.is_file()]
     assert leftovers == [".lock"]
+
+
+# ---------------------------------------------------------------- damaged or missing files
+def _reshard(root):
+    """`sssl shard` again on the tiny_shards fixture's songs (tmp_path/audio)."""
+    records = load_dataset("manifest", root.parent / "audio" / "songs.csv")[0]
+    return shard_dataset(records, root, songs_per_shard=2, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_truncated_or_deleted_shard_is_named_and_resharding_repairs_it(tiny_shards, damage):
+    tar = tiny_shards / "shard-000001.tar"
+    want = {k: np.array(v) for k, v in ShardSet(tiny_shards).load_mels().items()}
+    for cache in (tiny_shards / "mel_cache").iterdir():  # no mel cache yet: the tars are read
+        for p in cache.iterdir():
+            p.unlink()
+    if damage == "truncated":
+        with tar.open("r+b") as fh:
+            fh.truncate(tar.stat().st_size // 2)
+        error, words = (
+            ValueError,
+            rf"shard {re.escape(str(tar))} is damaged .*: run `sssl shard` again",
+        )
+    else:
+        tar.unlink()
+        error, words = FileNotFoundError, "shard shard-000001.tar listed in .* is missing: run"
+    with pytest.raises(error, match=words) as exc:
+        ShardSet(tiny_shards)
+    assert "\n" not in str(exc.value) and f"--out {tiny_shards}" in str(exc.value)
+    _reshard(tiny_shards)  # what the message says to do
+    got = ShardSet(tiny_shards).load_mels()
+    assert set(got) == set(want)
+    for sid, mel in got.items():
+        np.testing.assert_array_equal(mel, want[sid])
+
+
+def test_a_truncated_manifest_names_the_file_and_what_to_do(tiny_shards):
+    path = tiny_shards / "manifest.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))} is damaged \(not valid JSON: .*run `sssl shard`"
+    ):
+        ShardSet(tiny_shards)
+    path.write_text('{"songs": []}')
+    with pytest.raises(ValueError, match="is not a shard manifest \\(no feature_config, shards\\)"):
+        ShardSet(tiny_shards)
+    _reshard(tiny_shards)
+    assert len(ShardSet(tiny_shards).songs) == 3
+
+
+# ---------------------------------------------------------------- a full disk, a killed writer
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, ray_session, monkeypatch):
+    import shards.write as write
+
+    path = _manifest_set(tmp_path / "audio", [["a.wav", "Q1"], ["bb.wav", "Q2"], ["c.wav", "Q3"]])
+    records = load_dataset("manifest", path)[0]
+    out = tmp_path / "out"
+
+    def full_after_one_song(planned, path, fc_dict):  # runs in a Ray worker, pickled by value
+        import errno
+        from pathlib import Path
+
+        import webdataset as wds
+
+        from shards.write import write_shard
+
+        real = wds.TarWriter.write
+
+        def write_or_fail(self, sample):
+            # The temporary tar exists with a song in it when the disk fills up.
+            if list(Path(path).parent.glob(f".{Path(path).name}.*.tmp")):
+                real(self, sample)
+                self.stream.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, sample)
+
+        wds.TarWriter.write = write_or_fail
+        try:
+            return write_shard(planned, path, fc_dict)
+        finally:
+            wds.TarWriter.write = real
+
+    monkeypatch.setattr(write, "write_shard", full_after_one_song)
+    with pytest.raises(write.ShardWriteError) as exc:
+        shard_dataset(records, out, songs_per_shard=2, progress=False)
+    message = str(exc.value)
+    assert "\n" not in message, message
+    words = rf"no space left on device at {re.escape(str(out))} \(needs about \d+ MB more"
+    assert re.match(words + r", \d+ MB free\): free some space", message), message
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*.tar"))
+    monkeypatch.undo()  # space again: the same call completes the set
+    assert len(shard_dataset(records, out, songs_per_shard=2, progress=False)["songs"]) == 3
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_the_space_estimate_is_close_to_what_shards_take(tiny_shards):
+    from shards.write import estimated_bytes
+    from sssl_dist.config import FeatureConfig
+
+    for side in tiny_shards.glob("shard-*.tar.json"):
+        sidecar = json.loads(side.read_text())
+        estimate = estimated_bytes([sidecar["planned"]], FeatureConfig())
+        assert 0.9 < estimate / sidecar["bytes"] < 1.2, (estimate, sidecar["bytes"])
+
+
+def test_a_dead_writers_temp_files_are_removed_by_the_next_run(tiny_shards):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    uid = "0123456789abcdef0123456789abcdef"
+    stale = [f".shard-000004.tar.{dead.pid}.tmp", f".shard-000000.tar.json.{dead.pid}.{uid}.tmp",
+             f".manifest.json.{dead.pid}.{uid}.tmp"]  # fmt: skip
+    kept = [f".shard-000001.tar.{os.getpid()}.tmp", ".notes.tmp"]  # a live writer's; not ours
+    for name in stale + kept:
+        (tiny_shards / name).write_bytes(b"x" * 3000)
+    _reshard(tiny_shards)  # every shard complete: only the clean-up runs
+    left = {p.name for p in tiny_shards.glob(".*.tmp")}
+    assert left == set(kept)
+
+
+def test_sigterm_while_sharding_says_what_it_keeps_and_the_rerun_cleans_up(tmp_path, ray_session):
+    import psutil
+
+    rows = []
+    for i in range(4):  # songs long enough that a shard task is caught writing
+        write_audio(tmp_path / f"s{i}.wav", seconds=120, freq=300 + 50 * i)
+        rows.append([f"s{i}.wav", f"Q{i + 1}"])
+    csv_path = _csv(tmp_path / "songs.csv", ["path", "quadrant"], rows)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sssl_dist", "shard", "--dataset", "manifest", "--root",
+           str(csv_path), "--out", str(out), "--songs-per-shard", "1"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".shard-*.tmp")):  # Ray is up and a shard is being written
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no shard task started in time"
+            time.sleep(0.05)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    (line,) = [line for line in err.splitlines() if "stopped." in line]
+    assert "terminated (SIGTERM): stopped. Finished shards are kept" in line, line
+    assert "fold" not in line and "epoch" not in line
+    _, alive = psutil.wait_procs(children, timeout=60)  # its shard tasks are gone
+    assert not alive, alive
+    records = load_dataset("manifest", csv_path)[0]
+    manifest = shard_dataset(records, out, songs_per_shard=1, progress=False)
+    assert len(manifest["songs"]) == 4 and not list(out.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- what a path is
+def test_a_folder_or_a_fifo_named_as_audio_is_rejected_saying_what_it_is(tmp_path, ray_session):
+    write_audio(tmp_path / "good.wav")
+    (tmp_path / "album.mp3").mkdir()
+    os.mkfifo(tmp_path / "pipe.wav")
+    os.symlink(tmp_path / "gone.wav", tmp_path / "link.wav")
+    rows = [["good.wav", "Q1"], ["album.mp3", "Q2"], ["pipe.wav", "Q3"], ["link.wav", "Q4"]]
+    records, report, _ = load_dataset(
+        "manifest", _csv(tmp_path / "songs.csv", ["path", "quadrant"], rows)
+    )
+    assert not report.missing_audio  # each is something: the shard stage says what
+    manifest = shard_dataset(records, tmp_path / "out", progress=False)
+    reasons = {r["song_id"]: r["reason"] for r in manifest["rejects"]}
+    assert reasons == {
+        "album": "a folder, not an audio file",
+        "pipe": "a named pipe (FIFO), not an audio file",
+        "link": "a broken symbolic link",
+    }
+
+
+def test_a_header_only_manifest_says_it_has_no_rows(tmp_path):
+    path = _csv(tmp_path / "songs.csv", ["path", "quadrant"], [])
+    with pytest.raises(ValueError, match="songs.csv: no rows under the header"):
+        load_dataset("manifest", path)

@@ -479,6 +479,8 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
     for d, songs in ((same, manifest["songs"]), (fewer, manifest["songs"][:-1])):
         d.mkdir()
         (d / "manifest.json").write_text(json.dumps(dict(manifest, songs=songs)))
+        for shard in manifest["shards"]:  # a shard set is whole only with its tars
+            (d / shard["file"]).symlink_to(Path(shard_dir) / shard["file"])
     assert run_name("cv", CFG, ShardSet(same), 0) == name
     assert run_name("cv", CFG, ShardSet(fewer), 0) != name
 
