@@ -129,6 +129,8 @@ def test_the_ceiling_arms_are_refused_on_shards_without_truth(shard_dir, tmp_pat
     for song in manifest["songs"]:
         song.pop("truth", None)
     (bare / "manifest.json").write_text(json.dumps(manifest))
+    for shard in manifest["shards"]:
+        (bare / shard["file"]).symlink_to(Path(shard_dir) / shard["file"])
     cmd = ["compare", "--shards", str(bare), "--out", str(tmp_path / "x"), "--ceiling"]
     assert main(cmd) == 2
     assert "arm oracle-split: split_evidence 'oracle' trains on per-second truth" in caplog.text

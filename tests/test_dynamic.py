@@ -189,6 +189,7 @@ def test_the_digest_of_a_shard_set_without_ratings_is_unchanged(tmp_path):
         "shards": [{"file": "shard-000000.tar", "songs": ["SY0", "SY1"], "bytes": 10240}],
     }
     _write(tmp_path / "manifest.json", json.dumps(manifest))
+    (tmp_path / "shard-000000.tar").write_bytes(bytes(10240))  # the size the manifest records
     assert ShardSet(tmp_path).digest() == "6f7882d8695271af"
     songs[0]["valence_curve"] = [None, 0.2, -0.1]  # ratings are data: they move the digest
     _write(tmp_path / "manifest.json", json.dumps(manifest))
