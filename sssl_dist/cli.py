@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 log = logging.getLogger("sssl")
 
 DEFAULT_ROPE_FRACTION = 0.01  # stats.DEFAULT_ROPE, without importing scipy for --help
+MAX_TRIALS = 1000  # tuning.sweep.MAX_TRIALS, without importing Ray for --help
 SMOKE_TRAIN = {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "n_folds": 2}
 # `sssl predict --smoke`: the first 2 files, the first 30 s of each.
 SMOKE_PREDICT_FILES, SMOKE_PREDICT_SECONDS = 2, 30.0
@@ -196,13 +197,12 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    cfg = _train_config(a)  # before importing torch and Ray: a bad config costs nothing
     from sssl_dist.cv import run_cv
     from sssl_dist.data import ShardSet
 
-    cfg = _train_config(a)
     folds = _fold_list(a.folds, a.fold, cfg.n_folds, a.smoke)
     shards = ShardSet(a.shards)
-    _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
     summary = run_cv(
         cfg,
@@ -213,6 +213,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         use_gpu=a.gpu,
         parallel=a.parallel,
         final=a.final,
+        start_ray=_init_ray,
     )
     m = summary["metrics"]
     log.info(
@@ -232,10 +233,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- tune
 def cmd_tune(a: argparse.Namespace) -> int:
+    base = _train_config(a)
     from tuning.sweep import run_sweep
 
-    base = _train_config(a)
-    _init_ray()
     out = Path(a.out or "runs/tune")
     run_sweep(
         a.space,
@@ -247,6 +247,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
         max_concurrent=a.max_concurrent,
         cpus_per_worker=a.cpus_per_worker,
         use_gpu=a.gpu,
+        max_trials=a.max_trials,
+        start_ray=_init_ray,
     )
     return 0
 
@@ -294,22 +296,28 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- compare
 def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise."""
+    """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise. A
+    name given twice is refused: the later arm would silently replace the earlier."""
     from sssl_dist.compare import default_arms, parse_arm, read_arms
 
     arms = read_arms(a.arms) if a.arms else {}
+    given = set()
     for words in a.arm or []:
         name, overrides = parse_arm(words)
+        if name in arms:
+            where = "twice with --arm" if name in given else f"in {a.arms} and with --arm"
+            raise ValueError(f"arm {name!r} is named {where}: give each arm its own name")
+        given.add(name)
         arms[name] = overrides
     return arms or default_arms()
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
+    base = _train_config(a)
     from sssl_dist.compare import Design, run_comparison
     from sssl_dist.data import ShardSet
 
-    base = _train_config(a)
     tasks = tuple(t.strip() for t in a.tasks.split(",")) if a.tasks else (base.task,)
     design = Design(
         arms=_arms(a),
@@ -322,7 +330,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
     )
     shards = ShardSet(a.shards)
     out = Path(a.out or "runs/compare")
-    _init_ray()
     comparison = run_comparison(
         base,
         shards,
@@ -332,6 +339,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         parallel=a.parallel,
         use_gpu=a.gpu,
         share_warmup=not a.no_shared_warmup,
+        start_ray=_init_ray,
     )
     print("\n" + verdict_lines(comparison) + "\n")
     log.info("comparison: %s", out / "comparison.md")
@@ -383,11 +391,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.parallel,
         " [smoke]" if a.smoke else "",
     )
+    synth = SynthConfig(n_songs=songs, seed=a.seed)  # checked before Ray starts
     log.info("steps 1-2/3: generating the ground-truth corpus and sharding it with Ray workers")
     _init_ray()
-    shards = shard_synthetic(
-        out / "data" / "corpus", out / "data" / "shards", SynthConfig(n_songs=songs, seed=a.seed)
-    )
+    shards = shard_synthetic(out / "data" / "corpus", out / "data" / "shards", synth)
     log.info("step 3/3: `sssl compare` of %s", ", ".join(design.arms))
     comparison = run_comparison(base, shards, out, design, workers=a.workers, parallel=a.parallel)
     text = comparison_markdown(comparison)
@@ -525,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", required=True, help="search-space YAML (see tuning/spaces/)")
     s.add_argument("--max-concurrent", type=int, default=None, help="cap on trials at once")
     s.add_argument("--cpus-per-worker", type=float, default=1.0, help="fractional CPUs work")
+    s.add_argument(
+        "--max-trials",
+        type=int,
+        default=MAX_TRIALS,
+        help="refuse a sweep of more trials (configurations x folds) than this",
+    )
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
-from sssl_dist.cv import run_arms
+from sssl_dist.cv import check_same_report, run_arms
 from sssl_dist.data import ShardSet
+from sssl_dist.folds import check_shards_serve
 from sssl_dist.results import draw_plots
 from sssl_dist.stats import DEFAULT_ROPE, compare_paired
 
@@ -59,6 +61,10 @@ def read_arms(path: str | Path) -> dict[str, dict[str, Any]]:
     bad = [name for name, o in data.items() if not isinstance(o, dict | type(None))]
     if bad:
         raise ValueError(f"{path}: each arm must map to config overrides; not so for {bad}")
+    names = [str(name) for name in data]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # 1 and "1" are two YAML keys, but one arm name
+        raise ValueError(f"{path}: arm {twice[0]!r} is named twice")
     return {str(name): dict(o or {}) for name, o in data.items()}
 
 
@@ -94,15 +100,32 @@ class Design:
             raise ValueError(
                 f"--pairs must be one of {PAIRINGS} or a list A:B,C:D, got {self.pairing!r}"
             )
-        unknown = {arm for pair in self.pairs() for arm in pair} - set(self.arms)
+        pairs = self.pairs()
+        unknown = {arm for pair in pairs for arm in pair} - set(self.arms)
         if unknown:
             raise ValueError(f"--pairs names arms that are not compared: {sorted(unknown)}")
+        itself = [a for a, b in pairs if a == b]
+        if itself:
+            raise ValueError(f"--pairs compares {itself[0]!r} with itself: name two arms")
+        seen = set()
+        for a, b in pairs:
+            if (a, b) in seen:
+                raise ValueError(f"--pairs lists {a}:{b} twice")
+            if (b, a) in seen:
+                raise ValueError(f"--pairs lists {b}:{a} and {a}:{b}, one pair both ways round")
+            seen.add((a, b))
 
     def pairs(self) -> list[tuple[str, str]]:
         """(a, b) pairs, each read as the gain of b over a."""
         names = list(self.arms)
         if ":" in self.pairing:  # explicit: "inherit:filter,filter:pseudo"
-            return [tuple(p.strip().split(":", 1)) for p in self.pairing.split(",")]
+            pairs = []
+            for item in self.pairing.split(","):
+                pair = tuple(name.strip() for name in item.split(":"))
+                if len(pair) != 2 or not all(pair):
+                    raise ValueError(f"--pairs takes A:B pairs joined by commas, not {item!r}")
+                pairs.append(pair)
+            return pairs
         if self.pairing == "baseline":
             return [(names[0], b) for b in names[1:]]
         if self.pairing == "ladder":
@@ -134,13 +157,15 @@ def run_comparison(
     parallel: int = 1,
     use_gpu: bool = False,
     share_warmup: bool = True,
+    start_ray: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Train every cell, then compare the arms (cells with the same warm-up train it once:
     warmup.py); writes comparison.md, comparison.json and the
-    forest plot into `out`, and returns the comparison."""
+    forest plot into `out`, and returns the comparison. Every cell is checked before
+    `start_ray` is called."""
     cells = design.cells(base)
-    for overrides in cells.values():  # every cell's config is valid before any training
-        with_overrides(base, overrides)
+    check_cells(base, shards, out, cells, design.folds)
+    start_ray()
     folds = list(design.folds) if design.folds is not None else None
     summaries: dict[str, dict[str, Any]] = {}
     for name, summary, minutes in run_arms(
@@ -159,6 +184,21 @@ def run_comparison(
     comparison = summarise_comparison(base, shards, design, summaries)
     write_comparison(out, comparison)
     return comparison
+
+
+def check_cells(
+    base: SSSLConfig,
+    shards: ShardSet,
+    out: Path,
+    cells: dict[str, dict[str, Any]],
+    folds: tuple[int, ...] | None = None,
+) -> None:
+    """Before any training: every cell's config is valid, the shards serve every task with
+    these folds, and no cell's directory holds a report of another configuration."""
+    configs = {name: with_overrides(base, overrides) for name, overrides in cells.items()}
+    check_shards_serve(shards, configs.values(), folds)
+    for name, cfg in configs.items():
+        check_same_report(out / name, cfg, shards)
 
 
 def per_fold(summary: dict[str, Any], key: str) -> dict[int, float]:
