@@ -233,7 +233,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- tune
 def cmd_tune(a: argparse.Namespace) -> int:
-    base = _train_config(a)
+    from tuning.space import load_space
+
+    # The config and the space before importing torch and Ray: bad ones cost nothing (the
+    # sweep reads the space again, with every other check).
+    base, _ = _train_config(a), load_space(a.space)
     from tuning.sweep import run_sweep
 
     out = Path(a.out or "runs/tune")
@@ -298,7 +302,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise. A
     name given twice is refused: the later arm would silently replace the earlier."""
-    from sssl_dist.compare import default_arms, parse_arm, read_arms
+    from sssl_dist.arms import default_arms, parse_arm, read_arms
 
     arms = read_arms(a.arms) if a.arms else {}
     given = set()
@@ -314,13 +318,14 @@ def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
-    base = _train_config(a)
+    # The config and the arms before importing torch and Ray: bad ones cost nothing.
+    base, arms = _train_config(a), _arms(a)
     from sssl_dist.compare import Design, run_comparison
     from sssl_dist.data import ShardSet
 
     tasks = tuple(t.strip() for t in a.tasks.split(",")) if a.tasks else (base.task,)
     design = Design(
-        arms=_arms(a),
+        arms=arms,
         tasks=tasks,
         n_folds=a.folds or base.n_folds,
         repeats=1 if a.smoke else a.repeats,
@@ -362,7 +367,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: synth -> shard -> `sssl compare` of the three default arms."""
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.compare import Design, default_arms, run_comparison
+    from sssl_dist.arms import default_arms
+    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.config import SSSLConfig, with_overrides
     from sssl_dist.tables import comparison_markdown
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
+from sssl_dist.config import SSSLConfig, with_overrides
 from sssl_dist.cv import check_same_report, run_arms
 from sssl_dist.data import ShardSet
 from sssl_dist.folds import check_shards_serve
@@ -43,38 +43,6 @@ SECONDARY = (
     ("noise_auc", "noise AUC"),
 )
 PAIRINGS = ("all", "baseline", "ladder")
-
-
-def default_arms() -> dict[str, dict[str, Any]]:
-    """Inherited labels, the paper's SSSL (its global split, its last epoch:
-    configs/paper_global_split.yaml) and SSSL with this repository's defaults."""
-    return {
-        "inherit": {"method": "inherit"},
-        "sssl-paper": {"method": "sssl", **read_config_file(PAPER_CONFIG)},
-        "sssl": {"method": "sssl"},
-    }
-
-
-def read_arms(path: str | Path) -> dict[str, dict[str, Any]]:
-    """An arms YAML: a mapping of arm name to its config overrides (a mapping, maybe empty)."""
-    data = read_config_file(path)
-    bad = [name for name, o in data.items() if not isinstance(o, dict | type(None))]
-    if bad:
-        raise ValueError(f"{path}: each arm must map to config overrides; not so for {bad}")
-    names = [str(name) for name in data]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:  # 1 and "1" are two YAML keys, but one arm name
-        raise ValueError(f"{path}: arm {twice[0]!r} is named twice")
-    return {str(name): dict(o or {}) for name, o in data.items()}
-
-
-def parse_arm(words: list[str]) -> tuple[str, dict[str, Any]]:
-    """`--arm NAME KEY=VALUE ...` -> (NAME, {KEY: VALUE})."""
-    from sssl_dist.config import parse_overrides
-
-    if not words or "=" in words[0]:
-        raise ValueError(f"--arm needs a name first, then KEY=VALUE overrides: {words}")
-    return words[0], parse_overrides(words[1:])
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sssl_dist.arms import default_arms
 from sssl_dist.cli import main
-from sssl_dist.compare import Design, default_arms, run_comparison
+from sssl_dist.compare import Design, run_comparison
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE

@@ -296,7 +296,7 @@ def test_a_yaml_file_past_the_size_limit_is_refused_unread(tmp_path):
 def test_anchors_aliases_and_merge_keys_within_the_bounds_load_as_before():
     """benchmarks/arms/ladder.yaml shares one block of settings with `<<: *paper`; an arm's own
     key may follow a merge (the loader refuses repeats, not merges)."""
-    from sssl_dist.compare import read_arms
+    from sssl_dist.arms import read_arms
     from sssl_dist.yamlfile import check_expansion
 
     arms = read_arms(REPO / "benchmarks/arms/ladder.yaml")
