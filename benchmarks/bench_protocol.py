@@ -479,7 +479,7 @@ def cpu_name() -> str:
 
 
 def main(a: argparse.Namespace) -> None:
-    from sssl_dist.compare import default_arms
+    from sssl_dist.arms import default_arms
 
     print(f"CPU: {cpu_name()}, torch {torch.__version__}", flush=True)
     shards = corpus(Path(a.work), a.songs, a.seconds)

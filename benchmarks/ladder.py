@@ -87,7 +87,8 @@ def main(out: Path, songs: int, folds: int, length: int, only: list[str] | None 
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.compare import Design, read_arms, run_comparison
+    from sssl_dist.arms import read_arms
+    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.config import SSSLConfig
     from sssl_dist.tables import comparison_markdown
 

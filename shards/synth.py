@@ -33,6 +33,10 @@ from tqdm import tqdm
 VA_SIGN = {0: (1, 1), 1: (-1, 1), 2: (-1, -1), 3: (1, -1)}
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)
+# Each song's share of off-label seconds is drawn around the configured one and clipped to this
+# range (quadrant_timeline): below it no excursion fits, above it the clip label could lose
+# its majority. A configured share outside it would be recorded but not made.
+EXCURSION_RANGE = (0.05, 0.45)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,39 @@ class SynthConfig:
         ("wav", 0.1),
     )
 
+    def __post_init__(self) -> None:
+        if not _whole(self.n_songs) or self.n_songs < 1:
+            raise ValueError(f"n_songs (--songs) must be a whole number >= 1, got {self.n_songs!r}")
+        if not _whole(self.seed) or self.seed < 0:
+            raise ValueError(f"seed (--seed) must be a whole number >= 0, got {self.seed!r}")
+        lo, hi = EXCURSION_RANGE
+        if not lo <= self.excursion_fraction <= hi:
+            raise ValueError(
+                f"excursion_fraction (--excursion) is a share of seconds in [{lo}, {hi}], got "
+                f"{self.excursion_fraction}: each song's share is clipped to that range, and "
+                "the clip label must stay the majority of its seconds"
+            )
+        if not 0 < self.min_duration_s <= self.max_duration_s:
+            raise ValueError(
+                f"durations must satisfy 0 < min_duration_s <= max_duration_s, got "
+                f"{self.min_duration_s} and {self.max_duration_s}"
+            )
+        if not 1 <= self.min_excursion_s <= self.max_excursion_s:
+            raise ValueError(
+                f"excursions must satisfy 1 <= min_excursion_s <= max_excursion_s, got "
+                f"{self.min_excursion_s} and {self.max_excursion_s}"
+            )
+        if not 0 <= self.stereo_probability <= 1:
+            raise ValueError(f"stereo_probability must be in [0, 1], got {self.stereo_probability}")
+        if not self.sample_rates or min(self.sample_rates) < 1:
+            raise ValueError(f"sample_rates must be positive, got {self.sample_rates}")
+        if not self.formats or min(w for _, w in self.formats) <= 0:
+            raise ValueError(f"formats need positive weights, got {self.formats}")
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
 
 def quadrant_timeline(rng: np.random.Generator, n_seconds: int, cfg: SynthConfig):
     """(dominant quadrant, per-second quadrants [n_seconds]) with its excursions.
@@ -67,7 +104,8 @@ def quadrant_timeline(rng: np.random.Generator, n_seconds: int, cfg: SynthConfig
     """
     dominant = int(rng.integers(4))
     timeline = np.full(n_seconds, dominant)
-    budget = int(round(n_seconds * np.clip(rng.normal(cfg.excursion_fraction, 0.06), 0.05, 0.45)))
+    share = np.clip(rng.normal(cfg.excursion_fraction, 0.06), *EXCURSION_RANGE)
+    budget = int(round(n_seconds * share))
     for _ in range(40):  # placement attempts; overlapping draws are retried, never merged
         if budget < cfg.min_excursion_s:
             break

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 log = logging.getLogger("sssl")
 
 DEFAULT_ROPE_FRACTION = 0.01  # stats.DEFAULT_ROPE, without importing scipy for --help
+MAX_TRIALS = 1000  # tuning.sweep.MAX_TRIALS, without importing Ray for --help
 SMOKE_TRAIN = {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "n_folds": 2}
 # `sssl predict --smoke`: the first 2 files, the first 30 s of each.
 SMOKE_PREDICT_FILES, SMOKE_PREDICT_SECONDS = 2, 30.0
@@ -225,15 +226,12 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    cfg = _train_config(a)  # before importing torch and Ray: a bad config costs nothing
     from sssl_dist.cv import run_cv
     from sssl_dist.data import ShardSet
-    from sssl_dist.folds import check_shard_folds
 
-    cfg = _train_config(a)
     folds = _fold_list(a.folds, a.fold, cfg.n_folds, a.smoke)
     shards = ShardSet(a.shards)
-    check_shard_folds(shards, cfg.task, cfg.n_folds)
-    _init_ray()
     out = Path(a.out or f"runs/train-{cfg.method}-{cfg.task}-L{cfg.segment_seconds}")
     summary = run_cv(
         cfg,
@@ -244,6 +242,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         use_gpu=a.gpu,
         parallel=a.parallel,
         final=a.final,
+        start_ray=_init_ray,
     )
     m = summary["metrics"]
     log.info(
@@ -263,10 +262,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- tune
 def cmd_tune(a: argparse.Namespace) -> int:
+    from tuning.space import load_space
+
+    # The config and the space before importing torch and Ray: bad ones cost nothing (the
+    # sweep reads the space again, with every other check).
+    base, _ = _train_config(a), load_space(a.space)
     from tuning.sweep import run_sweep
 
-    base = _train_config(a)
-    _init_ray()
     out = Path(a.out or "runs/tune")
     run_sweep(
         a.space,
@@ -278,6 +280,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
         max_concurrent=a.max_concurrent,
         cpus_per_worker=a.cpus_per_worker,
         use_gpu=a.gpu,
+        max_trials=a.max_trials,
+        start_ray=_init_ray,
     )
     return 0
 
@@ -325,12 +329,18 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- compare
 def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise."""
-    from sssl_dist.compare import CEILING_ARMS, default_arms, parse_arm, read_arms
+    """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise. A
+    name given twice is refused: the later arm would silently replace the earlier."""
+    from sssl_dist.arms import CEILING_ARMS, default_arms, parse_arm, read_arms
 
     arms = read_arms(a.arms) if a.arms else {}
+    given = set()
     for words in a.arm or []:
         name, overrides = parse_arm(words)
+        if name in arms:
+            where = "twice with --arm" if name in given else f"in {a.arms} and with --arm"
+            raise ValueError(f"arm {name!r} is named {where}: give each arm its own name")
+        given.add(name)
         arms[name] = overrides
     arms = arms or default_arms()
     if a.ceiling:
@@ -340,13 +350,14 @@ def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
-    from sssl_dist.compare import Design, check_cells, run_comparison
+    # The config and the arms before importing torch and Ray: bad ones cost nothing.
+    base, arms = _train_config(a), _arms(a)
+    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.data import ShardSet
 
-    base = _train_config(a)
     tasks = tuple(t.strip() for t in a.tasks.split(",")) if a.tasks else (base.task,)
     design = Design(
-        arms=_arms(a),
+        arms=arms,
         tasks=tasks,
         n_folds=a.folds or base.n_folds,
         repeats=1 if a.smoke else a.repeats,
@@ -355,9 +366,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         folds=None,  # --smoke: both folds of 2, so the statistics run end to end
     )
     shards = ShardSet(a.shards)
-    check_cells(base, shards, design)
     out = Path(a.out or "runs/compare")
-    _init_ray()
     comparison = run_comparison(
         base,
         shards,
@@ -367,6 +376,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         parallel=a.parallel,
         use_gpu=a.gpu,
         share_warmup=not a.no_shared_warmup,
+        start_ray=_init_ray,
     )
     print("\n" + verdict_lines(comparison) + "\n")
     log.info("comparison: %s", out / "comparison.md")
@@ -389,7 +399,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: synth -> shard -> `sssl compare` of the three default arms."""
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.compare import Design, default_arms, run_comparison
+    from sssl_dist.arms import default_arms
+    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.config import SSSLConfig, with_overrides
     from sssl_dist.tables import comparison_markdown
 
@@ -418,11 +429,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
         a.parallel,
         " [smoke]" if a.smoke else "",
     )
+    synth = SynthConfig(n_songs=songs, seed=a.seed)  # checked before Ray starts
     log.info("steps 1-2/3: generating the ground-truth corpus and sharding it with Ray workers")
     _init_ray()
-    shards = shard_synthetic(
-        out / "data" / "corpus", out / "data" / "shards", SynthConfig(n_songs=songs, seed=a.seed)
-    )
+    shards = shard_synthetic(out / "data" / "corpus", out / "data" / "shards", synth)
     log.info("step 3/3: `sssl compare` of %s", ", ".join(design.arms))
     comparison = run_comparison(base, shards, out, design, workers=a.workers, parallel=a.parallel)
     text = comparison_markdown(comparison)
@@ -565,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", required=True, help="search-space YAML (see tuning/spaces/)")
     s.add_argument("--max-concurrent", type=int, default=None, help="cap on trials at once")
     s.add_argument("--cpus-per-worker", type=float, default=1.0, help="fractional CPUs work")
+    s.add_argument(
+        "--max-trials",
+        type=int,
+        default=MAX_TRIALS,
+        help="refuse a sweep of more trials (configurations x folds) than this",
+    )
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser(

@@ -18,16 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sssl_dist.config import PAPER_CONFIG, SSSLConfig, read_config_file, with_overrides
-from sssl_dist.cv import run_arms
+from sssl_dist.config import SSSLConfig, with_overrides
+from sssl_dist.cv import check_same_report, run_arms
 from sssl_dist.data import ShardSet
-from sssl_dist.folds import check_shard_folds
+from sssl_dist.folds import check_shards_serve
 from sssl_dist.results import draw_plots
 from sssl_dist.stats import DEFAULT_ROPE, compare_paired
 
@@ -42,44 +43,6 @@ SECONDARY = (
     ("noise_auc", "noise AUC"),
 )
 PAIRINGS = ("all", "baseline", "ladder")
-
-
-def default_arms() -> dict[str, dict[str, Any]]:
-    """Inherited labels, the paper's SSSL (its global split, its last epoch:
-    configs/paper_global_split.yaml) and SSSL with this repository's defaults."""
-    return {
-        "inherit": {"method": "inherit"},
-        "sssl-paper": {"method": "sssl", **read_config_file(PAPER_CONFIG)},
-        "sssl": {"method": "sssl"},
-    }
-
-
-# The two arms that bound what any split or step can gain on shards with per-second truth
-# (DESIGN.md, "Measuring a noisy-label method against its ceiling"): the default step on a
-# perfect split (X = the segments whose inherited label is right), and plain CE on every
-# segment's true label. `--ceiling` adds them; shards without truth refuse them.
-CEILING_ARMS: dict[str, dict[str, Any]] = {
-    "oracle-split": {"method": "sssl", "split_evidence": "oracle"},
-    "oracle-labels": {"method": "inherit", "train_labels": "truth"},
-}
-
-
-def read_arms(path: str | Path) -> dict[str, dict[str, Any]]:
-    """An arms YAML: a mapping of arm name to its config overrides (a mapping, maybe empty)."""
-    data = read_config_file(path)
-    bad = [name for name, o in data.items() if not isinstance(o, dict | type(None))]
-    if bad:
-        raise ValueError(f"{path}: each arm must map to config overrides; not so for {bad}")
-    return {str(name): dict(o or {}) for name, o in data.items()}
-
-
-def parse_arm(words: list[str]) -> tuple[str, dict[str, Any]]:
-    """`--arm NAME KEY=VALUE ...` -> (NAME, {KEY: VALUE})."""
-    from sssl_dist.config import parse_overrides
-
-    if not words or "=" in words[0]:
-        raise ValueError(f"--arm needs a name first, then KEY=VALUE overrides: {words}")
-    return words[0], parse_overrides(words[1:])
 
 
 @dataclass(frozen=True)
@@ -108,15 +71,32 @@ class Design:
             raise ValueError(
                 f"--pairs must be one of {PAIRINGS} or a list A:B,C:D, got {self.pairing!r}"
             )
-        unknown = {arm for pair in self.pairs() for arm in pair} - set(self.arms)
+        pairs = self.pairs()
+        unknown = {arm for pair in pairs for arm in pair} - set(self.arms)
         if unknown:
             raise ValueError(f"--pairs names arms that are not compared: {sorted(unknown)}")
+        itself = [a for a, b in pairs if a == b]
+        if itself:
+            raise ValueError(f"--pairs compares {itself[0]!r} with itself: name two arms")
+        seen = set()
+        for a, b in pairs:
+            if (a, b) in seen:
+                raise ValueError(f"--pairs lists {a}:{b} twice")
+            if (b, a) in seen:
+                raise ValueError(f"--pairs lists {b}:{a} and {a}:{b}, one pair both ways round")
+            seen.add((a, b))
 
     def pairs(self) -> list[tuple[str, str]]:
         """(a, b) pairs, each read as the gain of b over a."""
         names = list(self.arms)
         if ":" in self.pairing:  # explicit: "inherit:filter,filter:pseudo"
-            return [tuple(p.strip().split(":", 1)) for p in self.pairing.split(",")]
+            pairs = []
+            for item in self.pairing.split(","):
+                pair = tuple(name.strip() for name in item.split(":"))
+                if len(pair) != 2 or not all(pair):
+                    raise ValueError(f"--pairs takes A:B pairs joined by commas, not {item!r}")
+                pairs.append(pair)
+            return pairs
         if self.pairing == "baseline":
             return [(names[0], b) for b in names[1:]]
         if self.pairing == "ladder":
@@ -138,21 +118,6 @@ class Design:
         return out
 
 
-def check_cells(base: SSSLConfig, shards: ShardSet, design: Design) -> None:
-    """Before any training (and before Ray starts): every cell's config is valid, these shards
-    can serve it (a ceiling arm needs per-second truth), and each task's classes have songs
-    enough for the folds."""
-    from sssl_dist.fold import check_shards
-
-    for name, overrides in design.cells(base).items():
-        cfg = with_overrides(base, overrides)
-        try:
-            check_shards(cfg, shards)
-        except ValueError as exc:
-            raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
-        check_shard_folds(shards, cfg.task, cfg.n_folds)
-
-
 def run_comparison(
     base: SSSLConfig,
     shards: ShardSet,
@@ -163,12 +128,15 @@ def run_comparison(
     parallel: int = 1,
     use_gpu: bool = False,
     share_warmup: bool = True,
+    start_ray: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Train every cell, then compare the arms (cells with the same warm-up train it once:
     warmup.py); writes comparison.md, comparison.json and the
-    forest plot into `out`, and returns the comparison."""
+    forest plot into `out`, and returns the comparison. Every cell is checked before
+    `start_ray` is called."""
     cells = design.cells(base)
-    check_cells(base, shards, design)  # every cell is valid before any training
+    check_cells(base, shards, out, cells, design.folds)
+    start_ray()
     folds = list(design.folds) if design.folds is not None else None
     summaries: dict[str, dict[str, Any]] = {}
     for name, summary, minutes in run_arms(
@@ -187,6 +155,28 @@ def run_comparison(
     comparison = summarise_comparison(base, shards, design, summaries)
     write_comparison(out, comparison)
     return comparison
+
+
+def check_cells(
+    base: SSSLConfig,
+    shards: ShardSet,
+    out: Path,
+    cells: dict[str, dict[str, Any]],
+    folds: tuple[int, ...] | None = None,
+) -> None:
+    """Before any training: every cell's config is valid, the shards serve every task with
+    these folds and every arm (a ceiling arm needs per-second truth), and no cell's directory
+    holds a report of another configuration."""
+    from sssl_dist.fold import check_shards
+
+    configs = {name: with_overrides(base, overrides) for name, overrides in cells.items()}
+    check_shards_serve(shards, configs.values(), folds)
+    for name, cfg in configs.items():
+        try:
+            check_shards(cfg, shards)
+        except ValueError as exc:
+            raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
+        check_same_report(out / name, cfg, shards)
 
 
 def per_fold(summary: dict[str, Any], key: str) -> dict[int, float]:

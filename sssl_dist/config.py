@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from sssl_dist.yamlfile import load_yaml
+
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 
 
@@ -566,26 +568,10 @@ def config_file(name_or_path: str | Path) -> Path:
 def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
     """The keys a YAML/JSON config file sets (the rest stay at their defaults)."""
     path = config_file(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not a valid config file: {_yaml_problem(exc)}") from None
+    data = load_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys")
     return data
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line for a YAML error (PyYAML's own message spans several)."""
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return str(exc).splitlines()[0]
-    where = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
-    problem = f"{where}{exc.problem}"
-    if isinstance(exc, yaml.constructor.ConstructorError):
-        problem += " (tags such as !!python/object are not allowed)"
-    return problem
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SSSLConfig:

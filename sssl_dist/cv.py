@@ -9,6 +9,7 @@ trials. All three train a fold with `run_fold`.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -16,14 +17,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sssl_dist.config import SSSLConfig, save_config, with_overrides
+from sssl_dist.config import SSSLConfig, load_config, save_config, to_dict, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.fit import FoldRun, run_digest, run_name
 from sssl_dist.fold import run_fold
-from sssl_dist.folds import refit_song_ids
+from sssl_dist.folds import check_shards_serve, refit_song_ids
 from sssl_dist.parallel import Unit, run_units_parallel
 from sssl_dist.results import summarise, truth_of, write_report
-from sssl_dist.runfiles import CONFIG, MODEL
+from sssl_dist.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
 from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,12 @@ class CrossValidation:
         name: str | None = None,
     ) -> None:
         self.cfg, self.shards, self.out = cfg, shards, Path(out_dir)
+        check_same_report(self.out, cfg, shards)
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / CONFIG)
+        (self.out / REPORT_SHARDS).write_text(
+            json.dumps({"shards": str(shards.root), "digest": shards.digest()}, indent=1)
+        )
         self.folds = list(range(cfg.n_folds)) if folds is None else folds
         self.name = name or self.out.name
         # The run identity (config + shard-set digest): re-running resumes only a run of the
@@ -113,6 +118,37 @@ class CrossValidation:
         return summary
 
 
+def check_same_report(out: Path, cfg: SSSLConfig, shards: ShardSet) -> None:
+    """Refuse to write a report into `out` when it holds one of another configuration or
+    shard set: its config.yaml, metrics, model.sssl and fold-K/ files would be replaced. (The
+    runs under out/ray/ are named by their identity and never mix; the report would.)"""
+    if (out / SWEEP).is_file():
+        raise ValueError(
+            f"{out} holds a `sssl tune` sweep: a report written into it would overwrite its "
+            "summary.md and plots. Use a new --out"
+        )
+    saved = out / CONFIG
+    if saved.is_file():
+        before, now = to_dict(load_config(saved)), to_dict(cfg)
+        changed = [f"{k}: {before.get(k)} -> {now[k]}" for k in now if before.get(k) != now[k]]
+        if changed:
+            shown = ", ".join(changed[:3]) + (
+                f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            )
+            raise ValueError(
+                f"{out} holds a report of another configuration ({shown}): training into it "
+                "would overwrite that report. Use a new --out, or delete that directory"
+            )
+    recorded = out / REPORT_SHARDS
+    before = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    if before and before.get("digest") != shards.digest():
+        raise ValueError(
+            f"{out} holds a report trained on another shard set ({before.get('shards')}): "
+            "training into it would overwrite that report. Use a new --out, or delete that "
+            "directory"
+        )
+
+
 def run_cv(
     cfg: SSSLConfig,
     shards: ShardSet,
@@ -124,11 +160,15 @@ def run_cv(
     name: str | None = None,
     parallel: int = 1,
     final: bool = False,
+    start_ray: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Train and evaluate `folds` (default: all) and write the report directory `out_dir`.
     `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
-    `final` adds a refit on all songs, which becomes the exported model."""
+    `final` adds a refit on all songs, which becomes the exported model. The shards and the
+    report directory are checked before `start_ray` is called."""
+    check_shards_serve(shards, [cfg], folds)
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
+    start_ray()
     ((_, summary, _),) = _run_all({cv.name: cv}, parallel, workers, use_gpu, final)
     return summary
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,14 @@ from sssl_dist.records import task_label_of_quadrant
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 MEL_CACHE = "mel_cache"  # folder beside the shards holding the memory-mapped mels
+
+
+class LabelMismatch(ValueError):
+    """The manifest and a shard's own record of a song disagree (the manifest was edited)."""
+
+
+# What training reads from a song's record: the manifest must agree with the tars on each.
+RECORD_KEYS = ("quadrant", "valence", "arousal", "truth", "duration_s", "frames")
 
 
 def library_versions() -> dict[str, str]:
@@ -143,12 +152,16 @@ class ShardSet:
             nodesplitter=_all_urls,
             workersplitter=_all_urls,
         )
+        by_id = self.by_id
         try:
             for sample in dataset:
                 meta = json.loads(sample["json"])
                 if meta["song_id"] in song_ids:
+                    self._check_record(by_id, meta, sample.get("__url__", "a shard"))
                     mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
                     yield meta["song_id"], mel
+        except LabelMismatch:
+            raise
         except Exception as exc:  # noqa: BLE001 - tarfile, WebDataset, JSON and .npy errors alike
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             raise RuntimeError(
@@ -156,6 +169,46 @@ class ShardSet:
                 f"run `sssl shard` again with the same arguments and --out {self.root}, which "
                 "writes it again"
             ) from exc
+
+    def check_labels(self) -> None:
+        """Refuse a manifest whose labels (or truth, durations, frames) differ from the
+        shards' own per-song records, naming the first song that differs: training reads the
+        manifest, and a hand-edited label would be trained and reported as if it were true.
+
+        Free once the mel cache exists: its folder is keyed by the digest, which covers every
+        field compared, and building it made the same check (`read_tars`). Before that, only
+        the tars' small JSON records are read, not their mels."""
+        if self._open_mel_cache(*self._cache_paths()) is not None:
+            return
+        by_id = self.by_id
+        for shard in self.manifest["shards"]:
+            path = self.root / shard["file"]
+            try:
+                with tarfile.open(path) as tar:
+                    for member in tar:
+                        if member.name.endswith(".json"):
+                            meta = json.loads(tar.extractfile(member).read())
+                            self._check_record(by_id, meta, str(path))
+            except (OSError, tarfile.TarError, json.JSONDecodeError) as exc:
+                raise ValueError(
+                    f"{path}: cannot read this shard ({type(exc).__name__}: {exc}); re-run "
+                    "`sssl shard` to rebuild it"
+                ) from None
+
+    def _check_record(self, by_id: dict[str, dict[str, Any]], meta: dict[str, Any], shard: str):
+        """One song's record in a tar against the manifest's (check_labels)."""
+        song = by_id.get(meta.get("song_id"))
+        if song is None:
+            return  # in a tar but not in the manifest: never read
+        for key in RECORD_KEYS:
+            if song.get(key) != meta.get(key):
+                raise LabelMismatch(
+                    f"{self.root / MANIFEST_NAME} disagrees with {Path(shard).name} on song "
+                    f"{meta['song_id']!r}: {key} is {_short(song.get(key))} in the manifest, "
+                    f"{_short(meta.get(key))} in the shard. The manifest was edited after "
+                    "sharding: change labels in the data set's annotations and re-run `sssl "
+                    "shard`, which rebuilds the shards that change"
+                )
 
     def mel_cache(self) -> tuple[np.ndarray, dict[str, list[int]]]:
         """(store [n_mels, all frames] float16, memory-mapped; {song id: [offset, frames]}).
@@ -167,8 +220,8 @@ class ShardSet:
         digest: re-sharding builds a new one. A cache that fails validation on open (a file
         cut short by a kill, an index that does not match the manifest) is rebuilt.
         """
-        folder = self._cache_folder()
-        store, index_path = folder / "mels.npy", folder / "index.json"
+        store, index_path = self._cache_paths()
+        folder = store.parent
         cache = self._open_mel_cache(store, index_path)
         if cache is None:
             with FileLock(str(folder / ".lock")):
@@ -182,6 +235,11 @@ class ShardSet:
         if cache is None:
             raise RuntimeError(f"the mel cache in {folder} is invalid right after building it")
         return cache
+
+    def _cache_paths(self) -> tuple[Path, Path]:
+        """(the .npy store, its index) of this shard set's mel cache."""
+        folder = self._cache_folder()
+        return folder / "mels.npy", folder / "index.json"
 
     def _cache_index(self) -> dict[str, list[int]]:
         """{song id: [offset, frames]}: the songs end to end, in song-id order."""
@@ -269,6 +327,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} is not a shard manifest (no {', '.join(missing)}): {again}")
     return manifest
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message (per-second truth is a long list)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:

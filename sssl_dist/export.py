@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from sssl_dist.audio import AudioError, decode, log_mel
-from sssl_dist.config import FeatureConfig, SSSLConfig, from_dict, to_dict
+from sssl_dist.config import FeatureConfig, SSSLConfig, from_dict, load_config, to_dict
 from sssl_dist.data import ShardSet, segment_probabilities
 from sssl_dist.models import build_model, fuse_conv_bn
 from sssl_dist.runfiles import CONFIG, FOLD_IDS, SONGS
@@ -38,12 +39,10 @@ def export_model(
     """Write the artifact from a finished run's checkpoint (state.pt, config, fold_ids). The
     SVM's data are `learned_from`'s training songs (cross-fitted probabilities where the run
     made them), by default the checkpoint's own songs.json."""
-    import yaml
-
     from sssl_dist.checkpoint import load_state
 
     ckpt = Path(checkpoint_dir)
-    cfg = from_dict(SSSLConfig, yaml.safe_load((ckpt / CONFIG).read_text()))
+    cfg = load_config(ckpt / CONFIG)
     songs = learned_from or json.loads((ckpt / SONGS).read_text())
     train_ids = json.loads((ckpt / FOLD_IDS).read_text())["train"]
     labels = {s["song_id"]: s[cfg.task] for s in shards.songs}
@@ -91,6 +90,7 @@ def load_model(path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    check_integrity(path)
     try:
         art = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a model we can trust"
@@ -102,6 +102,22 @@ def load_model(path: str | Path) -> LoadedModel:
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: invalid model file: {detail}") from None
+
+
+def check_integrity(path: Path) -> None:
+    """Every entry of the file against the CRC-32 that torch.save stored beside it. torch.load
+    never checks them: a byte flipped in a weight (by a disk, a copy, a download) would load,
+    and the predictions would change without a word."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every entry; the name of the first bad one
+    except Exception as exc:  # noqa: BLE001 - a broken header of any kind: not a model
+        raise ValueError(f"{path} is not a loadable sssl model ({type(exc).__name__})") from None
+    if damaged is not None:
+        raise ValueError(
+            f"{path} is damaged: its entry {damaged} does not match its CRC-32 checksum; "
+            "export or copy the model again"
+        )
 
 
 def _build_loaded(art: dict[str, Any]) -> LoadedModel:

@@ -10,6 +10,8 @@ the same for every configuration of one shard set.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -17,6 +19,53 @@ from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 
 SongIds = dict[str, list[str]]  # {"train": [...], "val": [...], "test": [...]}
+
+
+def check_shards_serve(
+    shards: ShardSet, configs: Iterable[SSSLConfig], folds: Iterable[int] | None = None
+) -> None:
+    """Refuse, before any training, a task these shards cannot serve: labels the manifest
+    and the tars disagree on, a task with songs of one class only (every arm would score the
+    same), a class with fewer songs than folds (some test folds would lack it), or a fold
+    (of `folds`, default all) whose training songs cannot spare stratified validation songs.
+    Names the class counts."""
+    shards.check_labels()
+    wanted = None if folds is None else sorted(set(folds))
+    seen = set()
+    for cfg in configs:
+        key = (cfg.task, cfg.n_folds, cfg.val_fraction, cfg.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        counts = class_counts(shards, cfg)
+        said = ", ".join(f"{name} {n}" for name, n in counts.items())
+        where = f"task {cfg.task} on {shards.root} ({said})"
+        present = [n for n in counts.values() if n]
+        if len(present) < 2:
+            raise ValueError(f"{where}: the songs are of one class only; a classifier needs 2")
+        if min(present) < cfg.n_folds:
+            raise ValueError(
+                f"{where}: {cfg.n_folds} folds need at least {cfg.n_folds} songs of each class; "
+                f"use at most {min(present)} folds, or more songs"
+            )
+        for fold in range(cfg.n_folds) if wanted is None else wanted:
+            if not 0 <= fold < cfg.n_folds:
+                raise ValueError(f"fold {fold} is outside 0..{cfg.n_folds - 1}")
+            try:
+                fold_song_ids(shards, cfg, fold)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+
+
+def class_counts(shards: ShardSet, cfg: SSSLConfig) -> dict[str, int]:
+    """Songs per class of the config's task, by label name (ValueError for a song without a
+    label for the task)."""
+    labels = [s.get(cfg.task) for s in shards.songs]
+    if None in labels:
+        missing = next(s["song_id"] for s in shards.songs if s.get(cfg.task) is None)
+        raise ValueError(f"{shards.root}: song {missing!r} has no {cfg.task} label")
+    counts = np.bincount(np.array(labels, dtype=int), minlength=cfg.num_classes)
+    return dict(zip(cfg.label_names, map(int, counts), strict=True))
 
 
 def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:

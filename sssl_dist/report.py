@@ -257,7 +257,9 @@ def plot_forest(comparison: dict[str, Any], path: Path) -> None:
     ax.axvline(0, color="0.4", linewidth=0.8)
     for i, (_, m) in enumerate(rows):
         s = m["stats"]
-        lo, hi = (100 * c for c in s["ci"])
+        # A CI past any possible gain (too few folds) is drawn to the edge of the possible.
+        edge = 100 * s.get("span", 1.0)
+        lo, hi = (float(np.clip(100 * c, -edge, edge)) for c in s["ci"])
         diffs = 100 * (np.asarray(m["b"]) - np.asarray(m["a"]))
         jitter = np.linspace(-0.15, 0.15, diffs.size) if diffs.size > 1 else np.zeros(1)
         ax.plot(diffs, i + jitter, "o", color="tab:blue", alpha=0.45, markersize=4)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sssl_dist.config import SSSLConfig, from_dict
+from sssl_dist.config import SSSLConfig, load_config
 from sssl_dist.data import ShardSet
 from sssl_dist.fit import FoldRun
 from sssl_dist.runfiles import CONFIG
@@ -77,7 +75,7 @@ def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = 
     """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
     run_dir = Path(run_dir)
     check_report_dir(run_dir)
-    cfg = from_dict(SSSLConfig, yaml.safe_load((run_dir / CONFIG).read_text()))
+    cfg = load_config(run_dir / CONFIG)
     runs = {int(d.name.split("-")[1]): FoldRun.read(d) for d in sorted(run_dir.glob("fold-*"))}
     if not runs:
         raise FileNotFoundError(f"no fold-*/ results in {run_dir}")

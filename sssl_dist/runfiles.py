@@ -23,5 +23,10 @@ FINAL = "final"  # the finished run's checkpoint
 # the warm-up (warmup.py).
 WARMUP = "warmup"
 
+# A report directory's identity: the shard set it was trained on (its config is CONFIG).
+REPORT_SHARDS = "shards.json"
+# A sweep directory's identity (`sssl tune`); a sweep also writes a summary.md and plots.
+SWEEP = "sweep.json"
+
 # What a report's fold-K/ folder always holds, copied from the finished run.
 REPORT_FOLD_FILES = (RESULT, HISTORY, SONGS, FOLD_IDS)

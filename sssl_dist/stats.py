@@ -27,6 +27,11 @@ from scipy import stats as sps
 DEFAULT_ROPE = 0.01
 ALPHA = 0.05  # two-sided level of the confidence interval and the test
 POWER = 0.80  # the power at which the detectable gain is stated
+# Fold results are song counts over test-fold sizes, so a mean difference nearer 0 than this
+# is floating-point rounding of a zero gain (it would otherwise claim 10^36 songs to resolve).
+ZERO_GAIN = 1e-9
+# A songs estimate above this many times the data set's songs is stated as "more than".
+SONGS_BEYOND = 100
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -74,6 +79,7 @@ def corrected_t(d: np.ndarray, n_folds: int) -> CorrectedT:
     is the same non-zero value, t = 0, p = 1 when they are all zero."""
     d = np.asarray(d, dtype=float)
     mean, df = float(d.mean()), d.size - 1
+    mean = 0.0 if abs(mean) < ZERO_GAIN else mean
     sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
     se = math.sqrt(variance_factor(d.size, n_folds)) * sd
     if se > 0:
@@ -139,26 +145,75 @@ class PairedComparison:
     songs: int | None  # songs in the data set (None: unknown)
     songs_needed: float  # songs that would resolve the measured gain (nan: not estimable)
     verdict: str  # "helps", "hurts", "equivalent", "inconclusive"
+    span: float = 1.0  # the largest possible |gain| (1 for accuracy and AUC, both in [0, 1])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def n_results(self) -> int:
+        return self.df + 1
+
+    @property
+    def no_spread(self) -> bool:
+        """Every fold result differs by the same amount: there is no CI to give."""
+        return self.sd == 0
+
+    @property
+    def ci_beyond_range(self) -> bool:
+        """The CI reaches past any possible gain: too few fold results to say anything."""
+        return self.ci[0] < -self.span or self.ci[1] > self.span
+
+    @property
+    def resolvable(self) -> bool:
+        """Whether the detectable gain is a gain that can happen at all."""
+        return self.mde <= self.span
+
     def sentence(self, scale: float = 100.0, unit: str = " points") -> str:
         """The one-line verdict, figures scaled (100: accuracy in points)."""
-        lo, hi = (scale * c for c in self.ci)
-        gain = f"{scale * self.mean:+.1f}{unit} [{lo:+.1f}, {hi:+.1f}]"
+        n, mean = self.n_results, signed_points(scale * self.mean, unit)
+        if self.no_spread:
+            gain = (
+                f"{mean} on every one of the {n} fold results (no spread between folds, so no CI)"
+            )
+        else:
+            lo, hi = (scale * c for c in self.ci)
+            gain = f"{mean} [{lo:+.1f}, {hi:+.1f}]"
         if self.verdict == "helps":
             return f"helps by {gain}"
         if self.verdict == "hurts":
             return f"hurts by {gain}"
         if self.verdict == "equivalent":
             return f"no difference beyond the ROPE (±{scale * self.rope:.1f}{unit}): {gain}"
-        text = f"inconclusive: {gain}; this data resolves gains of {scale * self.mde:.1f}{unit}"
-        text += " or more"
-        if math.isfinite(self.songs_needed) and self.songs:
-            text += f"; about {_round_up(self.songs_needed)} songs would resolve "
-            text += f"{scale * self.mean:+.1f}{unit}"
-        return text
+        if self.ci_beyond_range:
+            return (
+                f"cannot say with {n} fold results: {mean}, but its 95 % CI is wider than any "
+                f"possible gain (±{scale * self.span:.0f}{unit}); more folds or --repeats "
+                "narrow it"
+            )
+        text = f"inconclusive: {gain}"
+        if not self.resolvable:
+            return text + (
+                f"; with {n} fold results no possible gain can be resolved (the detectable "
+                f"gain would be {scale * self.mde:.1f}{unit})"
+            )
+        resolves = f"this data resolves gains of {scale * self.mde:.1f}{unit} or more"
+        if self.mean == 0:
+            return f"{text}; no gain was measured, and {resolves}"
+        text += f"; {resolves}"
+        if not (self.songs and math.isfinite(self.songs_needed)):
+            return text
+        if self.songs_needed > SONGS_BEYOND * self.songs:
+            return text + (
+                f"; more than {SONGS_BEYOND} times these {self.songs} songs would be needed "
+                f"to resolve {mean}"
+            )
+        return text + f"; about {_round_up(self.songs_needed)} songs would resolve {mean}"
+
+
+def signed_points(x: float, unit: str) -> str:
+    """'+3.2 points'; never '-0.0'."""
+    return f"{0.0 if round(x, 1) == 0 else x:+.1f}{unit}"
 
 
 def _round_up(n: float) -> int:
@@ -191,10 +246,11 @@ def compare_paired(
     repeats: int = 1,
     rope: float = DEFAULT_ROPE,
     songs: int | None = None,
+    span: float = 1.0,
 ) -> PairedComparison:
     """b against a, paired by position over the fold results of r repetitions of k-fold CV
     (k·r of them, or a subset; any order both share). `songs`: the data set's size, for the
-    songs estimate."""
+    songs estimate; `span`: the largest possible |b - a| (1 for figures in [0, 1])."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired results must be two vectors of one length: {a.shape} {b.shape}")
@@ -229,6 +285,7 @@ def compare_paired(
         songs=songs,
         songs_needed=songs_to_resolve(test.mean, mde, songs) if songs else math.nan,
         verdict=decide(test, rope),
+        span=span,
     )
 
 

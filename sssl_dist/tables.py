@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sssl_dist.config import SSSLConfig, to_dict
-from sssl_dist.stats import compare_paired, mean_std, paired_difference, pct, pct_mean_std
+from sssl_dist.stats import (
+    SONGS_BEYOND,
+    PairedComparison,
+    compare_paired,
+    mean_std,
+    paired_difference,
+    pct,
+    pct_mean_std,
+    signed_points,
+)
 
 if TYPE_CHECKING:  # fit.py imports Ray and torch; a table needs only the results
     from sssl_dist.fit import FoldRun
@@ -72,21 +81,30 @@ def table3(comparison: dict[str, Any]) -> list[str]:
 
 
 def _stats_row(label: str, metric: dict[str, Any]) -> str:
-    s = metric["stats"]
-    if s is None:
+    if metric["stats"] is None:
         return f"| {label} | {metric['verdict']} |" + " |" * 6
-    lo, hi = s["ci"]
+    c = PairedComparison(**metric["stats"])
+    gain = signed_points(100 * c.mean, "")
+    if c.no_spread:  # every fold differs by the same amount: no CI, t or p to give
+        ci, p, t, mde = f"{gain} (no spread between folds)", "—", "—", "—"
+    else:
+        lo, hi = (100 * x for x in c.ci)
+        ci = f"{gain} [wider than ±100]" if c.ci_beyond_range else f"{gain} [{lo:+.1f}, {hi:+.1f}]"
+        p, t = f"{c.p:.3f}", f"{c.t:.2f} (bound {c.t_bound:.2f})"
+        mde = f"{100 * c.mde:.1f}" if c.resolvable else "none possible"
     return (
-        f"| {label} | {100 * s['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {s['p']:.3f} "
-        f"| {s['t']:.2f} (bound {s['t_bound']:.2f}) | {s['p_gain']:.2f} / {s['p_rope']:.2f} / "
-        f"{s['p_loss']:.2f} | {s['wins']}/{s['ties']}/{s['losses']} | {100 * s['mde']:.1f} "
-        f"| {_songs(s)} |"
+        f"| {label} | {ci} | {p} | {t} | {c.p_gain:.2f} / {c.p_rope:.2f} / {c.p_loss:.2f} "
+        f"| {c.wins}/{c.ties}/{c.losses} | {mde} | {_songs(c)} |"
     )
 
 
-def _songs(s: dict[str, Any]) -> str:
-    n = s.get("songs_needed")
-    return "—" if n is None or not math.isfinite(n) else f"{math.ceil(n)}"
+def _songs(c: PairedComparison) -> str:
+    n = c.songs_needed
+    if n is None or not math.isfinite(n) or not c.resolvable:
+        return "—"
+    if c.songs and n > SONGS_BEYOND * c.songs:
+        return f"> {SONGS_BEYOND}x these"
+    return f"{math.ceil(n)}"
 
 
 def comparison_markdown(comparison: dict[str, Any]) -> str:
@@ -291,7 +309,7 @@ def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
             d = paired_difference(view(prefix + metric), view(other), "v")
             a = mean_std([r.result[prefix + metric] for r in runs.values()])[0]
             b = mean_std([r.result[other] for r in runs.values()])[0]
-            rows.append(f"| {metric} | {a:.4f} | {b:.4f} | {d['mean']:+.4f} | {d['t']:.2f} |")
+            rows.append(f"| {metric} | {a:.4f} | {b:.4f} | {d['mean']:+.4f} | {_t(d['t'])} |")
         if rows:
             lines += [
                 "",
@@ -303,6 +321,12 @@ def paired_variant_lines(runs: dict[int, FoldRun]) -> list[str]:
                 *rows,
             ]
     return lines
+
+
+def _t(t: float) -> str:
+    if math.isinf(t):
+        return "— (no spread between folds)"
+    return "—" if math.isnan(t) else f"{t:.2f}"
 
 
 def sweep_markdown(base: SSSLConfig, summary: dict[str, Any], select_by: str) -> list[str]:

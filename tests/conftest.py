@@ -62,3 +62,12 @@ def corpus(synthetic):
 @pytest.fixture(scope="session")
 def shard_dir(synthetic):
     return synthetic[1].root
+
+
+def alias_bomb(key: str = "tau") -> str:
+    """517 bytes that stand for 10^9 values: each line repeats the one before ten times."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    lines.append(f"{key}: [" + ",".join(["*a8"] * 10) + "]")
+    return "\n".join(lines) + "\n"

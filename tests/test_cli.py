@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import tone
+from conftest import alias_bomb, tone
 
 from sssl_dist.cli import build_parser, main
 from sssl_dist.config import SSSLConfig, from_dict, load_config
@@ -279,9 +279,10 @@ def test_more_folds_than_the_smallest_class_says_the_maximum(tmp_path, caplog, n
     shards = _labels_only_shards(tmp_path / "s", [0] * 3 + [1] * 6 + [2] * 6 + [3] * 6)
     assert main([*args, "--shards", str(shards), "--out", str(tmp_path / "o")]) == 2
     folds = args[args.index("--folds") + 1] if "--folds" in args else "8"
-    assert f"{folds} folds, but the smallest class for task quadrant has 3 song(s): at most 3" in (
+    assert f"{folds} folds need at least {folds} songs of each class; use at most 3 folds" in (
         caplog.text
     )
+    assert "task quadrant" in caplog.text
     assert not (tmp_path / "o").exists()
 
 
@@ -314,3 +315,115 @@ def test_report_on_a_folder_that_is_not_a_run_says_so(tmp_path, caplog):
         caplog.text
     )
     assert "Errno" not in caplog.text
+
+
+def _tune(space: Path, shard_dir, out: Path, *extra: str) -> int:
+    cmd = ["tune", "--space", str(space), "--shards", str(shard_dir), "--workers", "1"]
+    return main([*cmd, "--out", str(out), *extra])
+
+
+def test_a_sweep_past_max_trials_is_refused_with_its_size(tmp_path, shard_dir, caplog):
+    """6 parameters x 10 values: 10^6 configurations are counted, never made (before: an 87 MB
+    sweep.json and minutes of nothing)."""
+    params = {k: list(range(1, 11)) for k in ("epochs", "seed", "batch_size", "svm_c",
+                                               "gmm_max_iter", "bn_stats_segments")}  # fmt: skip
+    space = tmp_path / "huge.yaml"
+    space.write_text(yaml.safe_dump({"search": "grid", "folds": [0, 1], "params": params}))
+    out = tmp_path / "sweep"
+    assert _tune(space, shard_dir, out) == 2
+    assert (
+        "1,000,000 configuration(s) x 2 fold(s) = 2,000,000 trials, more than --max-trials 1,000"
+        in caplog.text
+    )
+    assert not out.exists()
+
+
+def test_max_trials_sets_the_limit_and_the_check_precedes_ray(tmp_path, shard_dir):
+    from sssl_dist import cli
+    from tuning.sweep import MAX_TRIALS, run_sweep
+
+    assert cli.MAX_TRIALS == MAX_TRIALS  # the CLI's default, kept without importing Ray
+    space = tmp_path / "nine.yaml"
+    space.write_text("folds: [0, 1]\nparams: {tau: [0.5, 0.6, 0.7], temperature: [0.5, 1, 2]}\n")
+
+    class RayWouldStart(Exception):
+        pass
+
+    def start_ray() -> None:
+        raise RayWouldStart
+
+    base = SSSLConfig(n_folds=2)
+    with pytest.raises(
+        ValueError, match="9 configuration.* = 18 trials, more than --max-trials 17"
+    ):
+        run_sweep(space, base, shard_dir, tmp_path / "a", max_trials=17, start_ray=start_ray)
+    with pytest.raises(RayWouldStart):  # 18 trials are allowed by --max-trials 18
+        run_sweep(space, base, shard_dir, tmp_path / "b", max_trials=18, start_ray=start_ray)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        # Before: Ray Tune's 'IndexError: pop from empty list' and a half-made sweep folder.
+        ("num_samples: 0", "num_samples must be at least 1, got 0"),
+        ("num_samples: -3", "num_samples must be at least 1, got -3"),
+        ("num_samples: '4'", "num_samples must be a whole number, got '4'"),
+        ("params: {tau: {uniform: [0.4]}}", "tau: uniform needs [lo, hi] with lo < hi"),
+        ("params: {lr: {loguniform: [0, 1]}}", "loguniform needs [lo, hi] with 0 < lo < hi"),
+        ("params: {tau: {normal: [0, 1]}}", "tau must be a list of choices or one of"),
+        ("params: {tau: []}", "tau has an empty list of values"),
+        ("folds: [0, x]", "folds must be 'all' or a list of fold numbers"),
+        ("folds: [0, 5]", "fold 5 is outside 0..1"),
+    ],
+)
+def test_a_bad_random_sweep_is_refused_before_any_folder(
+    tmp_path, shard_dir, caplog, space, message
+):
+    spec = {
+        "search": "random",
+        "num_samples": 2,
+        "params": {"tau": [0.5, 0.7]},
+        "base": {"n_folds": 2},
+    }
+    spec.update(yaml.safe_load(space))
+    path = tmp_path / "random.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    assert _tune(path, shard_dir, out) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_train_and_tune_do_not_write_into_each_others_output(tmp_path, shard_dir, caplog):
+    """Both write summary.md and split_over_epochs.png."""
+    from sssl_dist.config import save_config
+
+    sweep, report = tmp_path / "sweep", tmp_path / "report"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    (sweep / "summary.md").write_text("the sweep's")
+    save_config(SSSLConfig(), report / "config.yaml")
+    (report / "summary.md").write_text("the report's")
+    assert main(["train", "--shards", str(shard_dir), "--out", str(sweep), "--smoke"]) == 2
+    assert "holds a `sssl tune` sweep" in caplog.text
+    assert _tune(REPO / "tuning/spaces/smoke.yaml", shard_dir, report) == 2
+    assert "holds a `sssl train` report" in caplog.text
+    assert (sweep / "summary.md").read_text() == "the sweep's"
+    assert (report / "summary.md").read_text() == "the report's"
+    assert _tune(tmp_path / "nope.yaml", shard_dir, tmp_path / "x") == 2
+    assert f"search space {tmp_path / 'nope.yaml'} is not a file" in caplog.text
+
+
+def test_an_alias_bomb_is_refused_by_every_command_that_reads_yaml(tmp_path, shard_dir, caplog):
+    bomb = tmp_path / "bomb.yaml"
+    for command in (
+        ["train", "--shards", str(shard_dir), "--config", str(bomb)],
+        ["compare", "--shards", str(shard_dir), "--arms", str(bomb)],
+        ["tune", "--shards", str(shard_dir), "--workers", "1", "--space", str(bomb)],
+    ):
+        bomb.write_text(alias_bomb("params" if command[0] == "tune" else "tau"))
+        caplog.clear()
+        assert main([*command, "--out", str(tmp_path / "out")]) == 2
+        assert "aliases expand to more than 100,000 values" in caplog.text, command
+    assert not (tmp_path / "out").exists()

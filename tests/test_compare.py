@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sssl_dist.arms import default_arms
 from sssl_dist.cli import main
-from sssl_dist.compare import Design, default_arms, run_comparison
+from sssl_dist.compare import Design, run_comparison
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
@@ -81,8 +82,14 @@ def test_an_arm_against_itself_is_no_difference_and_a_rerun_trains_nothing(
         (["--arm", "method=inherit"], "needs a name first"),
         (["--repeats", "0"], "--repeats must be at least 1"),
         (["--arm", "a", "tau=abc", "--arm", "b"], "tau"),
+        # Before: the later `a` replaced the earlier, and only a(0.7) and b were compared.
+        (["--arm", "a", "tau=0.5", "--arm", "a", "tau=0.7", "--arm", "b", "tau=0.6"],
+         "arm 'a' is named twice with --arm"),
+        (["--arm", "a", "--arm", "b", "--pairs", "a:a"], "--pairs compares 'a' with itself"),
+        (["--arm", "a", "--arm", "b", "--pairs", "a:b,b:a"], "lists a:b and b:a, one pair both"),
+        (["--arm", "a", "--arm", "b", "--pairs", "a:b,b"], "A:B pairs joined by commas, not 'b'"),
     ],
-)
+)  # fmt: skip
 def test_bad_comparisons_are_refused_before_training(shard_dir, tmp_path, caplog, args, message):
     cmd = ["compare", "--shards", str(shard_dir), "--out", str(tmp_path / "x"), *args]
     assert main(cmd) == 2
@@ -135,3 +142,21 @@ def test_the_ceiling_arms_are_refused_on_shards_without_truth(shard_dir, tmp_pat
     assert main(cmd) == 2
     assert "arm oracle-split: split_evidence 'oracle' trains on per-second truth" in caplog.text
     assert not (tmp_path / "x").exists()
+
+
+def test_an_arms_file_that_repeats_a_name_is_refused(shard_dir, tmp_path, caplog):
+    """Before: YAML kept the last of two `a:` arms, and the comparison said 'needs at least 2
+    arms'. An --arm of a name the file has is refused too."""
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("a: {tau: 0.5}\nb: {tau: 0.6}\na: {tau: 0.7}\n")
+    out = tmp_path / "x"
+    cmd = ["compare", "--shards", str(shard_dir), "--out", str(out), "--arms", str(arms)]
+    assert main(cmd) == 2
+    assert "arms.yaml: not a valid config file: line 3: the key 'a' appears twice" in caplog.text
+    arms.write_text("a: {tau: 0.5}\nb: {tau: 0.6}\n")
+    assert main([*cmd, "--arm", "b", "tau=0.7"]) == 2
+    assert f"arm 'b' is named in {arms} and with --arm" in caplog.text
+    arms.write_text("1: {tau: 0.5}\n'1': {tau: 0.6}\nb: {}\n")  # two YAML keys, one name
+    assert main(cmd) == 2
+    assert "arm '1' is named twice" in caplog.text
+    assert not out.exists()

@@ -4,9 +4,12 @@ key, before any worker starts. No Ray here."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
+import yaml
+from conftest import alias_bomb
 
 from sssl_dist.config import (
     METHODS,
@@ -22,6 +25,7 @@ from sssl_dist.config import (
     read_config_file,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 # Run identities are built from these digests: a change here re-runs every stored result.
 DEFAULT_DIGEST = "ef11e8aded681201"
 FEATURE_DIGEST = "7fae48a34f01324a"
@@ -284,3 +288,60 @@ def test_sgd_with_momentum_and_a_linear_svm_are_what_they_say():
         svc = clf._pipe[-1].estimator
         assert svc.kernel == kernel
         assert (clf.predict(x) == y).mean() > 0.9  # x[:, 0] > 0 is linearly separable
+
+
+def test_an_alias_bomb_is_refused_before_any_object_is_built(tmp_path):
+    import tracemalloc
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="aliases expand to more than 100,000") as err:
+            load_config(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(err.value) and str(bomb) in str(err.value)
+    assert peak < 10 * 2**20, peak  # the composed document only: far under 100 MB
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &a [1, *a]\n", "an alias refers to a value that contains it"),
+        ("tau: 0.5\nepochs: 3\ntau: 0.7\n", "line 3: the key 'tau' appears twice"),
+        ("x: {a: 1, a: 2}\n", "the key 'a' appears twice"),
+    ],
+)
+def test_recursive_aliases_and_repeated_keys_are_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_a_yaml_file_past_the_size_limit_is_refused_unread(tmp_path):
+    from sssl_dist.yamlfile import MAX_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_BYTES + "\ntau: 0.6\n")
+    with pytest.raises(ValueError, match=r"big.yaml: .* bytes; a config file may have at most"):
+        load_config(big)
+
+
+def test_anchors_aliases_and_merge_keys_within_the_bounds_load_as_before():
+    """benchmarks/arms/ladder.yaml shares one block of settings with `<<: *paper`; an arm's own
+    key may follow a merge (the loader refuses repeats, not merges)."""
+    from sssl_dist.arms import read_arms
+    from sssl_dist.yamlfile import check_expansion
+
+    arms = read_arms(REPO / "benchmarks/arms/ladder.yaml")
+    paper = {"pseudo_label_network": "current", "bn_stats": "running"}
+    assert len(arms) == 11 and arms["full"] == paper
+    assert arms["filter"] == {"sssl_step": "filter", **paper}
+    assert arms["ema-bn"] == {"pseudo_label_network": "ema", "bn_stats": "clean"}
+    text = "base: &b {tau: 0.5, epochs: 3}\narm: {<<: *b, tau: 0.7}\n"
+    assert yaml.safe_load(text)["arm"] == {"tau": 0.7, "epochs": 3}
+    node = yaml.compose(text)
+    assert check_expansion(node) == 17  # the merged block counts where it is used, too

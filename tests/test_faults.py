@@ -7,12 +7,14 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import unittest.mock
 from pathlib import Path
 
 import psutil
@@ -232,3 +234,100 @@ def test_an_interrupted_shard_run_says_what_sharding_keeps():
     train = stop_message("compare", terminated=False)
     assert train.startswith("interrupted (Ctrl-C): stopped. Finished folds and each run's last")
     assert "shard" not in stop_message("predict", terminated=True)
+
+
+# --------------------------------------------------------------- nothing lost, round two
+def test_train_into_a_report_of_another_configuration_is_refused(uninterrupted, shard_dir, caplog):
+    """Before: config.yaml, metrics.json and model.sssl of the earlier run were replaced."""
+    kept = {p: p.read_bytes() for p in uninterrupted.glob("*") if p.is_file()}
+    other = ["--set", *TRAIN[TRAIN.index("--set") + 1 :], "tau=0.7"]
+    cmd = ["train", "--shards", str(shard_dir), "--out", str(uninterrupted)]
+    assert main([*cmd, *TRAIN[: TRAIN.index("--set")], *other]) == 2
+    assert "holds a report of another configuration (tau: 0.5 -> 0.7)" in caplog.text
+    assert "Use a new --out, or delete that directory" in caplog.text
+    assert {p: p.read_bytes() for p in uninterrupted.glob("*") if p.is_file()} == kept
+
+
+def test_train_into_a_report_of_another_shard_set_is_refused(shard_dir, tmp_path, caplog):
+    from sssl_dist.config import SSSLConfig, save_config
+    from sssl_dist.data import ShardSet
+
+    out = tmp_path / "run"
+    cfg = SSSLConfig(epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
+    save_config(cfg, out / "config.yaml")  # the same configuration, on other shards
+    (out / "shards.json").write_text(json.dumps({"shards": "/data/old", "digest": "0" * 16}))
+    assert ShardSet(shard_dir).digest() != "0" * 16
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), *TRAIN]) == 2
+    assert "holds a report trained on another shard set (/data/old)" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "shards.json"]
+
+
+def _copy_shards(shard_dir: Path, dest: Path, edit) -> Path:
+    """A copy of the shard set (no mel cache) whose manifest `edit` changes in place."""
+    shutil.copytree(shard_dir, dest, ignore=shutil.ignore_patterns("mel_cache"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_labels_edited_in_the_manifest_are_refused_naming_the_song(shard_dir, tmp_path, caplog):
+    """Before: every song edited to Q1 trained and reported 'test acc 1.000'."""
+    from sssl_dist.data import ShardSet
+
+    song = ShardSet(shard_dir).songs[3]
+    assert song["quadrant"] != 0  # the premise: the edit changes a label
+
+    def all_q1(manifest):
+        for s in manifest["songs"]:
+            s.update(quadrant=0, valence=1, arousal=1)
+
+    edited = _copy_shards(shard_dir, tmp_path / "edited", all_q1)
+    out = tmp_path / "run"
+    assert main(["train", "--shards", str(edited), "--out", str(out), *TRAIN]) == 2
+    assert "manifest.json disagrees with shard-" in caplog.text
+    assert "re-run `sssl shard`" in caplog.text and not out.exists()
+    with pytest.raises(ValueError, match=r"on song '.+': quadrant is 0 in the manifest, \d in"):
+        ShardSet(edited).check_labels()
+    # Building the mel cache reads the same records, and makes the same check.
+    with pytest.raises(ValueError, match="disagrees with shard-"):
+        ShardSet(edited).load_mels()
+    # Untouched shards pass; once their mel cache exists, the check reads no tar at all.
+    intact = _copy_shards(shard_dir, tmp_path / "intact", lambda m: None)
+    ShardSet(intact).check_labels()
+    ShardSet(intact).mel_cache()
+    with unittest.mock.patch("tarfile.open", side_effect=AssertionError("a tar was read")):
+        ShardSet(intact).check_labels()
+
+
+def test_a_task_with_one_class_or_too_few_songs_for_the_folds_is_refused(
+    shard_dir, tmp_path, caplog
+):
+    """Before: only Q1 and Q4 songs, --tasks valence, and `sssl compare` reported '+0.0'."""
+
+    def only_q1_q4(manifest):
+        manifest["songs"] = [s for s in manifest["songs"] if s["quadrant"] in (0, 3)]
+
+    positive = _copy_shards(shard_dir, tmp_path / "positive", only_q1_q4)
+    out = tmp_path / "out"
+    for command in (
+        ["compare", "--tasks", "valence", "--arm", "a", "tau=0.5", "--arm", "b", "tau=0.7"],
+        ["train", "--set", "task=valence"],
+        [
+            "tune",
+            "--space",
+            str(REPO / "tuning/spaces/smoke.yaml"),
+            "--workers",
+            "1",
+            "--set",
+            "task=valence",
+        ],  # fmt: skip
+    ):
+        caplog.clear()
+        assert main([*command, "--shards", str(positive), "--out", str(out)]) == 2, command
+        assert "(negative 0, positive " in caplog.text and "one class only" in caplog.text
+    # Quadrant: 4 Q1 songs, fewer than 5 folds.
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--set", "n_folds=5"]) == 2
+    assert "5 folds need at least 5 songs of each class; use at most 4 folds" in caplog.text
+    assert "(Q1 4, Q2 4, Q3 9, Q4 7)" in caplog.text
+    assert not out.exists()

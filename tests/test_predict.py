@@ -371,3 +371,26 @@ def test_smoke_and_a_failing_plot_does_not_stop_the_run(
     assert failures["file"].tolist() == [songs[0]]
     assert "per-file outputs not written: OSError" in failures["reason"][0]
     assert (out / "s1.png").is_file()
+
+
+def test_a_byte_flipped_inside_a_weight_is_refused_on_load(tmp_path):
+    """torch.load never checks the CRC-32s that torch.save stores: the damaged file below loads
+    with one weight changed. load_model reads every entry against its checksum first."""
+    path = make_model(tmp_path / "model.sssl")
+    weights = torch.load(path, weights_only=True)["state_dict"]
+    name = next(k for k, v in weights.items() if v.dtype == torch.float32 and v.numel() > 100)
+    raw = path.read_bytes()
+    at = raw.index(weights[name].numpy().tobytes()) + 4 * 17 + 3  # a float's exponent byte
+    damaged = tmp_path / "damaged.sssl"
+    damaged.write_bytes(raw[:at] + bytes([raw[at] ^ 0x40]) + raw[at + 1 :])
+    flipped = torch.load(damaged, weights_only=True)["state_dict"][name]  # the premise
+    assert not torch.equal(flipped, weights[name])
+    with pytest.raises(ValueError, match=r"damaged\.sssl is damaged: its entry .*/data/\d+ does "
+                       r"not match its CRC-32 checksum") as err:  # fmt: skip
+        load_model(damaged)
+    assert "\n" not in str(err.value)
+    load_model(path)  # the intact file loads
+    write_audio(tmp_path / "a.wav")
+    assert (
+        main(["predict", str(damaged), str(tmp_path / "a.wav"), "--out", str(tmp_path / "o")]) == 2
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -412,3 +413,37 @@ def test_a_finished_corpus_is_kept_and_another_config_regenerates(tmp_path):
     generate_corpus(tmp_path, replace(cfg, seed=4), progress=False, workers=1)
     again = json.loads((tmp_path / "synth_config.json").read_text())
     assert again["seed"] == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--excursion", "2"], r"excursion_fraction \(--excursion\) .* \[0.05, 0.45\], got 2.0"),
+        (["--excursion", "-0.1"], "got -0.1"),
+        (["--songs", "0"], r"n_songs \(--songs\) must be a whole number >= 1, got 0"),
+        (["--seed", "-1"], r"seed \(--seed\) must be a whole number >= 0"),
+    ],
+)
+def test_synth_refuses_what_it_would_not_make_and_writes_nothing(tmp_path, caplog, args, message):
+    """A share above 0.45 was clipped per song yet recorded as given; 0 songs wrote an empty
+    corpus."""
+    from sssl_dist.cli import main
+
+    out = tmp_path / "corpus"
+    assert main(["synth", "--out", str(out), *args]) == 2
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert re.search(message, record.getMessage()) and "\n" not in record.getMessage()
+    assert not out.exists()
+
+
+def test_the_synth_config_checks_its_other_ranges():
+    for bad in (
+        {"min_duration_s": 30.0, "max_duration_s": 20.0},
+        {"min_excursion_s": 0},
+        {"stereo_probability": 1.5},
+        {"n_songs": 2.5},
+    ):
+        with pytest.raises(ValueError):
+            SynthConfig(**bad)
+    SynthConfig(excursion_fraction=0.45)  # the bounds themselves are shares it makes
+    SynthConfig(excursion_fraction=0.05, n_songs=1)

@@ -129,3 +129,66 @@ def test_a_sweep_without_ray_train_workers_is_refused_before_it_starts(tmp_path)
 
     with pytest.raises(ValueError, match="needs Ray Train workers"):
         run_sweep("unused.yaml", SSSLConfig(), "unused", tmp_path, workers=0)
+
+
+def test_a_gain_of_floating_point_zero_claims_no_songs_and_prints_no_minus_zero():
+    """Fold accuracies whose differences cancel to -1e-17 rather than 0 (0.1 + 0.2 - 0.3):
+    a zero gain, which no number of songs resolves (before: 'about 2.1e36 songs')."""
+    a = np.array([0.3, 0.6, 0.5, 0.4, 0.7])
+    b = a + np.array([0.1, 0.2, -0.3, 0.05, -0.05])
+    assert (b - a).mean() != 0  # the premise: the raw mean is rounding noise
+    c = compare_paired(a, b, 5, songs=120)
+    assert c.mean == 0.0 and math.isnan(c.songs_needed) and c.verdict == "inconclusive"
+    line = c.sentence()
+    assert line.startswith("inconclusive: +0.0 points [") and "-0.0" not in line
+    assert "no gain was measured" in line and "songs would" not in line
+
+
+def test_no_spread_between_folds_says_so_instead_of_a_zero_width_ci():
+    a = np.array([0.5, 0.6, 0.7, 0.55])
+    helps = compare_paired(a, a + 0.05, 4)
+    assert helps.no_spread and helps.verdict == "helps"
+    assert helps.sentence() == (
+        "helps by +5.0 points on every one of the 4 fold results (no spread between folds, "
+        "so no CI)"
+    )
+    same = compare_paired(a, a.copy(), 4)
+    assert same.sentence().startswith("no difference beyond the ROPE (±1.0 points): +0.0 points")
+    assert "no spread between folds" in same.sentence()
+
+
+def test_too_few_folds_cannot_say_rather_than_print_an_impossible_ci():
+    """2 folds: df = 1, so the CI is ±12.7 standard errors, wider than accuracy can differ."""
+    c = compare_paired([0.5, 0.7], [0.7, 0.5], 2, songs=16)
+    assert c.ci[0] < -1 and c.ci[1] > 1 and c.ci_beyond_range and not c.resolvable
+    line = c.sentence()
+    assert line.startswith("cannot say with 2 fold results: +0.0 points")
+    assert "wider than any possible gain (±100 points)" in line
+    assert "[" not in line and "resolves gains of" not in line and "songs" not in line
+    # A detectable gain beyond 100 points is not offered as one (before: '203.3 points').
+    wide = compare_paired([0.5] * 4, [0.72, 0.3, 0.7, 0.3], 2, songs=16)
+    assert not wide.ci_beyond_range and not wide.resolvable
+    assert wide.sentence().endswith(
+        f"with 4 fold results no possible gain can be resolved (the detectable gain would be "
+        f"{100 * wide.mde:.1f} points)"
+    )
+
+
+def test_a_songs_estimate_far_past_the_data_is_stated_as_more_than():
+    c = compare_paired(*_planted(0.001, 0.05, k=5), 5, songs=120)
+    assert c.songs_needed > 100 * 120
+    assert c.sentence().endswith(
+        "more than 100 times these 120 songs would be needed to resolve +0.1 points"
+    )
+
+
+def test_the_comparison_table_gives_the_same_honest_cells():
+    from sssl_dist.tables import _stats_row
+
+    row = lambda c: _stats_row("b − a", {"stats": c.to_dict(), "verdict": ""})  # noqa: E731
+    tiny = row(compare_paired([0.5, 0.7], [0.7, 0.5], 2, songs=16))
+    assert "+0.0 [wider than ±100]" in tiny and "none possible" in tiny
+    flat = row(compare_paired([0.5, 0.6, 0.7], [0.55, 0.65, 0.75], 3))
+    assert "+5.0 (no spread between folds) | — | — |" in flat and "inf" not in flat
+    far = row(compare_paired(*_planted(0.001, 0.05, k=5), 5, songs=120))
+    assert "> 100x these" in far

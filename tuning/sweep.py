@@ -18,80 +18,34 @@ others, so fold means would be over different fold sets (biased towards lucky fo
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
-
+from sssl_dist import runfiles
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.fit import run_name
 from sssl_dist.fold import run_fold
+from sssl_dist.folds import check_shards_serve
 from sssl_dist.results import draw_plots
 from sssl_dist.stats import mean_std
 from sssl_dist.tables import HEADLINE, sweep_markdown
 from sssl_dist.warmup import warmup_key, warmup_source
+from tuning.space import (
+    MAX_TRIALS,
+    check_trial_count,
+    configurations,
+    count_configurations,
+    load_space,
+)
 
 log = logging.getLogger(__name__)
 SELECT_BY = "val_acc"  # validation songs inside the training folds
 REPORT = HEADLINE  # the same numbers as a `sssl train` report
-
-
-def load_space(path: str | Path) -> dict[str, Any]:
-    """Search-space YAML: {search: grid|random, num_samples, folds, base: {...}, params: {...}}.
-
-    A param is a list (grid values, or choices for random search) or, for random search only,
-    {uniform: [lo, hi]} / {loguniform: [lo, hi]} / {randint: [lo, hi]}.
-    """
-    space = yaml.safe_load(Path(path).read_text()) or {}
-    unknown = set(space) - {"search", "num_samples", "folds", "base", "params", "seed"}
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    if not space.get("params"):
-        raise ValueError(f"{path}: 'params' must name at least one config field")
-    fields = set(to_dict(SSSLConfig()))
-    bad = set(space["params"]) - fields
-    if bad:
-        raise ValueError(f"{path}: {sorted(bad)} are not SSSLConfig fields")
-    if space.get("search", "grid") not in ("grid", "random"):
-        raise ValueError(f"{path}: search must be grid or random")
-    return space
-
-
-def configurations(space: dict[str, Any]) -> list[dict[str, Any]]:
-    """The parameter sets to try, with no extra dependency: a full grid, or random draws."""
-    params = space["params"]
-    if space.get("search", "grid") == "grid":
-        for name, values in params.items():
-            if not isinstance(values, list):
-                raise ValueError(f"grid search needs a list of values for {name}")
-        keys = list(params)
-        return [
-            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*params.values())
-        ]
-    rng = np.random.default_rng(space.get("seed", 0))
-    out = []
-    for _ in range(int(space.get("num_samples", 8))):
-        draw = {}
-        for name, spec in params.items():
-            if isinstance(spec, list):
-                draw[name] = spec[int(rng.integers(len(spec)))]
-            elif "uniform" in spec:
-                draw[name] = float(rng.uniform(*spec["uniform"]))
-            elif "loguniform" in spec:
-                lo, hi = np.log(spec["loguniform"])
-                draw[name] = float(np.exp(rng.uniform(lo, hi)))
-            elif "randint" in spec:
-                draw[name] = int(rng.integers(spec["randint"][0], spec["randint"][1] + 1))
-            else:
-                raise ValueError(f"cannot sample {name}: {spec}")
-        out.append(draw)
-    return out
 
 
 def config_key(params: dict[str, Any]) -> str:
@@ -168,23 +122,35 @@ def run_sweep(
     max_concurrent: int | None = None,
     use_gpu: bool = False,
     smoke: bool = False,
+    max_trials: int = MAX_TRIALS,
+    start_ray: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Run (or resume) the sweep and write tables, plots and best_config.yaml into `out`."""
+    """Run (or resume) the sweep and write tables, plots and best_config.yaml into `out`.
+    Everything is checked before `start_ray` is called and before `out` is made."""
     from ray import tune
 
     if workers < 1:
         raise ValueError(LOCAL_MODE_REFUSED)
+    if max_trials < 1:
+        raise ValueError(f"--max-trials must be at least 1, got {max_trials}")
     space = load_space(space_path)
     base = with_overrides(base, space.get("base", {}))
-    configs = configurations(space)
     folds = space.get("folds", "all")
     folds = list(range(base.n_folds)) if folds == "all" else [int(f) for f in folds]
     if smoke:
-        configs, folds = configs[:2], folds[:2]
+        folds = folds[:2]
+    n_configs = min(count_configurations(space), 2) if smoke else count_configurations(space)
+    check_trial_count(space_path, n_configs, len(folds), max_trials)
+    configs = configurations(space, limit=n_configs)
+    shards = ShardSet(shard_dir)
+    check_shards_serve(shards, [with_overrides(base, p) for p in configs], folds)
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     keys = {config_key(p): p for p in configs}
-    check_same_sweep(out, sweep_identity(base, ShardSet(shard_dir), list(keys), folds))
+    identity = sweep_identity(base, shards, list(keys), folds)
+    check_same_sweep(out, identity)
+    start_ray()
+    out.mkdir(parents=True, exist_ok=True)
+    record_sweep(out, identity)
     save_config(base, out / "base_config.yaml")
     log.info(
         "sweep: %d configuration(s) x %d fold(s) = %d trials",
@@ -214,7 +180,7 @@ def run_sweep(
     return summary
 
 
-SWEEP_FILE = "sweep.json"
+SWEEP_FILE = runfiles.SWEEP
 
 
 def _tuner(tune_dir: Path, param_space: dict[str, Any], keys: dict, max_concurrent: int | None):
@@ -250,11 +216,15 @@ def sweep_identity(
 
 
 def check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
-    """Record the sweep's identity on its first run; refuse a re-run whose space, base config,
-    folds or shard set differ (Tuner.restore would silently keep the old grid)."""
+    """Refuse a re-run whose space, base config, folds or shard set differ from the sweep
+    already in `out` (Tuner.restore would silently keep the old grid)."""
+    if (out / runfiles.CONFIG).is_file():
+        raise ValueError(
+            f"{out} holds a `sssl train` report: a sweep written into it would overwrite its "
+            "summary.md and plots. Use a new --out"
+        )
     path = out / SWEEP_FILE
     if not path.is_file():
-        path.write_text(json.dumps(identity, indent=1))
         return
     before = json.loads(path.read_text())
     changed = [k for k in identity if before.get(k) != identity[k]]
@@ -263,6 +233,13 @@ def check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
             f"{out} holds a sweep started with a different {', '.join(changed)}: "
             "resuming it would mix two sweeps. Use a new --out, or delete that directory"
         )
+
+
+def record_sweep(out: Path, identity: dict[str, Any]) -> None:
+    """The sweep's identity, written on its first run (check_same_sweep reads it)."""
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        path.write_text(json.dumps(identity, indent=1))
 
 
 def trial_run_name(key: str, cfg: SSSLConfig, shards: ShardSet, fold: int) -> str:
