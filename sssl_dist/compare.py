@@ -170,12 +170,13 @@ def check_cells(
     from sssl_dist.fold import check_shards
 
     configs = {name: with_overrides(base, overrides) for name, overrides in cells.items()}
-    check_shards_serve(shards, configs.values(), folds)
     for name, cfg in configs.items():
         try:
             check_shards(cfg, shards)
         except ValueError as exc:
             raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
+    check_shards_serve(shards, configs.values(), folds)
+    for name, cfg in configs.items():
         check_same_report(out / name, cfg, shards)
 
 
