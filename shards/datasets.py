@@ -19,7 +19,6 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from shards.dynamic import (
     report_coverage,
     scale_midpoint,
 )
+from shards.loadreport import LoadReport
 from sssl_dist.records import Scale, SongRecord, labels_from_quadrant, labels_from_va
 
 log = logging.getLogger(__name__)
@@ -40,29 +40,6 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg")
 DATASETS = ("4q", "pmemo", "eim", "deam", "manifest", "synthetic")
 GROUND_TRUTH_CSV = "ground_truth_per_second.csv"
-
-
-@dataclass
-class LoadReport:
-    missing_audio: list[str] = field(default_factory=list)  # listed ids with no audio file
-    unlabelled_audio: list[str] = field(default_factory=list)  # audio files with no label row
-    duplicate_ids: list[str] = field(default_factory=list)  # identical repeated rows (first kept)
-    bad_rows: list[str] = field(default_factory=list)  # rows whose labels cannot be parsed
-    conflicts: list[str] = field(default_factory=list)  # ids refused: their sources disagree
-    # Dynamic annotations (shards/dynamic.py); the songs concerned keep their static labels.
-    bad_truth: list[str] = field(default_factory=list)  # a song's dynamic ratings refused
-    partial_truth: list[str] = field(default_factory=list)  # seconds left unknown, and why
-    truth_without_song: list[str] = field(default_factory=list)  # ratings of ids not loaded
-
-    def log_summary(self, dataset: str) -> None:
-        for name in self.__dict__:
-            items = getattr(self, name)
-            if items:
-                shown = ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
-                log.warning("%s: %d %s: %s", dataset, len(items), name.replace("_", " "), shown)
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {k: list(v) for k, v in self.__dict__.items()}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from sssl_dist.records import Scale, SongRecord, quadrant_of_values
 
 if TYPE_CHECKING:
-    from shards.datasets import LoadReport
+    from shards.loadreport import LoadReport
 
 DIMENSIONS = ("valence", "arousal")
 SAMPLE_COLUMN = re.compile(r"sample_(\d+)ms")
