@@ -72,8 +72,8 @@ def measure(songs: int, epochs: int):
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.fold import run_fold
     from sssl_dist.folds import fold_song_ids
+    from sssl_dist.run import run_fold
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if not ray.is_initialized():

@@ -110,7 +110,7 @@ def main() -> None:
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
     from sssl_dist.cv import run_methods
-    from sssl_dist.fit import run_digest
+    from sssl_dist.run import run_digest
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     out.mkdir(parents=True, exist_ok=True)

@@ -169,9 +169,36 @@ def _write_files(
     directory: Path, state: dict[str, Any], extra_json: dict[str, Any], cfg: SSSLConfig
 ) -> None:
     torch.save(state, directory / STATE)
-    for name, data in extra_json.items():
-        Path(directory, name).write_text(json.dumps(data, default=json_default))
+    write_run_files(directory, extra_json)
     save_config(cfg, directory / CONFIG)
+
+
+def write_run_files(directory: Path, files: dict[str, Any]) -> None:
+    """A run's JSON files (runfiles.py: result.json, history.json, songs.json, ...) into
+    `directory`: a checkpoint rank 0 is writing, or a report's fold-K/. The one function that
+    writes them, so a report holds exactly what the run's final checkpoint holds."""
+    for name, data in files.items():
+        Path(directory, name).write_text(json.dumps(data, default=json_default))
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy a run's file (an exported model into its report) whole or not at all: written
+    beside `target` under a temporary name, then renamed."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def adopt_checkpoint(source: Path, target: Path) -> None:
+    """Another run's checkpoint directory `source` as this run's `target` (a shared warm-up:
+    warmup.py), copied beside it under a temporary name and renamed when whole."""
+    tmp = target.with_name(f".{target.name}.adopt.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.rename(target)
 
 
 def prune_epochs(run_dir: Path, keep: int) -> None:

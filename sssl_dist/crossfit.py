@@ -16,57 +16,45 @@ Cost: `cross_fit_parts` extra runs per fold, each on (parts - 1) / parts of the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun, fit_run
+from sssl_dist.fit import FoldRun
 from sssl_dist.folds import SongIds, cross_fit_parts
 from sssl_dist.song import song_level_results
 
 log = logging.getLogger(__name__)
 
 
-def cross_fit(
-    run: FoldRun,
-    cfg: SSSLConfig,
-    shards: ShardSet,
-    fold: int | None,
-    *,
-    storage_path: str | Path,
-    name: str,
-    workers: int,
-    use_gpu: bool,
-) -> None:
+# Trains one part of a fold's cross-fit: (role, config, songs) -> its results. The fold's run
+# (run.Run) provides it, so the part is named and stored beside the fold's own run.
+TrainPart = Callable[[str, SSSLConfig, SongIds], FoldRun]
+
+
+def cross_fit(result: FoldRun, cfg: SSSLConfig, shards: ShardSet, train_part: TrainPart) -> None:
     """The fold's SVM re-learned from out-of-sample features of its training songs."""
     train_probs = cross_fit_probabilities(
         cfg,
         shards,
-        fold,
-        run.fold_ids,
-        evaluated_epoch=int(run.result["evaluated_epoch"]),
-        storage_path=storage_path,
-        name=name,
-        workers=workers,
-        use_gpu=use_gpu,
+        result.fold_ids,
+        evaluated_epoch=int(result.result["evaluated_epoch"]),
+        train_part=train_part,
     )
-    apply_cross_fit(run, cfg, shards, train_probs)
+    apply_cross_fit(result, cfg, shards, train_probs)
 
 
 def cross_fit_probabilities(
     cfg: SSSLConfig,
     shards: ShardSet,
-    fold: int | None,
     fold_ids: SongIds,
     *,
     evaluated_epoch: int,
-    storage_path: str | Path,
-    name: str,
-    workers: int,
-    use_gpu: bool,
+    train_part: TrainPart,
 ) -> dict[str, list]:
-    """Each training song's segment probabilities from a run that did not train on it.
+    """Each training song's segment probabilities from a run that did not train on it: one
+    part per part of the fold's training songs.
 
     The inner runs train exactly as long as the fold's own network was trained when it was
     evaluated (`evaluated_epoch`, 0-based), so the SVM learns from features made the way the
@@ -86,19 +74,12 @@ def cross_fit_probabilities(
     parts = cross_fit_parts(shards, cfg, fold_ids["train"])
     probs: dict[str, list] = {}
     for j, part in enumerate(parts):
-        log.info("fold %s cross-fit %d/%d: %d songs predicted", fold, j + 1, len(parts), len(part))
+        log.info("cross-fit part %d/%d: %d songs predicted", j + 1, len(parts), len(part))
         others = sorted(s for p in parts if p is not part for s in p)
-        run = fit_run(
-            inner,
-            shards,
-            {"train": others, "val": [], "test": part},
-            storage_path=storage_path,
-            name=f"{name}-crossfit{j + 1}of{len(parts)}",
-            fold=fold,
-            workers=workers,
-            use_gpu=use_gpu,
+        done = train_part(
+            f"crossfit{j + 1}of{len(parts)}", inner, {"train": others, "val": [], "test": part}
         )
-        probs.update({s: run.songs[s] for s in part})
+        probs.update({s: done.songs[s] for s in part})
     return probs
 
 

@@ -4,28 +4,27 @@ directory (results.py writes the files).
 
 Folds run one after another here (each fold is itself data-parallel over the workers), or
 with `parallel` > 1 side by side (parallel.py); `tuning/` runs folds side by side as Ray Tune
-trials. All three train a fold with `run_fold`.
+trials. All three train a fold through its `run.Run`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sssl_dist.checkpoint import copy_file
 from sssl_dist.config import SSSLConfig, load_config, save_config, to_dict, with_overrides
 from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun, run_digest, run_name
-from sssl_dist.fold import run_fold
+from sssl_dist.fit import FoldRun
 from sssl_dist.folds import check_shards_serve, refit_song_ids
-from sssl_dist.parallel import Unit, run_units_parallel
+from sssl_dist.parallel import run_units_parallel
 from sssl_dist.results import summarise, truth_of, write_report
+from sssl_dist.run import Run, share_warmups, shared_count
 from sssl_dist.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
-from sssl_dist.warmup import warmup_key, warmup_source
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +73,16 @@ class CrossValidation:
         )
         self.folds = list(range(cfg.n_folds)) if folds is None else folds
         self.name = name or self.out.name
-        # The run identity (config + shard-set digest): re-running resumes only a run of the
-        # same settings on the same data.
-        self.names = {fold: run_name(self.name, cfg, shards, fold) for fold in self.folds}
+        # Each fold's run (run.py: its identity, its warm-up), stored under the report's ray/.
+        storage = self.out.resolve() / "ray"
+        self.fold_runs = {
+            fold: Run.of(self.name, cfg, shards, fold, storage) for fold in self.folds
+        }
         self.runs: dict[int, FoldRun] = {}
-        # Per fold: (keeps its warm-up for others, the donor's warm-up it starts from).
-        self.warmup: dict[int, tuple[bool, Path | None]] = {}
         self.t0 = time.perf_counter()
 
     def label(self, fold: int) -> str:
         return f"[{self.name} fold {fold} ({self.folds.index(fold) + 1}/{len(self.folds)})]"
-
-    def unit(self, fold: int) -> Unit:
-        save, source = self.warmup.get(fold, (False, None))
-        return Unit(self.cfg, fold, self.out.resolve() / "ray", self.names[fold], save, source)
 
     def add(self, fold: int, run: FoldRun) -> None:
         self.runs[fold] = run
@@ -105,7 +100,7 @@ class CrossValidation:
             summary["exported_model"] = _refit(cfg, self.shards, out, self.name, workers, use_gpu)
         else:
             best = max(runs, key=lambda f: runs[f].result.get("val_acc", -1))
-            shutil.copy(out / f"fold-{best}" / MODEL, out / MODEL)
+            copy_file(out / f"fold-{best}" / MODEL, out / MODEL)
             summary["exported_model"] = {
                 "path": MODEL,
                 "fold": best,
@@ -181,16 +176,16 @@ def _pooled(
     cross-validation is yielded (the caller finishes one once it is complete)."""
     if not cvs:
         return  # nothing left to run: a resumed benchmark whose cells are all finished
-    units = {(name, fold): cv.unit(fold) for name, cv in cvs.items() for fold in cv.folds}
+    runs = {(name, fold): cv.fold_runs[fold] for name, cv in cvs.items() for fold in cv.folds}
     where = "each in one process (local mode)" if workers == 0 else f"each on {workers} worker(s)"
-    log.info("%d fold runs, up to %d side by side, %s", len(units), parallel, where)
+    log.info("%d fold runs, up to %d side by side, %s", len(runs), parallel, where)
     show = {
         (name, fold): progress_printer(cvs[name].label(fold), cvs[name].cfg.epochs)
-        for name, fold in units
+        for name, fold in runs
     }
     shards = next(iter(cvs.values())).shards
     finished = run_units_parallel(
-        units,
+        runs,
         shards,
         parallel=parallel,
         workers=workers,
@@ -216,19 +211,12 @@ def _refit(
         len(fold_ids["val"]),
         max(workers, 1),
     )
-    run = run_fold(
-        cfg,
-        shards,
-        None,
-        storage_path=out / "ray",
-        name=f"{name}-refit-{run_digest(cfg, shards)}",
-        workers=workers,
-        use_gpu=use_gpu,
-        on_epoch=progress_printer(label, cfg.epochs),
-        fold_ids=fold_ids,
+    refit = Run.of(name, cfg, shards, None, out / "ray", role="refit", fold_ids=fold_ids)
+    run = refit.fit(
+        shards, workers=workers, use_gpu=use_gpu, on_epoch=progress_printer(label, cfg.epochs)
     )
     _save_fold(out / "refit", run, shards, label)
-    shutil.copy(out / "refit" / MODEL, out / MODEL)
+    copy_file(out / "refit" / MODEL, out / MODEL)
     return {
         "path": MODEL,
         "fold": "refit",
@@ -243,42 +231,22 @@ def _one_by_one(cv: CrossValidation, workers: int, use_gpu: bool) -> Iterator[tu
     """The folds one after another, each data-parallel over `workers`."""
     for fold in cv.folds:
         log.info("%s training on %d worker(s)", cv.label(fold), max(workers, 1))
-        unit = cv.unit(fold)
+        on_epoch = progress_printer(cv.label(fold), cv.cfg.epochs)
         yield (
             fold,
-            run_fold(
-                cv.cfg,
-                cv.shards,
-                fold,
-                storage_path=unit.storage_path,
-                name=unit.name,
-                workers=workers,
-                use_gpu=use_gpu,
-                on_epoch=progress_printer(cv.label(fold), cv.cfg.epochs),
-                save_warmup=unit.save_warmup,
-                warmup_from=unit.warmup_from,
-            ),
+            cv.fold_runs[fold].fit(cv.shards, workers=workers, use_gpu=use_gpu, on_epoch=on_epoch),
         )
 
 
-def share_warmups(cvs: dict[str, CrossValidation]) -> int:
-    """Per fold, the runs with one warm-up key (warmup.py) train it once: the first in order
-    keeps it, the others start from it. Returns how many warm-ups are not trained again."""
-    groups: dict[tuple[int, str], list[CrossValidation]] = {}
-    for cv in cvs.values():
-        key = warmup_key(cv.cfg)
-        for fold in cv.folds if key else ():
-            groups.setdefault((fold, key), []).append(cv)
-    shared = 0
-    for (fold, _), members in groups.items():
-        if len(members) < 2:
-            continue
-        donor, *takers = members
-        donor.warmup[fold] = (True, None)
-        for cv in takers:
-            cv.warmup[fold] = (False, warmup_source(donor.unit(fold).run_dir))
-            shared += 1
-    return shared
+def share_warmups_across(cvs: dict[str, CrossValidation]) -> int:
+    """Every cross-validation's fold runs, donors chosen by `run.share_warmups` over all of
+    them (per fold, runs with one warm-up key train it once). Returns how many runs start from
+    a warm-up another run trains."""
+    keys = [(cv, fold) for cv in cvs.values() for fold in cv.folds]
+    shared = share_warmups([cv.fold_runs[fold] for cv, fold in keys])
+    for (cv, fold), run in zip(keys, shared, strict=True):
+        cv.fold_runs[fold] = run
+    return shared_count(shared)
 
 
 def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
@@ -340,7 +308,7 @@ def run_arms(
         name: CrossValidation(with_overrides(base, arms[name]), shards, out_of(name), folds)
         for name in arms
     }
-    if share_warmup and (shared := share_warmups(cvs)):
+    if share_warmup and (shared := share_warmups_across(cvs)):
         log.info("%d fold run(s) start from a warm-up another arm trains", shared)
     yield from _run_all(cvs, parallel, workers, use_gpu, final=False)
 

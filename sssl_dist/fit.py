@@ -1,15 +1,12 @@
 """One training run on the driver side: launch a TorchTrainer on given songs, or read back the
 run that already finished, and hand its results over as a FoldRun.
 
-One run identity, `run_name(prefix, cfg, shards, fold)`, names every training run: the fold,
-a digest of the resolved config and a digest of the shard set. `sssl train` (cv.py), `sssl
-tune` (tuning/sweep.py) and the benchmarks all use it, so re-running resumes a run only when
-the settings *and* the data are the same ones.
+What a run is called, which warm-up it shares and which songs it trains on is decided by its
+owner, `run.Run`; this module only trains it (or reads it back) under the name it is given.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -22,8 +19,8 @@ import ray
 import ray.train
 
 from sssl_dist import runfiles
-from sssl_dist.checkpoint import finished_checkpoint, json_default, remove_stray_temp_dirs
-from sssl_dist.config import SSSLConfig, config_digest, to_dict
+from sssl_dist.checkpoint import finished_checkpoint, remove_stray_temp_dirs, write_run_files
+from sssl_dist.config import SSSLConfig, to_dict
 from sssl_dist.data import ShardSet, training_table
 from sssl_dist.split_service import start_split_service
 from sssl_dist.train import LoopConfig, train_loop_per_worker
@@ -80,8 +77,7 @@ class FoldRun:
         }
         if self.svm_songs is not None:
             files[runfiles.SVM_SONGS] = self.svm_songs
-        for name, data in files.items():
-            Path(directory, name).write_text(json.dumps(data, default=json_default))
+        write_run_files(Path(directory), files)
 
     def export(self, shards: ShardSet, path: Path) -> Path:
         """The model artifact (export.py) from the final checkpoint's weights."""
@@ -89,17 +85,6 @@ class FoldRun:
 
         with self.checkpoint.as_directory() as local:
             return export_model(local, shards, path, self.svm_songs)
-
-
-def run_digest(cfg: SSSLConfig, shards: ShardSet) -> str:
-    """12 hex digits naming (resolved config, shard set)."""
-    blob = f"{config_digest(cfg)}:{shards.digest()}".encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def run_name(prefix: str, cfg: SSSLConfig, shards: ShardSet, fold: int) -> str:
-    """The run identity: prefix, fold, and the digest of config + shard set."""
-    return f"{prefix}-fold{fold}-{run_digest(cfg, shards)}"
 
 
 def fit_run(

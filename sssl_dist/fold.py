@@ -1,22 +1,13 @@
-"""One cross-validation fold on the driver side: its songs, the checks before launch, the
-training run (fit.py) and, where configured, the cross-fitted SVM features (crossfit.py).
-
-The data takes one way: folds.py picks the songs, `check_fold` refuses what would fail inside
-the run, `fit_run` trains (or reads back) the run, crossfit.py replaces the SVM's training
-features, and the caller (cv.py, parallel.py, tuning/) writes the FoldRun into its report.
-"""
+"""The checks before a run is launched: what the shards cannot serve (`check_shards`) and
+what would fail inside the run (`check_fold`). `run.Run.fit` makes them before it trains."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.crossfit import cross_fit
 from sssl_dist.data import SegmentTable, ShardSet, segment_count, training_table
-from sssl_dist.fit import FoldRun, fit_run
-from sssl_dist.folds import SongIds, fold_song_ids
+from sssl_dist.folds import SongIds
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +71,3 @@ def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: in
             cfg.batch_size // ranks * ranks,
         )
     return table
-
-
-def run_fold(
-    cfg: SSSLConfig,
-    shards: ShardSet,
-    fold: int | None,
-    *,
-    storage_path: str | Path,
-    name: str,
-    workers: int = 2,
-    use_gpu: bool = False,
-    fold_ids: SongIds | None = None,
-    **fit_options: Any,
-) -> FoldRun:
-    """Train fold `fold` and return its results. `fold_ids` replaces the fold's songs (the
-    final refit's, `folds.refit_song_ids`, with `fold` None). `fit_options` go to `fit_run`
-    (progress callback, warm-up sharing, fault injection)."""
-    fold_ids = fold_ids or fold_song_ids(shards, cfg, fold)
-    check_fold(cfg, shards, fold_ids, workers)
-    where = {"storage_path": storage_path, "name": name, "workers": workers, "use_gpu": use_gpu}
-    run = fit_run(cfg, shards, fold_ids, fold=fold, **where, **fit_options)
-    if cfg.svm_features == "cross_fit":
-        cross_fit(run, cfg, shards, fold, **where)
-    return run

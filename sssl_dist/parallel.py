@@ -1,7 +1,7 @@
 """Folds side by side: `sssl train --parallel N`, `sssl compare --parallel N` and the demo.
 
-Each unit (one fold of one configuration) is one Ray task that calls `run_fold`, the same
-per-fold path that `sssl train` takes one fold at a time and that every `sssl tune` trial
+Each unit (one fold of one configuration: a `run.Run`) is one Ray task that calls `Run.fit`,
+the same path that `sssl train` takes one fold at a time and that every `sssl tune` trial
 takes; at most N run at once. Ray hands a finished task's process to the next task, so with
 local-mode folds (`--workers 0`: the fold trains inside the task's own process) the process
 start-up and the imports are paid once per slot, not once per fold (the start-up cost per fold
@@ -14,39 +14,20 @@ workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
 from sssl_dist.fit import FoldRun, ProgressTail, RunStopped, request_stop
-from sssl_dist.fold import run_fold
+from sssl_dist.run import Run
 from sssl_dist.runfiles import PROGRESS
-from sssl_dist.warmup import is_ready
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One fold of one configuration: what a slot trains, and where its files go."""
-
-    cfg: SSSLConfig
-    fold: int
-    storage_path: Path  # the run's Ray storage (the driver must be able to read it)
-    name: str  # the run's name under storage_path
-    save_warmup: bool = False  # keep the warm-up's end for other units (warmup.py)
-    warmup_from: Path | None = None  # a donor's warm-up checkpoint to start from
-
-    @property
-    def run_dir(self) -> Path:
-        return self.storage_path / self.name
-
 
 K = TypeVar("K", bound=Hashable)
 
 
 def run_units_parallel(
-    units: dict[K, Unit],
+    units: dict[K, Run],
     shards: ShardSet,
     *,
     parallel: int,
@@ -54,9 +35,10 @@ def run_units_parallel(
     use_gpu: bool = False,
     on_epoch: Callable[[K, dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[K, FoldRun]]:
-    """Train `units` at most `parallel` at a time, in the order given; yield (key, run) as
-    each one finishes. Units of several configurations share the slots, so a comparison of
-    3 arms x 3 folds on 2 slots takes 5 rounds, not 3 x 2 (`run_arms`).
+    """Train the runs `units` (run.py) at most `parallel` at a time, in the order given;
+    yield (key, results) as each one finishes. Runs of several configurations share the
+    slots, so a comparison of 3 arms x 3 folds on 2 slots takes 5 rounds, not 3 x 2
+    (`run_arms`).
 
     Each run's results come back in its FoldRun; its weights stay in its final checkpoint
     under `storage_path`, which the driver reads to export the model (on a cluster: shared
@@ -129,31 +111,24 @@ def run_folds_parallel(
     use_gpu: bool = False,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[int, FoldRun]]:
-    """`run_units_parallel` for the folds of one configuration, keyed by fold."""
-    units = {fold: Unit(cfg, fold, storage_path, names[fold]) for fold in folds}
+    """`run_units_parallel` for the folds of one configuration under names of the caller's
+    (benchmarks), keyed by fold."""
+    units = {fold: Run(cfg, fold, Path(storage_path), names[fold]) for fold in folds}
     yield from run_units_parallel(
         units, shards, parallel=parallel, workers=workers, use_gpu=use_gpu, on_epoch=on_epoch
     )
 
 
-def _next_runnable(queue: list[K], pending: dict[Any, K], units: dict[K, Unit]) -> K | None:
-    """The first queued unit that can start now: one that shares a warm-up waits until its
-    donor has written it, unless the donor is no longer queued or running (it failed, or was
-    finished before this run: then the copy is there, or the unit trains its own warm-up)."""
+def _next_runnable(queue: list[K], pending: dict[Any, K], units: dict[K, Run]) -> K | None:
+    """The first queued run that can start now (`Run.ready_to_start`: one that shares a
+    warm-up waits for its donor while the donor is queued or running)."""
     producing = {units[k].run_dir for k in (*queue, *pending.values()) if units[k].save_warmup}
-    for key in queue:
-        source = units[key].warmup_from
-        if source is None or is_ready(source) or source.parent not in producing:
-            return key
-    return None
+    return next((key for key in queue if units[key].ready_to_start(producing)), None)
 
 
-def _train_fold(unit: Unit, shard_dir: str, workers: int, gpu: bool) -> FoldRun:
-    """One fold in a Ray task; workers=0 trains in this process (Ray Train local mode)."""
-    return run_fold(
-        unit.cfg, ShardSet(shard_dir), unit.fold, storage_path=unit.storage_path, name=unit.name,
-        workers=workers, use_gpu=gpu, save_warmup=unit.save_warmup, warmup_from=unit.warmup_from,
-    )  # fmt: skip
+def _train_fold(run: Run, shard_dir: str, workers: int, gpu: bool) -> FoldRun:
+    """One run in a Ray task; workers=0 trains in this process (Ray Train local mode)."""
+    return run.fit(ShardSet(shard_dir), workers=workers, use_gpu=gpu)
 
 
 def _for_unit(on_epoch, key):

@@ -20,10 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from sssl_dist.checkpoint import epoch_dir_name, newest_persisted, readable_epoch
+from sssl_dist.checkpoint import (
+    adopt_checkpoint,
+    epoch_dir_name,
+    newest_persisted,
+    readable_epoch,
+)
 from sssl_dist.config import AFTER_WARMUP, SSSLConfig, to_dict
 from sssl_dist.runfiles import WARMUP
 
@@ -57,10 +61,6 @@ def adopt_warmup(source: Path, run_dir: str | Path, cfg: SSSLConfig) -> bool:
     run_dir = Path(run_dir)
     if not is_ready(source) or newest_persisted(run_dir, None) is not None:
         return False
-    target = run_dir / epoch_dir_name(cfg.warmup_epochs - 1)
-    tmp = run_dir / f".{target.name}.adopt.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    tmp.rename(target)
+    adopt_checkpoint(source, run_dir / epoch_dir_name(cfg.warmup_epochs - 1))
     log.info("%s starts after the warm-up it shares with %s", run_dir.name, source.parent.name)
     return True

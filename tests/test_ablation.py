@@ -477,7 +477,7 @@ E2E = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeo
 )
 def test_each_value_trains_a_fold_end_to_end(key, value, shard_dir, tmp_path, ray_session):
     from sssl_dist.data import ShardSet
-    from sssl_dist.fold import run_fold
+    from sssl_dist.run import run_fold
 
     cfg = replace(E2E, **{key: value})
     run = run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="e2e", workers=0)
@@ -492,7 +492,7 @@ def test_ema_resumed_run_equals_an_uninterrupted_one(shard_dir, tmp_path, ray_se
     """The EMA teacher is in every checkpoint: a run restarted from its epoch-1 checkpoint
     ends with the same student and teacher, bit for bit, as the run that never stopped."""
     from sssl_dist.data import ShardSet
-    from sssl_dist.fold import run_fold
+    from sssl_dist.run import run_fold
 
     cfg = replace(E2E, epochs=3, pseudo_label_network="ema")
     shards = ShardSet(shard_dir)

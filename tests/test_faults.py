@@ -178,10 +178,11 @@ def test_folds_side_by_side_stop_after_their_epoch_and_resume(shard_dir, tmp_pat
 
     from sssl_dist.config import SSSLConfig
     from sssl_dist.data import ShardSet
-    from sssl_dist.parallel import Unit, run_units_parallel
+    from sssl_dist.parallel import run_units_parallel
+    from sssl_dist.run import Run
 
     cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
-    units = {f: Unit(cfg, f, tmp_path, f"p{f}") for f in (0, 1)}
+    units = {f: Run(cfg, f, tmp_path, f"p{f}") for f in (0, 1)}
     shards = ShardSet(shard_dir)
     progress = [u.run_dir / "progress.jsonl" for u in units.values()]
     # Python's own Ctrl-C handler, as in a fresh `sssl` process: a Ray Tune run earlier in this
@@ -212,7 +213,7 @@ def test_ddp_ranks_stop_together_after_the_epoch_in_flight(shard_dir, tmp_path, 
     from sssl_dist.config import SSSLConfig
     from sssl_dist.data import ShardSet
     from sssl_dist.fit import RunStopped
-    from sssl_dist.fold import run_fold
+    from sssl_dist.run import run_fold
 
     cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
     run_dir = tmp_path / "ddp"

@@ -20,8 +20,9 @@ import torch
 from sssl_dist.checkpoint import load_state
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import SegmentTable, ShardSet, rank_block
-from sssl_dist.fold import check_fold, run_fold
+from sssl_dist.fold import check_fold
 from sssl_dist.folds import fold_song_ids
+from sssl_dist.run import run_fold
 from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,7 +341,7 @@ import ray
 from ray.cluster_utils import Cluster
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data import ShardSet
-from sssl_dist.fold import run_fold
+from sssl_dist.run import run_fold
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
 cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, log_to_driver=False)
@@ -468,10 +469,20 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
     never resumed for new data; the same data elsewhere keeps its name (content, not path)."""
     from dataclasses import replace
 
-    from sssl_dist.fit import run_name
+    from sssl_dist.run import Run, run_digest
+
+    def run_name(prefix, cfg, shards, fold):
+        return Run.of(prefix, cfg, shards, fold, tmp_path).name
 
     shards = ShardSet(shard_dir)
     name = run_name("cv", CFG, shards, 0)
+    # The names of runs stored before the run object existed: they resume.
+    digest = run_digest(CFG, shards)
+    assert name == f"cv-fold0-{digest}"
+    refit = Run.of("cv", CFG, shards, None, tmp_path, role="refit")
+    assert refit.name == f"cv-refit-{digest}" and refit.fold is None
+    part = Run.of("cv", CFG, shards, 0, tmp_path).part("crossfit1of2", CFG, {})
+    assert part.name == f"cv-fold0-{digest}-crossfit1of2" and part.run_dir.parent == tmp_path
     assert run_name("cv", CFG, shards, 1) != name
     assert run_name("cv", replace(CFG, tau=0.6), shards, 0) != name
     manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())

@@ -28,13 +28,11 @@ from typing import Any
 from sssl_dist import runfiles
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
 from sssl_dist.data import ShardSet
-from sssl_dist.fit import run_name
-from sssl_dist.fold import run_fold
 from sssl_dist.folds import check_shards_serve
 from sssl_dist.results import draw_plots
+from sssl_dist.run import Run, share_warmups
 from sssl_dist.stats import mean_std
 from sssl_dist.tables import HEADLINE, sweep_markdown
-from sssl_dist.warmup import warmup_key, warmup_source
 from tuning.space import (
     MAX_TRIALS,
     check_trial_count,
@@ -57,48 +55,35 @@ def _fmt(v: Any) -> str:
 
 
 def _trial(tune_cfg: dict[str, Any]) -> None:
-    """One Tune trial: one fold of one configuration, trained by a TorchTrainer."""
+    """One Tune trial: one fold of one configuration (its `run.Run`, made by `run_sweep` with
+    the warm-up it shares), trained by a TorchTrainer."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = SSSLConfig(**tune_cfg["base"])
-    cfg = with_overrides(base, tune_cfg["params"])
-    fold = tune_cfg["fold"]
-    shards = ShardSet(tune_cfg["shards"])
-    name = trial_run_name(tune_cfg["key"], cfg, shards, fold)
+    run = tune_cfg["run"]
     # Configurations that differ only after the warm-up (τ, λ, T) share it: the group's first
     # keeps it, the others start from it when it is ready, and train their own when not
     # (trials run in Tune's order; the result is the same either way).
-    donor = tune_cfg.get("warmup_donors", {}).get(tune_cfg["key"])
-    source = None
-    if donor and donor != tune_cfg["key"]:
-        donor_cfg = with_overrides(base, tune_cfg["all_params"][donor])
-        source = Path(tune_cfg["storage"]) / trial_run_name(donor, donor_cfg, shards, fold)
-    run = run_fold(
-        cfg,
-        shards,
-        fold,
-        storage_path=tune_cfg["storage"],
-        name=name,
+    result = run.fit(
+        ShardSet(tune_cfg["shards"]),
         workers=tune_cfg["workers"],
         use_gpu=tune_cfg["use_gpu"],
         cpus_per_worker=tune_cfg["cpus_per_worker"],
         callbacks=[TuneReportCallback()],
-        save_warmup=donor == tune_cfg["key"],
-        warmup_from=warmup_source(source) if source else None,
     )
+    fold = tune_cfg["fold"]
     record = {
         "key": tune_cfg["key"],
         "params": tune_cfg["params"],
         "fold": fold,
-        "result": run.result,
-        "history": run.history,
+        "result": result.result,
+        "history": result.history,
     }
     out = Path(tune_cfg["out"]) / "trials"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tune_cfg['key']}__fold{fold}.json").write_text(json.dumps(record, default=float))
     tune.report(
-        {k: v for k, v in run.result.items() if isinstance(v, int | float)} | {"done": True}
+        {k: v for k, v in result.result.items() if isinstance(v, int | float)} | {"done": True}
     )
 
 
@@ -168,10 +153,9 @@ def run_sweep(
         "workers": workers,
         "use_gpu": use_gpu,
         "cpus_per_worker": cpus_per_worker,
-        "warmup_donors": warmup_donors(base, keys),
-        "all_params": keys,
     }
-    grid = _tuner(out / "tune", param_space, keys, max_concurrent).fit()
+    runs = trial_runs(base, shards, keys, folds, out / "train")
+    grid = _tuner(out / "tune", param_space, keys, runs, max_concurrent).fit()
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first: {errors[0]}")
@@ -183,13 +167,19 @@ def run_sweep(
 SWEEP_FILE = runfiles.SWEEP
 
 
-def _tuner(tune_dir: Path, param_space: dict[str, Any], keys: dict, max_concurrent: int | None):
+def _tuner(
+    tune_dir: Path,
+    param_space: dict[str, Any],
+    keys: dict[str, dict[str, Any]],
+    runs: dict[tuple[str, int], Run],
+    max_concurrent: int | None,
+):
     """A new Tuner over the grid, or the interrupted one restored (finished trials are kept)."""
     from ray import tune
 
     # The trial function itself only waits on its TorchTrainer: it reserves no CPU (Tune needs
     # some resource, so 1 MB of memory), and the workers' CPUs decide how many folds run at once.
-    trainable = tune.with_resources(_with_params(keys), {"CPU": 0, "memory": 2**20})
+    trainable = tune.with_resources(_with_runs(keys, runs), {"CPU": 0, "memory": 2**20})
     name = "sweep"
     if tune.Tuner.can_restore(tune_dir / name):
         log.info("resuming the interrupted sweep in %s", tune_dir / name)
@@ -242,26 +232,32 @@ def record_sweep(out: Path, identity: dict[str, Any]) -> None:
         path.write_text(json.dumps(identity, indent=1))
 
 
-def trial_run_name(key: str, cfg: SSSLConfig, shards: ShardSet, fold: int) -> str:
-    """The run identity of a trial: it resumes only a run of the same settings on the same
-    data."""
-    return run_name(key.replace("=", "-").replace(",", "_"), cfg, shards, fold)
+def trial_runs(
+    base: SSSLConfig,
+    shards: ShardSet,
+    keys: dict[str, dict[str, Any]],
+    folds: list[int],
+    storage: Path,
+) -> dict[tuple[str, int], Run]:
+    """Every trial's run, named by its configuration key and fold (a re-run resumes only a run
+    of the same settings on the same data), with the warm-ups shared (`run.share_warmups`: per
+    fold, the configurations that differ only after the warm-up train it once)."""
+    grid = [(key, fold) for key in keys for fold in folds]
+    prefix = {key: key.replace("=", "-").replace(",", "_") for key in keys}
+    runs = [
+        Run.of(prefix[key], with_overrides(base, keys[key]), shards, fold, storage)
+        for key, fold in grid
+    ]
+    return dict(zip(grid, share_warmups(runs), strict=True))
 
 
-def warmup_donors(base: SSSLConfig, keys: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """For each configuration that shares its warm-up with another, the group's first
-    configuration (which keeps the warm-up for the others)."""
-    groups: dict[str, list[str]] = defaultdict(list)
-    for key, params in keys.items():
-        wk = warmup_key(with_overrides(base, params))
-        if wk:
-            groups[wk].append(key)
-    return {key: members[0] for members in groups.values() if len(members) > 1 for key in members}
+def _with_runs(keys: dict[str, dict[str, Any]], runs: dict[tuple[str, int], Run]):
+    """The trainable: Tune's trial config names the configuration and fold; the parameters and
+    the run come from the driver, so the param space stays small."""
 
-
-def _with_params(keys: dict[str, dict[str, Any]]):
     def trial(tune_cfg: dict[str, Any]) -> None:
-        _trial(dict(tune_cfg, params=keys[tune_cfg["key"]]))
+        key, fold = tune_cfg["key"], tune_cfg["fold"]
+        _trial(dict(tune_cfg, params=keys[key], run=runs[(key, fold)]))
 
     return trial
 
