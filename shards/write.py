@@ -37,6 +37,7 @@ from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig
 from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
 from sssl_dist.outdir import hold
+from sssl_dist.ray_start import init_ray
 from sssl_dist.records import SongRecord
 
 if TYPE_CHECKING:
@@ -209,8 +210,7 @@ def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report
         if done is not None:
             sidecars[i] = done
             continue
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False, configure_logging=False)
+        init_ray()  # the CLI has started Ray already; a library caller may not have
         pending[remote.remote(plan, str(path), asdict(fc))] = i
     if sidecars:
         log.info("shards: %d of %d already complete, skipped", len(sidecars), len(plans))

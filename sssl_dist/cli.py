@@ -1,8 +1,9 @@
 """`sssl`: the command line. Each subcommand is one stage; `demo` runs the main job end to end.
 
 Every subcommand has --smoke (a tiny, real, end-to-end run for CI) and exits non-zero on
-failure with a one-line error. Ray starts in-process unless RAY_ADDRESS points at a cluster
-(as it does inside `ray job submit`).
+failure with a one-line error. Without RAY_ADDRESS a command starts its own Ray in this
+process, listening on loopback only (ray_start.py), and never joins a Ray already running on
+the host; with it (as inside `ray job submit`) it joins that cluster.
 """
 
 from __future__ import annotations
@@ -36,56 +37,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _init_ray(num_cpus: int | None = None) -> None:
-    import ray
+    from sssl_dist.ray_start import init_ray
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    t0 = time.perf_counter()
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        log.info("connected to Ray cluster at %s", address)
-    else:
-        private_auth_token()
-        ray.init(
-            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-        log.info(
-            "started Ray in-process (%.1f s, %s CPUs)",
-            time.perf_counter() - t0,
-            int(ray.cluster_resources().get("CPU", 0)),
-        )
+    init_ray(num_cpus)
     # ray.init installs a SIGTERM handler that exits mid-call (an abort with a Ray dump):
     # ours stops as Ctrl-C does.
     _catch_sigterm()
-
-
-def private_auth_token(home: Path | None = None) -> Path | None:
-    """Make sure the token an in-process Ray will use is readable by its owner only.
-
-    Ray 2.60 turns token authentication on when `ray.init()` starts a local Ray, and writes a
-    new ~/.ray/auth_token with the process umask: world-readable (644) by default. Created here
-    first, with mode 600, it is the one Ray reads (256 random bits, as Ray's own generator
-    makes); an existing one is tightened to 600. Nothing is done when the token comes from the
-    environment or authentication is disabled. Returns the token file, or None."""
-    env = os.environ
-    if env.get("RAY_AUTH_MODE") == "disabled" or env.get("RAY_AUTH_TOKEN"):
-        return None
-    path = Path(env["RAY_AUTH_TOKEN_PATH"]) if env.get("RAY_AUTH_TOKEN_PATH") else None
-    path = path or (home or Path.home()) / ".ray" / "auth_token"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            log.info("%s was readable by others: now mode 600", path)
-        return path
-    import secrets
-
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    return path
 
 
 class Terminated(KeyboardInterrupt):
@@ -653,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not os.environ.get("RAY_ADDRESS"):
+        from sssl_dist.ray_start import keep_ray_local
+
+        keep_ray_local()  # before any stage imports ray, which reads it at import
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     _catch_sigterm()
