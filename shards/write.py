@@ -175,9 +175,12 @@ def shard_dataset(
     """Shard `records` into `out` with one Ray task per shard; returns the manifest.
 
     Starts Ray in-process if it is not running. Raises outdir.DirectoryBusy when another run holds
-    `out`, ValueError when two song ids share a tar key, RuntimeError when no song is usable.
+    `out`, ValueError when two song ids share a tar key or `songs_per_shard` is below 1,
+    RuntimeError when no song is usable.
     """
     out = Path(out)
+    if songs_per_shard < 1:  # before `out` and its lock file are made
+        raise ValueError(f"songs_per_shard must be at least 1, got {songs_per_shard}")
     check_unique_keys([r.song_id for r in records])
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)

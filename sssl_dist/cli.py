@@ -146,9 +146,18 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
         return [0]
     if spec in (None, "all"):
         return list(range(n_folds))
-    folds = [int(x) for x in spec.split(",")]
+    try:
+        folds = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--folds must be 'all' or a comma list of fold numbers such as 0,3,7; got {spec!r}"
+        ) from None
     if any(not 0 <= f < n_folds for f in folds):
         raise ValueError(f"--folds must be in 0..{n_folds - 1}")
+    repeated = sorted({f for f in folds if folds.count(f) > 1})
+    if repeated:
+        # A fold trains and reports once: a repeat would be counted twice in the log alone.
+        raise ValueError(f"--folds names fold {repeated[0]} more than once: give each fold once")
     return folds
 
 
@@ -609,6 +618,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The least value of each count option, by argparse dest (a command has some of them).
+LEAST = {
+    "workers": 0,
+    "parallel": 1,
+    "songs_per_shard": 1,
+    "actors": 1,
+    "batch_files": 1,
+    "part_files": 1,
+    "cpus": 1,
+    "actor_cpus": 0,
+    "max_concurrent": 1,
+}
+
+
+def check_options(a: argparse.Namespace) -> None:
+    """Refuse, before anything is read or Ray starts, options no command can run with: a
+    count below its least value, an --out that is a file, --gpu with no GPU to use."""
+    for key, least in LEAST.items():
+        value = getattr(a, key, None)
+        if value is not None and value < least:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least {least}, got {value}")
+    if getattr(a, "out", None):
+        check_out_dir(Path(a.out))
+    if getattr(a, "gpu", False):
+        check_gpu()
+
+
+def check_out_dir(out: Path) -> None:
+    """--out names a directory to write into: new, or one a command wrote. A file there, or
+    in place of a folder above it, is refused (the command would fail with a traceback once
+    it came to write)."""
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            where = "" if path == out else f": {path}"
+            raise ValueError(f"--out {out}{where} exists and is not a directory; name a directory")
+
+
+def check_gpu() -> None:
+    """--gpu on this machine's own Ray needs a GPU here: Ray would wait for one forever. On
+    a cluster (RAY_ADDRESS) Ray schedules the GPU work where the GPUs are."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise ValueError(
+            "--gpu: this machine has no CUDA GPU (torch sees none) and RAY_ADDRESS names no "
+            "cluster; drop --gpu, or run on a cluster with GPUs"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         from sssl_dist.ray_start import keep_ray_local
@@ -618,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     _catch_sigterm()
     try:
+        check_options(args)
         return args.func(args)
     except KeyboardInterrupt as exc:
         _stop(exc)
