@@ -201,7 +201,10 @@ class SSSLConfig:
     # result is the same on every machine; the GMM always sees float32 losses.
     bf16: bool | Literal["auto"] = False
     max_failures: int = 0  # Ray Train FailureConfig: worker restarts before the run fails
-    gloo_timeout_s: int = 1800  # torch.distributed timeout (Ray default); tests shorten it
+    # torch.distributed timeout (Ray's default), NCCL or gloo: the longest a rank may wait in
+    # one collective. Checkpoints are waited for outside collectives (train.after_checkpoint);
+    # the longest wait left is rank 0's GMM step, ~1 s per 10^6 losses. Tests shorten it.
+    gloo_timeout_s: int = 1800
 
     def __post_init__(self) -> None:
         _check_fields(self, _SSSL_RANGES)

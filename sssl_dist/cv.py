@@ -176,17 +176,11 @@ def _refit(
         len(fold_ids["val"]),
         max(workers, 1),
     )
-    run = run_fold(
-        cfg,
-        shards,
-        None,
-        storage_path=out / "ray",
-        name=f"{name}-refit-{run_digest(cfg, shards)}",
-        workers=workers,
-        use_gpu=use_gpu,
-        on_epoch=progress_printer(label, cfg.epochs),
+    unit = Unit(
+        cfg, None, out.resolve() / "ray", f"{name}-refit-{run_digest(cfg, shards)}",
         fold_ids=fold_ids,
-    )
+    )  # fmt: skip
+    run = _train_unit(unit, shards, workers, use_gpu, progress_printer(label, cfg.epochs))
     _save_fold(out / "refit", run, shards, label)
     shutil.copy(out / "refit" / MODEL, out / MODEL)
     return {
@@ -203,22 +197,32 @@ def _one_by_one(cv: CrossValidation, workers: int, use_gpu: bool) -> Iterator[tu
     """The folds one after another, each data-parallel over `workers`."""
     for fold in cv.folds:
         log.info("%s training on %d worker(s)", cv.label(fold), max(workers, 1))
-        unit = cv.unit(fold)
-        yield (
-            fold,
-            run_fold(
-                cv.cfg,
-                cv.shards,
-                fold,
-                storage_path=unit.storage_path,
-                name=unit.name,
-                workers=workers,
-                use_gpu=use_gpu,
-                on_epoch=progress_printer(cv.label(fold), cv.cfg.epochs),
-                save_warmup=unit.save_warmup,
-                warmup_from=unit.warmup_from,
-            ),
-        )
+        show = progress_printer(cv.label(fold), cv.cfg.epochs)
+        yield fold, _train_unit(cv.unit(fold), cv.shards, workers, use_gpu, show)
+
+
+def _train_unit(
+    unit: Unit,
+    shards: ShardSet,
+    workers: int,
+    use_gpu: bool,
+    on_epoch: Callable[[dict[str, Any]], None],
+) -> FoldRun:
+    """One run, from this process. A local-mode run on a GPU trains in a Ray task that holds
+    one (`parallel.fold_resources`): in this process it would train on whatever this process
+    has, the CPU on a GPU-less head node."""
+    if workers == 0 and use_gpu:
+        runs = run_units_parallel(
+            {unit.name: unit}, shards, parallel=1, workers=0, use_gpu=True,
+            on_epoch=lambda _, m: on_epoch(m),
+        )  # fmt: skip
+        ((_, run),) = runs
+        return run
+    return run_fold(
+        unit.cfg, shards, unit.fold, storage_path=unit.storage_path, name=unit.name,
+        workers=workers, use_gpu=use_gpu, on_epoch=on_epoch, save_warmup=unit.save_warmup,
+        warmup_from=unit.warmup_from, fold_ids=unit.fold_ids,
+    )  # fmt: skip
 
 
 def share_warmups(cvs: dict[str, CrossValidation]) -> int:
