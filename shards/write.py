@@ -41,6 +41,7 @@ from sssl_dist.audio import AudioError, decode, log_mel, not_a_regular_file, pro
 from sssl_dist.config import FeatureConfig
 from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
 from sssl_dist.outdir import hold, process_alive
+from sssl_dist.ray_start import init_ray
 from sssl_dist.records import SongRecord
 
 if TYPE_CHECKING:
@@ -225,9 +226,12 @@ def shard_dataset(
     """Shard `records` into `out` with one Ray task per shard; returns the manifest.
 
     Starts Ray in-process if it is not running. Raises outdir.DirectoryBusy when another run holds
-    `out`, ValueError when two song ids share a tar key, RuntimeError when no song is usable.
+    `out`, ValueError when two song ids share a tar key or `songs_per_shard` is below 1,
+    RuntimeError when no song is usable.
     """
     out = Path(out)
+    if songs_per_shard < 1:  # before `out` and its lock file are made
+        raise ValueError(f"songs_per_shard must be at least 1, got {songs_per_shard}")
     check_unique_keys([r.song_id for r in records])
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out)
@@ -302,8 +306,7 @@ def _write_shards(
     each removes its temporary file."""
     if not jobs:
         return
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False, configure_logging=False)
+    init_ray()  # the CLI has started Ray already; a library caller may not have
     remote = ray.remote(num_cpus=1)(write_shard)
     pending = {remote.remote(plan, str(path), asdict(fc)): i for i, (plan, path) in jobs.items()}
     try:

@@ -1,8 +1,9 @@
 """`sssl`: the command line. Each subcommand is one stage; `demo` runs the main job end to end.
 
 Every subcommand has --smoke (a tiny, real, end-to-end run for CI) and exits non-zero on
-failure with a one-line error. Ray starts in-process unless RAY_ADDRESS points at a cluster
-(as it does inside `ray job submit`).
+failure with a one-line error. Without RAY_ADDRESS a command starts its own Ray in this
+process, listening on loopback only (ray_start.py), and never joins a Ray already running on
+the host; with it (as inside `ray job submit`) it joins that cluster.
 """
 
 from __future__ import annotations
@@ -38,56 +39,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _init_ray(num_cpus: int | None = None) -> None:
-    import ray
+    from sssl_dist.ray_start import init_ray
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    t0 = time.perf_counter()
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        log.info("connected to Ray cluster at %s", address)
-    else:
-        private_auth_token()
-        ray.init(
-            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-        log.info(
-            "started Ray in-process (%.1f s, %s CPUs)",
-            time.perf_counter() - t0,
-            int(ray.cluster_resources().get("CPU", 0)),
-        )
+    init_ray(num_cpus)
     # ray.init installs a SIGTERM handler that exits mid-call (an abort with a Ray dump):
     # ours stops as Ctrl-C does.
     _catch_sigterm()
-
-
-def private_auth_token(home: Path | None = None) -> Path | None:
-    """Make sure the token an in-process Ray will use is readable by its owner only.
-
-    Ray 2.60 turns token authentication on when `ray.init()` starts a local Ray, and writes a
-    new ~/.ray/auth_token with the process umask: world-readable (644) by default. Created here
-    first, with mode 600, it is the one Ray reads (256 random bits, as Ray's own generator
-    makes); an existing one is tightened to 600. Nothing is done when the token comes from the
-    environment or authentication is disabled. Returns the token file, or None."""
-    env = os.environ
-    if env.get("RAY_AUTH_MODE") == "disabled" or env.get("RAY_AUTH_TOKEN"):
-        return None
-    path = Path(env["RAY_AUTH_TOKEN_PATH"]) if env.get("RAY_AUTH_TOKEN_PATH") else None
-    path = path or (home or Path.home()) / ".ray" / "auth_token"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            log.info("%s was readable by others: now mode 600", path)
-        return path
-    import secrets
-
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    return path
 
 
 class Terminated(KeyboardInterrupt):
@@ -219,9 +176,18 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
         return [0]
     if spec in (None, "all"):
         return list(range(n_folds))
-    folds = [int(x) for x in spec.split(",")]
+    try:
+        folds = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--folds must be 'all' or a comma list of fold numbers such as 0,3,7; got {spec!r}"
+        ) from None
     if any(not 0 <= f < n_folds for f in folds):
         raise ValueError(f"--folds must be in 0..{n_folds - 1}")
+    repeated = sorted({f for f in folds if folds.count(f) > 1})
+    if repeated:
+        # A fold trains and reports once: a repeat would be counted twice in the log alone.
+        raise ValueError(f"--folds names fold {repeated[0]} more than once: give each fold once")
     return folds
 
 
@@ -715,11 +681,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The least value of each count option, by argparse dest (a command has some of them).
+LEAST = {
+    "workers": 0,
+    "parallel": 1,
+    "songs_per_shard": 1,
+    "actors": 1,
+    "batch_files": 1,
+    "part_files": 1,
+    "cpus": 1,
+    "actor_cpus": 0,
+    "max_concurrent": 1,
+}
+
+
+def check_options(a: argparse.Namespace) -> None:
+    """Refuse, before anything is read or Ray starts, options no command can run with: a
+    count below its least value, an --out that is a file, --gpu with no GPU to use."""
+    for key, least in LEAST.items():
+        value = getattr(a, key, None)
+        if value is not None and value < least:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least {least}, got {value}")
+    if getattr(a, "out", None):
+        check_out_dir(Path(a.out))
+    if getattr(a, "gpu", False):
+        check_gpu()
+
+
+def check_out_dir(out: Path) -> None:
+    """--out names a directory to write into: new, or one a command wrote. A file there, or
+    in place of a folder above it, is refused (the command would fail with a traceback once
+    it came to write)."""
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            where = "" if path == out else f": {path}"
+            raise ValueError(f"--out {out}{where} exists and is not a directory; name a directory")
+
+
+def check_gpu() -> None:
+    """--gpu on this machine's own Ray needs a GPU here: Ray would wait for one forever. On
+    a cluster (RAY_ADDRESS) Ray schedules the GPU work where the GPUs are."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise ValueError(
+            "--gpu: this machine has no CUDA GPU (torch sees none) and RAY_ADDRESS names no "
+            "cluster; drop --gpu, or run on a cluster with GPUs"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not os.environ.get("RAY_ADDRESS"):
+        from sssl_dist.ray_start import keep_ray_local
+
+        keep_ray_local()  # before any stage imports ray, which reads it at import
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     _catch_sigterm()
     try:
+        check_options(args)
         return args.func(args)
     except KeyboardInterrupt as exc:
         _stop(exc, args.command)

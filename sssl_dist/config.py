@@ -353,7 +353,9 @@ class SSSLConfig:
     bf16: bool | Literal["auto"] = option(False, RUN)
     # Ray Train FailureConfig: worker restarts before the run fails
     max_failures: int = option(0, RUN, valid=_at_least(-1), after_warmup=True)
-    # torch.distributed timeout (Ray default); tests shorten it
+    # torch.distributed timeout (Ray's default), NCCL or gloo: the longest a rank may wait in
+    # one collective. Checkpoints are waited for outside collectives (train.after_checkpoint);
+    # the longest wait left is rank 0's GMM step, ~1 s per 10^6 losses. Tests shorten it.
     gloo_timeout_s: int = option(1800, RUN, valid=_at_least(1), after_warmup=True)
 
     def __post_init__(self) -> None:

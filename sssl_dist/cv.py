@@ -211,10 +211,8 @@ def _refit(
         len(fold_ids["val"]),
         max(workers, 1),
     )
-    refit = Run.of(name, cfg, shards, None, out / "ray", role="refit", fold_ids=fold_ids)
-    run = refit.fit(
-        shards, workers=workers, use_gpu=use_gpu, on_epoch=progress_printer(label, cfg.epochs)
-    )
+    refit = Run.of(name, cfg, shards, None, out.resolve() / "ray", role="refit", fold_ids=fold_ids)
+    run = _train_run(refit, shards, workers, use_gpu, progress_printer(label, cfg.epochs))
     _save_fold(out / "refit", run, shards, label)
     copy_file(out / "refit" / MODEL, out / MODEL)
     return {
@@ -231,11 +229,28 @@ def _one_by_one(cv: CrossValidation, workers: int, use_gpu: bool) -> Iterator[tu
     """The folds one after another, each data-parallel over `workers`."""
     for fold in cv.folds:
         log.info("%s training on %d worker(s)", cv.label(fold), max(workers, 1))
-        on_epoch = progress_printer(cv.label(fold), cv.cfg.epochs)
-        yield (
-            fold,
-            cv.fold_runs[fold].fit(cv.shards, workers=workers, use_gpu=use_gpu, on_epoch=on_epoch),
-        )
+        show = progress_printer(cv.label(fold), cv.cfg.epochs)
+        yield fold, _train_run(cv.fold_runs[fold], cv.shards, workers, use_gpu, show)
+
+
+def _train_run(
+    run: Run,
+    shards: ShardSet,
+    workers: int,
+    use_gpu: bool,
+    on_epoch: Callable[[dict[str, Any]], None],
+) -> FoldRun:
+    """One run, from this process. A local-mode run on a GPU trains in a Ray task that holds
+    one (`parallel.fold_resources`): in this process it would train on whatever this process
+    has, the CPU on a GPU-less head node."""
+    if workers == 0 and use_gpu:
+        runs = run_units_parallel(
+            {run.name: run}, shards, parallel=1, workers=0, use_gpu=True,
+            on_epoch=lambda _, m: on_epoch(m),
+        )  # fmt: skip
+        ((_, result),) = runs
+        return result
+    return run.fit(shards, workers=workers, use_gpu=use_gpu, on_epoch=on_epoch)
 
 
 def share_warmups_across(cvs: dict[str, CrossValidation]) -> int:

@@ -8,7 +8,8 @@ start-up and the imports are paid once per slot, not once per fold (the start-up
 is measured in benchmarks/bench_cv.py).
 
 Resources, as for a Tune trial: a fold with Ray Train workers reserves nothing itself (its
-workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU it trains on.
+workers reserve their CPUs or GPUs), and a local-mode fold reserves the one CPU it trains on,
+and with --gpu one GPU (`fold_resources`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,7 @@ def run_units_parallel(
 
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
-    task = ray.remote(_train_fold).options(
-        num_cpus=1 if workers == 0 else 0, num_gpus=1 if workers == 0 and use_gpu else 0
-    )
+    task = ray.remote(_train_fold).options(**fold_resources(workers, use_gpu))
     tails = [ProgressTail(u.run_dir / PROGRESS, _for_unit(on_epoch, k)) for k, u in units.items()]
     queue, pending = list(units), {}
     interrupt: KeyboardInterrupt | None = None
@@ -85,6 +84,14 @@ def run_units_parallel(
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+
+
+def fold_resources(workers: int, use_gpu: bool) -> dict[str, int]:
+    """What one unit's Ray task reserves: a local-mode unit (workers=0) trains in the task
+    itself, on 1 CPU or, with `use_gpu`, 1 CPU and 1 GPU; a unit with Ray Train workers
+    reserves nothing, its workers do."""
+    local = workers == 0
+    return {"num_cpus": 1 if local else 0, "num_gpus": 1 if local and use_gpu else 0}
 
 
 def _finished_or_stopped(ref: Any, interrupt: KeyboardInterrupt | None) -> FoldRun | None:

@@ -57,8 +57,12 @@ def choose_precision(
     if setting is True or setting is False:
         return Precision(setting, "set in the config")
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return Precision(ok, f"auto: this GPU {'supports' if ok else 'does not support'} bf16")
+        # Native bf16 only: by default torch also says yes where bf16 is emulated (V100, T4),
+        # which runs slower than fp32 and, in cuDNN convolutions, not at all.
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        return Precision(
+            ok, f"auto: this GPU {'supports' if ok else 'has no native support for'} bf16"
+        )
     if device.type != "cpu":
         return Precision(False, f"auto: no bf16 probe for {device.type}")
     flags = cpu_bf16_flags()

@@ -46,10 +46,23 @@ def ce_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepLoss
 @torch.no_grad()
 def _predict(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Softmax predictions [B, K] in eval mode (no dropout, no BN statistics update): a fixed
-    target for this step."""
+    target for this step.
+
+    The step's autocast (bf16) is kept, but not its weight cache: the cache holds each weight's
+    bf16 copy for the rest of the autocast block, and a copy first made here, under no_grad,
+    has no autograd history on torch releases without the fix of pytorch/pytorch#158232
+    (reported for 2.10 and older; pyproject allows 2.4): the training forward that follows in
+    the same block would reuse it and leave the conv and linear weights without a gradient."""
+    device = x.device.type
     was_training = plain.training
     plain.eval()
-    probs = torch.softmax(plain(x).float(), dim=-1)
+    with torch.autocast(
+        device,
+        dtype=torch.get_autocast_dtype(device),
+        enabled=torch.is_autocast_enabled(device),
+        cache_enabled=False,
+    ):
+        probs = torch.softmax(plain(x).float(), dim=-1)
     plain.train(was_training)
     return probs
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 import ray.train
+import ray.train.collective
 import torch
 
 from sssl_dist import runfiles
@@ -152,9 +153,17 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
             # The warm-up's end, kept apart from the rotating epoch checkpoints: runs that
             # differ only after the warm-up continue from it (warmup.py).
             write_checkpoint_dir(Path(loop.run_dir, runfiles.WARMUP), state, files, cfg)
-        if epoch < cfg.epochs - 1 and rank0_decides(w.rank == 0 and stop_requested(loop)):
+        if after_checkpoint(w.rank == 0 and stop_requested(loop)) and epoch < cfg.epochs - 1:
             return  # the driver asked to stop (Ctrl-C, SIGTERM): this epoch is checkpointed
     finish_fold(w, loop, mels, by_id, history, clean_w, memory, best)
+
+
+def after_checkpoint(stop: bool) -> bool:
+    """Where every rank waits for rank 0 to finish writing and uploading the epoch's
+    checkpoint (a VGG16 one with its optimiser is 2-2.7 GB: minutes on slow shared storage),
+    and learns rank 0's `stop`. The wait is Ray Train's barrier, which has no timeout (it warns
+    each minute), not a torch collective: the next one would fail after gloo_timeout_s."""
+    return bool(ray.train.collective.broadcast_from_rank_zero(stop))
 
 
 def stop_requested(loop: LoopConfig) -> bool:

@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sssl_dist.ray_start import keep_ray_local, start_private_ray
+
+# The suite's Ray is started as every command starts its own (ray_start.py): private, on
+# loopback only. Ray reads that setting when it is imported, so it is made here, first.
+keep_ray_local()
 # Ray runs with token authentication on, as `ray.init` runs it for users in Ray 2.60. The
 # session's token is held in the environment (Ray's workers and the `sssl` subprocesses inherit
 # it), so the tests neither read nor write the user's ~/.ray/auth_token.
@@ -24,7 +29,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_private_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -427,3 +427,57 @@ def test_an_alias_bomb_is_refused_by_every_command_that_reads_yaml(tmp_path, sha
         assert main([*command, "--out", str(tmp_path / "out")]) == 2
         assert "aliases expand to more than 100,000 values" in caplog.text, command
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--shards", "S", "--out", "FILE"], "--out FILE exists and is not a directory"),
+        (["predict", "m.sssl", "a.wav", "--out", "FILE"], "--out FILE exists and is not"),
+        (["shard", "--dataset", "4q", "--root", "R", "--out", "FILE"], "--out FILE exists"),
+        (["train", "--shards", "S", "--out", "FILE/run"], "--out FILE/run: FILE exists and is"),
+        (["train", "--shards", "S", "--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["compare", "--shards", "S", "--workers", "-2"], "--workers must be at least 0, got -2"),
+        (["train", "--shards", "S", "--parallel", "0"], "--parallel must be at least 1, got 0"),
+        (["demo", "--parallel", "0"], "--parallel must be at least 1, got 0"),
+        (["predict", "m.sssl", "a.wav", "--cpus", "0"], "--cpus must be at least 1, got 0"),
+        (["predict", "m.sssl", "a.wav", "--actors", "0"], "--actors must be at least 1, got 0"),
+        (["predict", "m.sssl", "a.wav", "--batch-files", "0"], "--batch-files must be at least 1"),
+        (["train", "--shards", "S", "--folds", "0,0"], "--folds names fold 0 more than once"),
+        (["train", "--shards", "S", "--folds", "0,x"], "a comma list of fold numbers such as"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_ray_starts(
+    args, message, tmp_path, monkeypatch, caplog, no_ray
+):
+    monkeypatch.chdir(tmp_path)
+    Path("FILE").write_text("an earlier user's file\n")
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], errors
+    assert Path("FILE").read_text() == "an earlier user's file\n"
+
+
+def test_songs_per_shard_0_is_refused_and_leaves_no_directory_or_lock(tmp_path, caplog, no_ray):
+    from shards.write import shard_dataset
+
+    out = tmp_path / "shards"
+    cmd = ["shard", "--dataset", "4q", "--root", str(tmp_path), "--out", str(out)]
+    assert main([*cmd, "--songs-per-shard", "0"]) == 2
+    assert "--songs-per-shard must be at least 1, got 0" in caplog.text
+    with pytest.raises(ValueError, match="songs_per_shard must be at least 1, got 0"):
+        shard_dataset([], out, songs_per_shard=0)  # the library refuses it too
+    assert not out.exists()
+
+
+def test_gpu_without_a_gpu_or_a_cluster_is_refused_before_ray_starts(
+    tmp_path, monkeypatch, caplog, no_ray
+):
+    """Ray would wait forever for a GPU this machine does not have."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for cmd in (["train", "--shards", str(tmp_path), "--workers", "0"],
+                ["predict", "m.sssl", "a.wav"]):  # fmt: skip
+        assert main([*cmd, "--gpu"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("--gpu: this machine has no CUDA GPU" in e for e in errors)

@@ -130,22 +130,6 @@ def test_stray_temporary_checkpoints_of_dead_processes_are_removed(tmp_path):
                 d.rmdir()
 
 
-def test_the_token_an_in_process_ray_uses_is_private(tmp_path, monkeypatch):
-    from sssl_dist.cli import private_auth_token
-
-    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    path = private_auth_token(home=tmp_path)
-    assert path == tmp_path / ".ray" / "auth_token"
-    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text()) == 64
-    token = path.read_text()
-    path.chmod(0o644)  # as Ray 2.60 writes it
-    assert private_auth_token(home=tmp_path) == path
-    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == token
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert private_auth_token(home=tmp_path / "other") is None
-
-
 def _interrupt_after_first_epoch(progress_files: list[Path], act) -> threading.Thread:
     """A watcher that calls `act` once every run has finished an epoch (and a second more)."""
 

@@ -102,3 +102,54 @@ def test_auto_in_a_worker_records_the_choice_and_why(shard_dir, monkeypatch):
 
 def _must_not_probe(*_):
     raise AssertionError("the probe ran where the setting or the CPU had already decided")
+
+
+def test_auto_on_a_gpu_asks_for_native_bf16(monkeypatch):
+    """A V100 or T4 only emulates bf16: torch.cuda.is_bf16_supported() says yes by default."""
+    asked = []
+
+    def emulating_gpu(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_gpu)
+    model = build_model("small_cnn", 4, 0.5)
+    chosen = precision.choose_precision("auto", model, SHAPE, torch.device("cuda"))
+    assert asked == [False] and chosen.bf16 is False
+    assert chosen.reason == "auto: this GPU has no native support for bf16"
+
+
+def test_under_bf16_the_pseudo_label_pass_leaves_the_weights_their_gradients():
+    """`pseudo_label_network: current` under bf16: the no-grad pseudo-label pass runs inside
+    the step's autocast block, before the training forward through the same weights. It keeps
+    bf16 but not the autocast weight cache (on torch before the cache fix, a weight copy cached
+    under no_grad was reused by the training forward and its gradient was lost); the step then
+    leaves a gradient on every conv and linear weight."""
+    from sssl_dist.step import sssl_loss
+
+    torch.manual_seed(0)
+    cfg = SSSLConfig(pseudo_label_network="current", bf16=True, batch_size=8)
+    model = build_model("small_cnn", 4, 0.5)
+    passes = []
+    model.register_forward_pre_hook(
+        lambda m, args: passes.append(
+            (
+                torch.is_grad_enabled(),
+                torch.is_autocast_enabled("cpu"),
+                torch.is_autocast_cache_enabled(),
+            )
+        )  # fmt: skip
+    )
+    x = torch.randn(8, 1, 128, 130)
+    labels = torch.arange(8) % 4
+    clean_w = torch.tensor([0.9, 0.8, 0.0, 0.0, 0.7, 0.0, 0.95, 0.0])  # 4 in X, 4 in U
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sssl_loss(model, model, x, labels, clean_w, cfg, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    no_grad = [p for p in passes if not p[0]]
+    assert no_grad and all(p == (False, True, False) for p in no_grad)  # bf16, no cache
+    weights = [
+        m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    assert len(weights) >= 2
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)

@@ -334,6 +334,41 @@ def _run_script(code: str, timeout: int = 300, env_extra: dict | None = None):
     )
 
 
+def test_ranks_wait_for_a_checkpoint_in_ray_trains_barrier_not_in_a_collective(
+    shard_dir, tmp_path, ray_session, monkeypatch
+):
+    """Rank 0 writes and uploads each checkpoint (a VGG16 one is 2-2.7 GB) while the other
+    ranks go on: the next thing every rank does after a checkpoint, the last epoch's too, is
+    Ray Train's barrier, which has no timeout, never a torch collective, which fails after
+    gloo_timeout_s. The loop is the same in local mode, where the order is recorded here."""
+    from dataclasses import replace
+
+    import ray.train.collective
+
+    from sssl_dist import train
+
+    events: list[str] = []
+
+    def record(name, real):
+        def call(*args, **kwargs):
+            events.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(train, "save_checkpoint", record("checkpoint", train.save_checkpoint))
+    barrier = ray.train.collective.broadcast_from_rank_zero
+    monkeypatch.setattr(ray.train.collective, "broadcast_from_rank_zero", record("ray", barrier))
+    for collective in ("all_gather_object", "broadcast_status", "broadcast_clean_w",
+                       "gather_losses", "rank0_decides"):  # fmt: skip
+        monkeypatch.setattr(train, collective, record("torch", getattr(train, collective)))
+    cfg = replace(CFG, epochs=2)
+    run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="order", workers=0)
+    after = [events[i + 1] for i, e in enumerate(events[:-1]) if e == "checkpoint"]
+    assert events.count("checkpoint") == cfg.epochs + 1 and events[-1] == "checkpoint"
+    assert after == ["ray"] * cfg.epochs and "torch" in events
+
+
 def test_two_node_cluster_trains(shard_dir, tmp_path):
     """Nothing may assume one node: two Ray nodes, one worker on each."""
     code = f"""
@@ -578,3 +613,35 @@ def test_cross_fit_svm_learns_from_out_of_sample_songs(shard_dir, tmp_path, ray_
     saved = torch.load(artifact, weights_only=True)["svm_features"].numpy()
     first = sorted(s for s in run.fold_ids["train"] if oos[s])[0]
     assert np.allclose(saved[0], song_features(np.asarray(oos[first]), cfg.theta))
+
+
+def test_local_mode_with_gpu_asks_ray_for_one_instead_of_training_in_the_driver(
+    shard_dir, tmp_path, monkeypatch
+):
+    """`--workers 0 --gpu --parallel 1` (and its --final refit): in the driver the fold would
+    train on whatever the driver has, the CPU on a GPU-less head node. Each run goes to a Ray
+    task that reserves a GPU, as folds side by side do."""
+    from sssl_dist import cv
+    from sssl_dist.parallel import fold_resources
+
+    assert fold_resources(0, True) == {"num_cpus": 1, "num_gpus": 1}
+    assert fold_resources(0, False) == {"num_cpus": 1, "num_gpus": 0}
+    assert fold_resources(2, True) == {"num_cpus": 0, "num_gpus": 0}  # its workers reserve
+
+    class Asked(Exception):
+        pass
+
+    asked = []
+
+    def ask(units, shards, *, parallel, workers, use_gpu, on_epoch):
+        asked.append(([u.fold for u in units.values()], parallel, workers, use_gpu))
+        raise Asked
+
+    monkeypatch.setattr(cv, "run_units_parallel", ask)
+    monkeypatch.setattr(cv, "run_fold", lambda *a, **k: pytest.fail("trained in the driver"))
+    shards = ShardSet(shard_dir)
+    with pytest.raises(Asked):
+        cv.run_cv(CFG, shards, tmp_path / "cv", folds=[1], workers=0, use_gpu=True, parallel=1)
+    with pytest.raises(Asked):
+        cv._refit(CFG, shards, tmp_path / "cv", "cv", workers=0, use_gpu=True)
+    assert asked == [([1], 1, 0, True), ([None], 1, 0, True)]
