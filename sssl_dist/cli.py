@@ -451,7 +451,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sssl", description=__doc__, formatter_class=fmt)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _synth_parser,
+        _shard_parser,
+        _train_parser,
+        _tune_parser,
+        _compare_parser,
+        _predict_parser,
+        _report_parser,
+        _demo_parser,
+    ):
+        add(sub, fmt)
+    return p
 
+
+def training_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--shards", required=True, help="shard directory from `sssl shard`")
+    s.add_argument("--config", help="YAML/JSON config file (keys of SSSLConfig)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tau=0.6")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Ray Train workers per run (0 = local mode, in this process)",
+    )
+    s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
+    s.add_argument("--out", help="report directory")
+    s.add_argument("--smoke", action="store_true", help="2 epochs, fold 0 only")
+
+
+def _synth_parser(sub: Any, fmt: type) -> None:
     s = sub.add_parser(
         "synth", help="generate the ground-truth synthetic corpus", formatter_class=fmt
     )
@@ -467,13 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="12 songs")
     s.set_defaults(func=cmd_synth)
 
+
+def _shard_parser(sub: Any, fmt: type) -> None:
+    from shards.datasets import DATASETS
+
     s = sub.add_parser(
         "shard", help="decode audio into WebDataset log-mel shards", formatter_class=fmt
     )
     s.add_argument(
         "--dataset",
         required=True,
-        choices=("4q", "pmemo", "eim", "deam", "manifest", "synthetic"),
+        choices=DATASETS,
         help="layout of --root (see README)",
     )
     s.add_argument("--root", required=True, help="dataset root (or the CSV file for 'manifest')")
@@ -493,22 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="first 8 songs only")
     s.set_defaults(func=cmd_shard)
 
-    def training_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--shards", required=True, help="shard directory from `sssl shard`")
-        s.add_argument("--config", help="YAML/JSON config file (keys of SSSLConfig)")
-        s.add_argument(
-            "--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tau=0.6"
-        )
-        s.add_argument(
-            "--workers",
-            type=int,
-            default=2,
-            help="Ray Train workers per run (0 = local mode, in this process)",
-        )
-        s.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
-        s.add_argument("--out", help="report directory")
-        s.add_argument("--smoke", action="store_true", help="2 epochs, fold 0 only")
 
+def _train_parser(sub: Any, fmt: type) -> None:
     s = sub.add_parser(
         "train",
         help="distributed SSSL training + song-level CV",
@@ -531,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_train)
 
+
+def _tune_parser(sub: Any, fmt: type) -> None:
     s = sub.add_parser(
         "tune",
         help="Ray Tune sweep over τ, λ, T, L and folds",
@@ -548,6 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse a sweep of more trials (configurations x folds) than this",
     )
     s.set_defaults(func=cmd_tune)
+
+
+def _compare_parser(sub: Any, fmt: type) -> None:
+    from sssl_dist.config import TASKS
 
     s = sub.add_parser(
         "compare",
@@ -575,9 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         "oracle-split (the step on a perfect split) and oracle-labels (CE on the true labels); "
         "the report gives each arm's share of the headroom",
     )
-    s.add_argument(
-        "--tasks", help="comma list of valence, arousal, quadrant (default: the config's task)"
-    )
+    s.add_argument("--tasks", help=f"comma list of {', '.join(TASKS)} (default: the config's task)")
     s.add_argument("--folds", type=int, help="k of k-fold CV (default: the config's n_folds)")
     s.add_argument(
         "--repeats", type=int, default=1, help="repetitions, each with its own folds and seed"
@@ -598,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     shared_warmup_flag(s)
     s.set_defaults(func=cmd_compare)
 
+
+def _predict_parser(sub: Any, fmt: type) -> None:
     s = sub.add_parser(
         "predict",
         help="emotion over time and song decision for audio files, folders or a catalogue",
@@ -643,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_predict)
 
+
+def _report_parser(sub: Any, fmt: type) -> None:
     s = sub.add_parser(
         "report", help="rebuild plots and tables of a training report", formatter_class=fmt
     )
@@ -650,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", help="shard directory (adds per-second truth to curves)")
     s.add_argument("--smoke", action="store_true", help="tables only, no plots")
     s.set_defaults(func=cmd_report)
+
+
+def _demo_parser(sub: Any, fmt: type) -> None:
+    from sssl_dist.config import TASKS, SSSLConfig
 
     s = sub.add_parser(
         "demo", help="the main job on the embedded synthetic corpus", formatter_class=fmt
@@ -659,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=int, default=5, help="cross-validation folds (10 for real runs)")
     s.add_argument("--epochs", type=int, default=6, help="epochs per run")
     s.add_argument("--warmup", type=int, default=2, help="warm-up epochs (plain CE)")
-    s.add_argument("--task", default="quadrant", choices=("quadrant", "valence", "arousal"))
+    s.add_argument("--task", default=SSSLConfig.task, choices=TASKS)
     # Defaults measured on 2 cores (benchmarks/bench_cv.py): two local-mode folds side by side
     # beat one fold on 2 DDP workers for a network this small; --workers 2 --parallel 1 runs DDP.
     s.add_argument(
@@ -678,7 +709,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoke", action="store_true", help="16 songs, 1 fold, 2 epochs")
     shared_warmup_flag(s)
     s.set_defaults(func=cmd_demo)
-    return p
 
 
 # The least value of each count option, by argparse dest (a command has some of them).

@@ -22,7 +22,7 @@ from sssl_dist import runfiles
 from sssl_dist.checkpoint import finished_checkpoint, remove_stray_temp_dirs, write_run_files
 from sssl_dist.config import SSSLConfig, to_dict
 from sssl_dist.data import ShardSet, training_table
-from sssl_dist.split_service import start_split_service
+from sssl_dist.split_service import NAMESPACE, start_split_service
 from sssl_dist.train import LoopConfig, train_loop_per_worker
 from sssl_dist.warmup import adopt_warmup
 
@@ -132,7 +132,7 @@ def fit_run(
         local=workers == 0,
         fault=fault,
         save_warmup=save_warmup and not remote,
-        split_service=service_name,
+        split_service=(NAMESPACE, service_name) if service_name else ("", ""),
     )
     trainer = _trainer(cfg, loop, storage_path, name, workers, use_gpu, cpus_per_worker, callbacks)
     stop = None if remote else _clear_stop_request(Path(run_dir))

@@ -70,7 +70,6 @@ from sssl_dist.models import build_model
 from sssl_dist.precision import choose_precision
 from sssl_dist.song import song_level_results
 from sssl_dist.split import fit_split_with_metrics
-from sssl_dist.split_service import NAMESPACE
 
 
 @dataclass(frozen=True)
@@ -87,9 +86,9 @@ class LoopConfig:
     # Tests only: raise inside this step on rank 0 ("gmm"), to prove that a failure there
     # ends the run promptly instead of leaving the other ranks waiting.
     fault: str = ""
-    # The name of the fold's split service (namespace split_service.NAMESPACE); "" fits the GMM
-    # on rank 0.
-    split_service: str = ""
+    # The fold's split service as the driver named it: (namespace, name), or ("", "") to fit
+    # the GMM on rank 0. The driver says where it is, so a rank never imports the driver.
+    split_service: tuple[str, str] = ("", "")
     # Keep the last warm-up epoch's checkpoint as run_dir/warmup for other runs (warmup.py).
     save_warmup: bool = False
 
@@ -112,7 +111,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
     history, clean_w = progress.history or [], progress.clean_w
     memory = progress.memory or LossMemory.empty(len(w.table))
     best = progress.best or BestEpoch()
-    if loop.split_service and w.rank == 0:
+    if loop.split_service[1] and w.rank == 0:
         # The service may hold splits of epochs this (re)started run trains again.
         ray.get(_service(loop.split_service).resume.remote(progress.start_epoch, progress.memory))
     cfg = w.cfg
@@ -334,7 +333,7 @@ def fit_at_site(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 3a on rank 0: the split (`Split.clean_w`) and its metrics, from the driver's split
     service or fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
-    if not loop.split_service:
+    if not loop.split_service[1]:
         return fit_split_with_metrics(w.cfg, w.table, losses, sent, epoch, memory)
     clean_w, metrics, kept = ray.get(_service(loop.split_service).fit.remote(epoch, losses, sent))
     if kept is not None:
@@ -343,10 +342,11 @@ def fit_at_site(
 
 
 @functools.cache
-def _service(name: str):
+def _service(where: tuple[str, str]):
     """The fold's split service, looked up once per process (one GCS call, not one an epoch).
     Each fold's service has its own name, so a process reused for the next fold looks again."""
-    return ray.get_actor(name, namespace=NAMESPACE)
+    namespace, name = where
+    return ray.get_actor(name, namespace=namespace)
 
 
 def finish_fold(

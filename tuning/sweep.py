@@ -118,15 +118,7 @@ def run_sweep(
         raise ValueError(LOCAL_MODE_REFUSED)
     if max_trials < 1:
         raise ValueError(f"--max-trials must be at least 1, got {max_trials}")
-    space = load_space(space_path)
-    base = with_overrides(base, space.get("base", {}))
-    folds = space.get("folds", "all")
-    folds = list(range(base.n_folds)) if folds == "all" else [int(f) for f in folds]
-    if smoke:
-        folds = folds[:2]
-    n_configs = min(count_configurations(space), 2) if smoke else count_configurations(space)
-    check_trial_count(space_path, n_configs, len(folds), max_trials)
-    configs = configurations(space, limit=n_configs)
+    base, folds, configs = sweep_grid(space_path, base, smoke, max_trials)
     shards = ShardSet(shard_dir)
     check_shards_serve(shards, [with_overrides(base, p) for p in configs], folds)
     out = Path(out).resolve()
@@ -162,6 +154,23 @@ def run_sweep(
     summary = summarise_trials(out, base, keys)
     write_outputs(out, base, summary)
     return summary
+
+
+def sweep_grid(
+    space_path: str | Path, base: SSSLConfig, smoke: bool, max_trials: int
+) -> tuple[SSSLConfig, list[int], list[dict[str, Any]]]:
+    """(the base config with the space's `base`, the folds, the configurations) of a search
+    space, refused when it holds more trials than `max_trials`. The grid is counted before it
+    is made: a space of 10^6 configurations costs nothing to refuse."""
+    space = load_space(space_path)
+    base = with_overrides(base, space.get("base", {}))
+    folds = space.get("folds", "all")
+    folds = list(range(base.n_folds)) if folds == "all" else [int(f) for f in folds]
+    if smoke:
+        folds = folds[:2]
+    n_configs = min(count_configurations(space), 2) if smoke else count_configurations(space)
+    check_trial_count(space_path, n_configs, len(folds), max_trials)
+    return base, folds, configurations(space, limit=n_configs)
 
 
 SWEEP_FILE = runfiles.SWEEP
