@@ -32,8 +32,8 @@ def main(songs: int = 48, folds: int = 4, epochs: int = 3) -> dict[str, float]:
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.parallel import run_folds_parallel
-    from sssl_dist.run import run_fold
+    from sssl_dist.driver.parallel import run_folds_parallel
+    from sssl_dist.driver.run import run_fold
     from tuning.sweep import run_sweep
 
     work = Path(tempfile.mkdtemp(prefix="bench-cv-"))

@@ -29,7 +29,7 @@ from datetime import timedelta
 import numpy as np
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.method import split_clean_noisy
+from sssl_dist.method.equations import split_clean_noisy
 
 CAP = SSSLConfig().gmm_max_fit
 
@@ -68,8 +68,8 @@ def _rank(rank: int, world: int, init: str, n: int, queue) -> None:
     import torch
     import torch.distributed as dist
 
-    from sssl_dist.collectives import broadcast_clean_w, broadcast_status, gather_losses
-    from sssl_dist.data import rank_block
+    from sssl_dist.data.segments import rank_block
+    from sssl_dist.rank.collectives import broadcast_clean_w, broadcast_status, gather_losses
 
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -139,9 +139,9 @@ def service_round_trip(n: int, repeats: int = 3) -> dict[str, float]:
     rank0) and through a SplitService actor (gmm_site: driver)."""
     import ray
 
-    from sssl_dist.data import SegmentTable
-    from sssl_dist.split import fit_split_with_metrics
-    from sssl_dist.split_service import SplitService, start_split_service
+    from sssl_dist.data.segments import SegmentTable
+    from sssl_dist.driver.split_service import SplitService, start_split_service
+    from sssl_dist.method.split import fit_split_with_metrics
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -81,7 +81,7 @@ def main(gb: float, concurrent: int, work: Path) -> dict[str, float]:
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.parallel import run_folds_parallel
+    from sssl_dist.driver.parallel import run_folds_parallel
 
     mean_duration = 40.0
     songs = int(gb * 1e9 / BYTES_PER_SECOND / mean_duration) + 1

@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sssl_dist.config import FeatureConfig
-from sssl_dist.models import build_model, count_parameters
+from sssl_dist.method.models import build_model, count_parameters
 
 
 def flops_per_segment(backbone: str, seconds: int = 1) -> int:

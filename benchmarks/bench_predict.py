@@ -72,7 +72,7 @@ import numpy as np
 import psutil
 
 if TYPE_CHECKING:  # for the annotation only: Ray's modules load where a run needs them
-    from sssl_dist.predict import PredictSummary
+    from sssl_dist.outputs.predict import PredictSummary
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = (("wav", 44100), ("flac", 22050), ("ogg", 48000))
@@ -109,8 +109,8 @@ def make_model(path: Path) -> Path:
     import torch
 
     from sssl_dist.config import FeatureConfig, SSSLConfig, to_dict
-    from sssl_dist.export import FORMAT
-    from sssl_dist.models import build_model
+    from sssl_dist.method.models import build_model
+    from sssl_dist.outputs.export import FORMAT
 
     cfg = SSSLConfig()
     torch.manual_seed(0)
@@ -134,9 +134,9 @@ def make_model(path: Path) -> Path:
 # --------------------------------------------------------------------------- the old loop
 def serial_loop(model_path: str, files: list[str], out: Path) -> float:
     """`export.predict_files` as it was before the Ray Data path (reference copy)."""
-    from sssl_dist.audio import AudioError
-    from sssl_dist.export import load_model, predict_song
-    from sssl_dist.report import plot_emotion_curve
+    from sssl_dist.data.audio import AudioError
+    from sssl_dist.outputs.export import load_model, predict_song
+    from sssl_dist.outputs.report import plot_emotion_curve
 
     model = load_model(model_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,8 +163,8 @@ def serial_loop(model_path: str, files: list[str], out: Path) -> float:
 
 
 def floor_serial(files: list[str]) -> float:
-    from sssl_dist.audio import decode, log_mel
     from sssl_dist.config import FeatureConfig
+    from sssl_dist.data.audio import decode, log_mel
 
     fc, audio_s = FeatureConfig(), 0.0
     for f in files:
@@ -180,7 +180,7 @@ def floor_ray(files: list[str], per_file: bool = False) -> float:
     import ray
 
     from sssl_dist.config import FeatureConfig, to_dict
-    from sssl_dist.predict import decode_dataset, decode_row, file_key
+    from sssl_dist.outputs.predict import decode_dataset, decode_row, file_key
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     fc = to_dict(FeatureConfig())
@@ -197,7 +197,7 @@ def new_path(
     model_path: str, files: list[str], out: Path, part_files: int | None = None
 ) -> PredictSummary:
     """run_predict as `sssl predict` calls it for a catalogue; its PredictSummary."""
-    from sssl_dist.predict import run_predict
+    from sssl_dist.outputs.predict import run_predict
 
     kwargs = {} if part_files is None else {"part_files": part_files}
     return run_predict([model_path], files, out, plots=False, **kwargs)
@@ -210,7 +210,7 @@ def log_progress(folder: str) -> None:
     flight. Wraps predict.decode_row and predict.add_result, module globals that
     predict_stream and _batches look up when called; Ray pickles the decode wrapper by
     value (it is defined in __main__), so the workers run it, around the original."""
-    import sssl_dist.predict as predict
+    import sssl_dist.outputs.predict as predict
 
     decoded, finished = f"{folder}/decoded.txt", f"{folder}/finished.txt"
     inner_decode, inner_add = predict.decode_row, predict.add_result
@@ -491,7 +491,7 @@ def exactly_once(out: Path, files: list[str]) -> tuple[list[str], int]:
     and the segment rows: one files row per input and no other, no (file, model, segment)
     twice, each file's segment rows as many as its files row says, no failure, no part left
     hidden."""
-    from sssl_dist.predict import file_key
+    from sssl_dist.outputs.predict import file_key
 
     songs, segs, fails = (_read_parts(out / t) for t in ("files", "segments", "failures"))
     problems = []

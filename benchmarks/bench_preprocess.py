@@ -24,7 +24,7 @@ import numpy as np
 
 def naive(records, fc) -> int:
     """Per L, per song: load, then one librosa log-mel per segment. Returns segments made."""
-    from sssl_dist.audio import log_mel
+    from sssl_dist.data.audio import log_mel
 
     n = 0
     for length in range(1, 6):
@@ -54,7 +54,7 @@ def main(songs: int = 24) -> dict[str, float]:
     from shards.synth import SynthConfig, generate_corpus
     from shards.write import shard_dataset
     from sssl_dist.config import FeatureConfig
-    from sssl_dist.data import SegmentTable, ShardSet
+    from sssl_dist.data.segments import SegmentTable, ShardSet
 
     fc = FeatureConfig()
     work = Path(tempfile.mkdtemp(prefix="bench-pre-"))

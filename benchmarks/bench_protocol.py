@@ -122,7 +122,7 @@ def corpus(work: Path, songs: int, seconds: float):
 def timed_worker(cfg, shards, fold_ids, clock: PhaseClock):
     """The trainer's worker (train.build_worker) with its batch cutting, forward, optimiser
     step and the step's pseudo-label pass timed by `clock`."""
-    from sssl_dist.train import build_worker
+    from sssl_dist.rank.train import build_worker
 
     w, mels, by_id = build_worker(cfg, shards, fold_ids)
     for batcher in (w.batcher, w.val_batcher):
@@ -143,7 +143,8 @@ def timed_worker(cfg, shards, fold_ids, clock: PhaseClock):
 @contextlib.contextmanager
 def timed_library(clock: PhaseClock) -> Iterator[None]:
     """Module-level functions the epoch calls, timed where they are looked up."""
-    from sssl_dist import epoch, split, step
+    from sssl_dist.method import split, step
+    from sssl_dist.rank import epoch
 
     patches = [
         mock.patch.object(step, "_predict", clock.wrap("pseudo-labels", step._predict)),
@@ -163,8 +164,8 @@ def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any
     validate, checkpoint. Returns the last split and each epoch's record."""
     from sssl_dist import epoch as ep
     from sssl_dist import split as sp
-    from sssl_dist.checkpoint import training_state, write_checkpoint_dir
-    from sssl_dist.method import LossMemory
+    from sssl_dist.files.checkpoint import training_state, write_checkpoint_dir
+    from sssl_dist.method.equations import LossMemory
 
     cfg, memory, records = w.cfg, LossMemory.empty(len(w.table)), []
     ckpt = Path(tempfile.mkdtemp(prefix="bench-protocol-ckpt-"))
@@ -199,8 +200,8 @@ def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any
 
 def song_level(w, mels, by_id, fold_ids, clock: PhaseClock) -> dict[str, Any]:
     """The fold's end: every song's segment probabilities, then Eq. 10 + SVM."""
-    from sssl_dist.epoch import song_probabilities
-    from sssl_dist.song import song_level_results
+    from sssl_dist.method.song import song_level_results
+    from sssl_dist.rank.epoch import song_probabilities
 
     with clock.phase("song level"):
         ids = sorted(s for part in fold_ids.values() for s in part)
@@ -211,7 +212,7 @@ def song_level(w, mels, by_id, fold_ids, clock: PhaseClock) -> dict[str, Any]:
 def one_fold(shards, arms: dict[str, dict], fold: int = 0) -> dict[str, dict[str, Any]]:
     """Fold `fold` of every arm, the warm-up trained once (its phases are reported apart)."""
     from sssl_dist.config import SSSLConfig, with_overrides
-    from sssl_dist.folds import fold_song_ids
+    from sssl_dist.data.folds import fold_song_ids
 
     torch.set_num_threads(1)
     base = SSSLConfig()
@@ -279,7 +280,7 @@ def step_flops(batch: int = 64, frames: int = 130, n_mels: int = 128) -> dict[st
     (L = 3 s at 22.05 kHz / hop 512 is 130 frames), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sssl_dist.models import build_model
+    from sssl_dist.method.models import build_model
 
     model = build_model("small_cnn", 4, 0.5)
     x, y = torch.randn(batch, 1, n_mels, frames), torch.randint(0, 4, (batch,))
@@ -306,12 +307,12 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
     (`rdrop_trunk: shared`), each in fp32 and under bf16 autocast, on one worker of fold 0
     with a fixed split, interleaved round by round so all see the same machine; the medians."""
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import epoch_batches
-    from sssl_dist.epoch import loss_pass
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.method import split_clean_noisy
-    from sssl_dist.step import ce_loss, sssl_loss
-    from sssl_dist.train import build_worker
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.segments import epoch_batches
+    from sssl_dist.method.equations import split_clean_noisy
+    from sssl_dist.method.step import ce_loss, sssl_loss
+    from sssl_dist.rank.epoch import loss_pass
+    from sssl_dist.rank.train import build_worker
 
     torch.set_num_threads(1)
     cfg = SSSLConfig()
@@ -388,7 +389,7 @@ def print_limit(shards) -> None:
 def ce_training_step(bf16: bool, compiled: bool = False) -> Callable[[], None]:
     """One SmallCNN CE training step (L = 3, batch 64, Adam) on a fixed random batch, under
     bf16 autocast or not, eager or through torch.compile."""
-    from sssl_dist.models import build_model
+    from sssl_dist.method.models import build_model
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, 0.5)
@@ -479,7 +480,7 @@ def cpu_name() -> str:
 
 
 def main(a: argparse.Namespace) -> None:
-    from sssl_dist.arms import default_arms
+    from sssl_dist.driver.arms import default_arms
 
     print(f"CPU: {cpu_name()}, torch {torch.__version__}", flush=True)
     shards = corpus(Path(a.work), a.songs, a.seconds)

@@ -56,7 +56,7 @@ def main(songs: int = 60, epochs: int = 7, repeats: int = 2) -> dict[str, float]
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig, with_overrides
-    from sssl_dist.run import run_fold
+    from sssl_dist.driver.run import run_fold
 
     work = Path(tempfile.mkdtemp(prefix="bench-strategies-"))
     if not ray.is_initialized():

@@ -27,10 +27,10 @@ def bare_epochs(cfg, shards, fold_ids) -> list[dict[str, float]]:
     """The trainer's per-epoch work (its set-up and epoch functions), in this process, without
     Ray or DDP: per epoch its seconds in all, in the loss pass and in the optimiser steps (the
     trainer's history has the same three, so a slower phase can be told apart)."""
-    from sssl_dist.epoch import loss_pass, train_epoch
-    from sssl_dist.method import LossMemory
-    from sssl_dist.split import fit_split
-    from sssl_dist.train import build_worker
+    from sssl_dist.method.equations import LossMemory
+    from sssl_dist.method.split import fit_split
+    from sssl_dist.rank.epoch import loss_pass, train_epoch
+    from sssl_dist.rank.train import build_worker
 
     torch.set_num_threads(cfg.torch_threads)
     # The trainer's own set-up (tables, mels, model, optimiser), without Ray.
@@ -72,8 +72,8 @@ def measure(songs: int, epochs: int):
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.run import run_fold
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.driver.run import run_fold
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     if not ray.is_initialized():

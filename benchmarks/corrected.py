@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sssl_dist.stats import DEFAULT_ROPE, compare_paired
+from sssl_dist.outputs.stats import DEFAULT_ROPE, compare_paired
 
 SETTING = ("songs", "folds", "epochs", "warmup", "noise", "task", "L")
 DEFAULT_SSSL = {

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sssl_dist.stats import compare_paired
+from sssl_dist.outputs.stats import compare_paired
 
 ARMS = Path(__file__).parent / "arms" / "ladder.yaml"
 RUNGS = ("inherit", "filter", "pseudo", "pseudo_mixup", "full")
@@ -87,10 +87,10 @@ def main(out: Path, songs: int, folds: int, length: int, only: list[str] | None 
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.arms import read_arms
-    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.tables import comparison_markdown
+    from sssl_dist.driver.arms import read_arms
+    from sssl_dist.driver.compare import Design, run_comparison
+    from sssl_dist.outputs.tables import comparison_markdown
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)

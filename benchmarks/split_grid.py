@@ -89,9 +89,9 @@ def main(
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.compare import Design, read_arms, run_comparison
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.tables import comparison_markdown, warmup_sentence
+    from sssl_dist.driver.compare import Design, read_arms, run_comparison
+    from sssl_dist.outputs.tables import comparison_markdown, warmup_sentence
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -109,8 +109,8 @@ def main() -> None:
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
-    from sssl_dist.cv import run_methods
-    from sssl_dist.run import run_digest
+    from sssl_dist.driver.cv import run_methods
+    from sssl_dist.driver.run import run_digest
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +330,7 @@ def _best_against_last(cells: dict, results: dict) -> list[str]:
         "| evaluated epoch (1-based) | " + " | ".join(name for _, name in BEST_VS_LAST) + " |",
         "|---" * (9 + len(BEST_VS_LAST)) + "|",
     ]
-    from sssl_dist.stats import paired_difference
+    from sssl_dist.outputs.stats import paired_difference
 
     for key in rows:
         f, per_fold = cells[key]["fields"], _folds(results[key])["per_fold"]
@@ -400,7 +400,7 @@ def _side_by_side(cells: dict, results: dict) -> list[str]:
 
 def _cell(out: Path, key: str, r: dict) -> dict:
     """One cell's metrics plus what only its fold histories and its shards hold."""
-    from sssl_dist.data import SegmentTable, ShardSet
+    from sssl_dist.data.segments import SegmentTable, ShardSet
 
     f = dict(kv.split("=") for kv in key.split())
     base = {"fields": f, "metrics": r["metrics"], "minutes": r.get("minutes")}
@@ -569,7 +569,7 @@ def _cell_dir(out: Path, fields: dict) -> Path:
 
 def _paired(results: dict, base: str, key: str) -> dict:
     """Test accuracy of cell `key` minus cell `base`, fold by fold (JSON made fold ids strings)."""
-    from sssl_dist.stats import paired_difference
+    from sssl_dist.outputs.stats import paired_difference
 
     return paired_difference(_folds(results[base]), _folds(results[key]))
 
@@ -579,7 +579,7 @@ def _wins(d: dict) -> str:
 
 
 def _ms(m: dict, k: str) -> str:
-    from sssl_dist.stats import pct_mean_std
+    from sssl_dist.outputs.stats import pct_mean_std
 
     return pct_mean_std(m, k)
 

@@ -74,15 +74,15 @@ def imports() -> None:
     print(f"+ Ray Train: {_anon_mb():.0f} MB")
     import matplotlib.pyplot  # noqa: F401
 
-    import sssl_dist.fold  # noqa: F401
-    import sssl_dist.parallel  # noqa: F401
-    import sssl_dist.report  # noqa: F401
+    import sssl_dist.driver.fold  # noqa: F401
+    import sssl_dist.driver.parallel  # noqa: F401
+    import sssl_dist.outputs.report  # noqa: F401
 
     print(f"+ sssl_dist and matplotlib: {_anon_mb():.0f} MB")
 
 
 def batches(shards: str, n: int = 200) -> None:
-    from sssl_dist.data import SegmentBatcher, SegmentTable, ShardSet
+    from sssl_dist.data.segments import SegmentBatcher, SegmentTable, ShardSet
 
     shard_set = ShardSet(shards)
     table = SegmentTable.build(shard_set.songs, "quadrant", 3)
@@ -99,7 +99,7 @@ def batches(shards: str, n: int = 200) -> None:
 
 
 def paired(results: str, a: str, b: str, metric: str, metric_b: str | None = None) -> None:
-    from sssl_dist.stats import paired_difference
+    from sssl_dist.outputs.stats import paired_difference
 
     cells = json.loads(Path(results).read_text())
 
@@ -125,7 +125,7 @@ def _metric_by_fold(cell: dict, metric: str) -> dict:
 
 
 def pooled(results: list[str], a: str, b: str, where: str, metric: str) -> None:
-    from sssl_dist.stats import paired_difference
+    from sssl_dist.outputs.stats import paired_difference
 
     parts = [b, *where.split()]
     pool_a: dict[str, dict] = {}
@@ -173,7 +173,7 @@ def gmm_caps(caps: tuple[int, ...] = (10**6, 5 * 10**5, 2 * 10**5, 10**5)) -> No
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from bench_gmm import losses
 
-    from sssl_dist.method import split_clean_noisy
+    from sssl_dist.method.equations import split_clean_noisy
 
     rng = np.random.default_rng(0)
     n = 10**7
@@ -192,7 +192,7 @@ def oos_auc(run_dir: str, shard_dir: str) -> None:
     import yaml
     from sklearn.metrics import roc_auc_score
 
-    from sssl_dist.data import SegmentTable, ShardSet
+    from sssl_dist.data.segments import SegmentTable, ShardSet
 
     by_id = ShardSet(shard_dir).by_id
     for cell in sorted(p for p in Path(run_dir).iterdir() if (p / "fold-0").is_dir()):
@@ -230,12 +230,12 @@ def heap_stages(shards: str) -> None:
     import torch
 
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import ShardSet
-    from sssl_dist.epoch import loss_pass, train_epoch
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.method import LossMemory
-    from sssl_dist.split import fit_split
-    from sssl_dist.train import build_worker
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.method.equations import LossMemory
+    from sssl_dist.method.split import fit_split
+    from sssl_dist.rank.epoch import loss_pass, train_epoch
+    from sssl_dist.rank.train import build_worker
 
     torch.set_num_threads(1)
     shard_set = ShardSet(shards)
@@ -282,7 +282,7 @@ def heap(shards: str) -> None:
 def layout(repeats: int = 15) -> None:
     import torch
 
-    from sssl_dist.models import SmallCNN, build_model
+    from sssl_dist.method.models import SmallCNN, build_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 def song_rank(x: np.ndarray, song_of: np.ndarray) -> np.ndarray:
     """Each segment's rank within its song, scaled to [0, 1]."""
-    from sssl_dist.split import song_starts
+    from sssl_dist.method.split import song_starts
 
     out = np.empty(x.size)
     s = song_starts(song_of)
@@ -37,7 +37,7 @@ def song_rank(x: np.ndarray, song_of: np.ndarray) -> np.ndarray:
 def median_filter(x: np.ndarray, song_of: np.ndarray, radius: int) -> np.ndarray:
     from scipy.ndimage import median_filter as mf
 
-    from sssl_dist.split import song_starts
+    from sssl_dist.method.split import song_starts
 
     out = np.empty(x.size)
     s = song_starts(song_of)
@@ -48,13 +48,13 @@ def median_filter(x: np.ndarray, song_of: np.ndarray, radius: int) -> np.ndarray
 
 def scores(losses: np.ndarray, probs: np.ndarray, table) -> dict[str, np.ndarray]:
     """Candidate evidence that a segment's inherited label is wrong (higher: more likely)."""
-    from sssl_dist.split import smoothed_over_neighbours as sm
-    from sssl_dist.split import song_relative as rel
+    from sssl_dist.method.split import smoothed_over_neighbours as sm
+    from sssl_dist.method.split import song_relative as rel
 
     so = table.song_of
     r = rel(losses, so)
     # The song's own predicted distribution: mean of the segments' probabilities.
-    from sssl_dist.split import song_starts
+    from sssl_dist.method.split import song_starts
 
     st = song_starts(so)
     song_mean = np.empty_like(probs)
@@ -91,8 +91,8 @@ def scores(losses: np.ndarray, probs: np.ndarray, table) -> dict[str, np.ndarray
 @torch.no_grad()
 def network_losses(w, net) -> tuple[np.ndarray, np.ndarray]:
     """(per-segment CE of the inherited label [N], softmax probabilities [N, K]) of `net`."""
-    from sssl_dist.data import loss_pass_batches
-    from sssl_dist.method import per_sample_ce
+    from sssl_dist.data.segments import loss_pass_batches
+    from sssl_dist.method.equations import per_sample_ce
 
     net.eval()
     losses, probs = [], []
@@ -107,9 +107,9 @@ def out_of_sample(shards, cfg, fold_ids: dict, epochs: int) -> None:
     """Does a network that never saw a song rank its wrong labels better? Train plain CE on
     all training songs (in sample) and on half of them (A); score the other half (B) with both,
     after every epoch, and print the noise AUC of the raw loss and of the song-relative score."""
-    from sssl_dist.epoch import train_epoch
-    from sssl_dist.split import song_relative
-    from sssl_dist.train import build_worker
+    from sssl_dist.method.split import song_relative
+    from sssl_dist.rank.epoch import train_epoch
+    from sssl_dist.rank.train import build_worker
 
     train = sorted(fold_ids["train"])
     half_a, half_b = train[0::2], train[1::2]
@@ -151,9 +151,9 @@ def main() -> None:
     from shards.write import shard_synthetic
     from sssl_dist import split as splitmod
     from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
-    from sssl_dist.epoch import segment_accuracy, train_epoch
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.train import build_worker
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.rank.epoch import segment_accuracy, train_epoch
+    from sssl_dist.rank.train import build_worker
 
     torch.set_num_threads(1)
     shards = shard_synthetic(

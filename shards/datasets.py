@@ -33,7 +33,7 @@ from shards.dynamic import (
     scale_midpoint,
 )
 from shards.loadreport import LoadReport
-from sssl_dist.records import Scale, SongRecord, labels_from_quadrant, labels_from_va
+from sssl_dist.data.records import Scale, SongRecord, labels_from_quadrant, labels_from_va
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sssl_dist.records import Scale, SongRecord, quadrant_of_values
+from sssl_dist.data.records import Scale, SongRecord, quadrant_of_values
 
 if TYPE_CHECKING:
     from shards.loadreport import LoadReport

@@ -1,7 +1,7 @@
 """Ray tasks turn songs into WebDataset tar shards of song-level log-mels + a manifest.json.
 
 Each song is decoded and its log-mel computed once; segments of every length are cut from it at
-read time (`sssl_dist.data`), so one shard set serves L = 1..5 s. Per song a shard holds
+read time (`sssl_dist.data.segments`), so one shard set serves L = 1..5 s. Per song a shard holds
 `<key>.mel.npy` (float16 [n_mels, frames], plain .npy, never a pickle) and `<key>.json`.
 
 A shard is written to a temporary name and renamed when complete, with a sidecar
@@ -37,12 +37,12 @@ import webdataset as wds
 from filelock import FileLock
 from tqdm import tqdm
 
-from sssl_dist.audio import AudioError, decode, log_mel, not_a_regular_file, probe_duration
 from sssl_dist.config import FeatureConfig
-from sssl_dist.data import MANIFEST_NAME, ShardSet, library_versions
-from sssl_dist.outdir import hold, process_alive
-from sssl_dist.ray_start import init_ray
-from sssl_dist.records import SongRecord
+from sssl_dist.data.audio import AudioError, decode, log_mel, not_a_regular_file, probe_duration
+from sssl_dist.data.records import SongRecord
+from sssl_dist.data.segments import MANIFEST_NAME, ShardSet, library_versions
+from sssl_dist.driver.ray_start import init_ray
+from sssl_dist.files.outdir import hold, process_alive
 
 if TYPE_CHECKING:
     from shards.synth import SynthConfig

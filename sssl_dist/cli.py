@@ -39,7 +39,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _init_ray(num_cpus: int | None = None) -> None:
-    from sssl_dist.ray_start import init_ray
+    from sssl_dist.driver.ray_start import init_ray
 
     init_ray(num_cpus)
     # ray.init installs a SIGTERM handler that exits mid-call (an abort with a Ray dump):
@@ -193,8 +193,8 @@ def _fold_list(spec: str | None, fold: int | None, n_folds: int, smoke: bool) ->
 
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = _train_config(a)  # before importing torch and Ray: a bad config costs nothing
-    from sssl_dist.cv import run_cv
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.cv import run_cv
 
     folds = _fold_list(a.folds, a.fold, cfg.n_folds, a.smoke)
     shards = ShardSet(a.shards)
@@ -254,7 +254,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
-    from sssl_dist.predict import AUDIO_SUFFIXES, find_audio, run_predict
+    from sssl_dist.outputs.predict import AUDIO_SUFFIXES, find_audio, run_predict
 
     # `sssl predict MODEL INPUTS...` for one model; `--model M --model M2 INPUTS...` for
     # several in one pass (the audio is decoded once for all of them).
@@ -285,8 +285,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- report
 def cmd_report(a: argparse.Namespace) -> int:
-    from sssl_dist.data import ShardSet
-    from sssl_dist.results import rebuild_report
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.outputs.results import rebuild_report
 
     rebuild_report(Path(a.run_dir), ShardSet(a.shards) if a.shards else None, plots=not a.smoke)
     log.info("report rebuilt in %s", a.run_dir)
@@ -297,7 +297,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Arms from --arms FILE and/or --arm NAME KEY=VALUE ...; the default three otherwise. A
     name given twice is refused: the later arm would silently replace the earlier."""
-    from sssl_dist.arms import CEILING_ARMS, default_arms, parse_arm, read_arms
+    from sssl_dist.driver.arms import CEILING_ARMS, default_arms, parse_arm, read_arms
 
     arms = read_arms(a.arms) if a.arms else {}
     given = set()
@@ -318,8 +318,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     """Arms x tasks x repeats x folds on one shard set, then one verdict per pair."""
     # The config and the arms before importing torch and Ray: bad ones cost nothing.
     base, arms = _train_config(a), _arms(a)
-    from sssl_dist.compare import Design, run_comparison
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.compare import Design, run_comparison
 
     tasks = tuple(t.strip() for t in a.tasks.split(",")) if a.tasks else (base.task,)
     design = Design(
@@ -365,10 +365,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: synth -> shard -> `sssl compare` of the three default arms."""
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.arms import default_arms
-    from sssl_dist.compare import Design, run_comparison
     from sssl_dist.config import SSSLConfig, with_overrides
-    from sssl_dist.tables import comparison_markdown
+    from sssl_dist.driver.arms import default_arms
+    from sssl_dist.driver.compare import Design, run_comparison
+    from sssl_dist.outputs.tables import comparison_markdown
 
     t0 = time.perf_counter()
     out = Path(a.out)
@@ -766,7 +766,7 @@ def check_gpu() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("RAY_ADDRESS"):
-        from sssl_dist.ray_start import keep_ray_local
+        from sssl_dist.driver.ray_start import keep_ray_local
 
         keep_ray_local()  # before any stage imports ray, which reads it at import
     args = build_parser().parse_args(argv)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sssl_dist.ray_start import keep_ray_local, start_private_ray
+from sssl_dist.driver.ray_start import keep_ray_local, start_private_ray
 
 # The suite's Ray is started as every command starts its own (ray_start.py): private, on
 # loopback only. Ray reads that setting when it is imported, so it is made here, first.

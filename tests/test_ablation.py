@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sssl_dist.checkpoint import load_state, training_state
 from sssl_dist.config import FeatureConfig, SSSLConfig
-from sssl_dist.data import SegmentTable
-from sssl_dist.epoch import Worker, bn_statistics_batches, epoch_lr, train_epoch
-from sssl_dist.method import (
+from sssl_dist.data.segments import SegmentTable
+from sssl_dist.files.checkpoint import load_state, training_state
+from sssl_dist.method.equations import (
     LossMemory,
     clean_bn_statistics,
     ema_teacher,
@@ -29,8 +28,9 @@ from sssl_dist.method import (
     refine_labels,
     total_loss,
 )
-from sssl_dist.models import build_model
-from sssl_dist.step import _predict, sssl_loss, step_inputs
+from sssl_dist.method.models import build_model
+from sssl_dist.method.step import _predict, sssl_loss, step_inputs
+from sssl_dist.rank.epoch import Worker, bn_statistics_batches, epoch_lr, train_epoch
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_ema_teacher_makes_the_targets_and_lags_the_trained_weights(monkeypatch):
-    import sssl_dist.epoch as epoch_module
+    import sssl_dist.rank.epoch as epoch_module
 
     w = _worker(replace(SMALL, pseudo_label_network="ema", ema_decay=0.9))
     train_epoch(w, None, 0)  # warm-up: no teacher yet (warm-ups are shared without one)
@@ -355,7 +355,7 @@ def test_ema_teacher_makes_the_targets_and_lags_the_trained_weights(monkeypatch)
 
 
 def test_paper_targets_come_from_the_network_being_trained(monkeypatch):
-    import sssl_dist.epoch as epoch_module
+    import sssl_dist.rank.epoch as epoch_module
 
     w = _worker(replace(SMALL, pseudo_label_network="current"))
     predicted_by = []
@@ -476,8 +476,8 @@ E2E = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeo
     ],
 )
 def test_each_value_trains_a_fold_end_to_end(key, value, shard_dir, tmp_path, ray_session):
-    from sssl_dist.data import ShardSet
-    from sssl_dist.run import run_fold
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.run import run_fold
 
     cfg = replace(E2E, **{key: value})
     run = run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="e2e", workers=0)
@@ -491,8 +491,8 @@ def test_each_value_trains_a_fold_end_to_end(key, value, shard_dir, tmp_path, ra
 def test_ema_resumed_run_equals_an_uninterrupted_one(shard_dir, tmp_path, ray_session):
     """The EMA teacher is in every checkpoint: a run restarted from its epoch-1 checkpoint
     ends with the same student and teacher, bit for bit, as the run that never stopped."""
-    from sssl_dist.data import ShardSet
-    from sssl_dist.run import run_fold
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.run import run_fold
 
     cfg = replace(E2E, epochs=3, pseudo_label_network="ema")
     shards = ShardSet(shard_dir)

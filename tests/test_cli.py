@@ -15,7 +15,7 @@ from conftest import alias_bomb, tone
 
 from sssl_dist.cli import build_parser, main
 from sssl_dist.config import SSSLConfig, from_dict, load_config
-from sssl_dist.export import load_model
+from sssl_dist.outputs.export import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,8 +215,8 @@ def test_cluster_launcher_yaml_passes_ray_validation():
 
 
 def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
-    from sssl_dist.fit import FoldRun
-    from sssl_dist.tables import paired_variant_lines
+    from sssl_dist.outputs.foldrun import FoldRun
+    from sssl_dist.outputs.tables import paired_variant_lines
 
     def run(acc: float, paper_acc: float) -> FoldRun:
         result = {"test_acc": acc, "in_sample_test_acc": paper_acc}
@@ -234,7 +234,7 @@ def test_report_pairs_a_variant_with_the_papers_from_the_same_folds():
 def test_a_comparison_with_nothing_left_to_run_finishes_quietly(parallel):
     """A resumed benchmark hands `run_methods` an empty list once a cell is finished: that is
     no work, not a crash (it raised StopIteration with folds side by side)."""
-    from sssl_dist.cv import run_methods
+    from sssl_dist.driver.cv import run_methods
 
     out = run_methods(SSSLConfig(), None, lambda m: Path("unused") / m, [], parallel=parallel)
     assert list(out) == []

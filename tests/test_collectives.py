@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sssl_dist.data import rank_block
+from sssl_dist.data.segments import rank_block
 
 N = 11  # odd: the two blocks are uneven (5 and 6)
 
@@ -31,7 +31,7 @@ def _clean_w(n: int) -> np.ndarray:
 
 
 def _worker(rank: int, world: int, init: str, out: dict, fail_rank0: bool) -> None:
-    from sssl_dist.collectives import (
+    from sssl_dist.rank.collectives import (
         PeerFailure,
         broadcast_clean_w,
         broadcast_status,
@@ -69,7 +69,7 @@ def _run(tmp_path, fail_rank0: bool) -> dict:
 
 @pytest.mark.parametrize("fail_rank0", [False, True])
 def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_path, fail_rank0):
-    from sssl_dist.split import gather_coverage
+    from sssl_dist.method.split import gather_coverage
 
     out = _run(tmp_path, fail_rank0)
     # Rank 0 alone receives the losses: each rank's block once, end to end, in position order.
@@ -94,8 +94,8 @@ def test_gather_covers_every_position_once_and_status_reaches_every_rank(tmp_pat
 
 def test_fit_split_refuses_a_gather_that_is_not_exactly_once():
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import SegmentTable
-    from sssl_dist.split import fit_split
+    from sssl_dist.data.segments import SegmentTable
+    from sssl_dist.method.split import fit_split
 
     songs = [{"song_id": "a", "duration_s": 13.0, "quadrant": 1}]
     table = SegmentTable.build(songs, "quadrant", 3)

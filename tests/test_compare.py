@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sssl_dist.arms import default_arms
 from sssl_dist.cli import main
-from sssl_dist.compare import Design, run_comparison
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet
-from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.arms import default_arms
+from sssl_dist.driver.compare import Design, run_comparison
+from sssl_dist.files.runfiles import PROGRESS as PROGRESS_FILE
 
 # Two warm-up epochs of three, so sharing them is most of the work.
 BASE = SSSLConfig(n_folds=2, epochs=3, warmup_epochs=2, batch_size=32)

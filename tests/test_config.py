@@ -272,8 +272,8 @@ def test_sgd_with_momentum_and_a_linear_svm_are_what_they_say():
     import numpy as np
     import torch
 
-    from sssl_dist.song import SongClassifier
-    from sssl_dist.train import build_optimizer
+    from sssl_dist.method.song import SongClassifier
+    from sssl_dist.rank.train import build_optimizer
 
     net = torch.nn.Linear(3, 2)
     sgd = build_optimizer(SSSLConfig(optimizer="sgd", momentum=0.7, lr=0.1), net.parameters())
@@ -333,7 +333,7 @@ def test_a_yaml_file_past_the_size_limit_is_refused_unread(tmp_path):
 def test_anchors_aliases_and_merge_keys_within_the_bounds_load_as_before():
     """benchmarks/arms/ladder.yaml shares one block of settings with `<<: *paper`; an arm's own
     key may follow a merge (the loader refuses repeats, not merges)."""
-    from sssl_dist.arms import read_arms
+    from sssl_dist.driver.arms import read_arms
     from sssl_dist.yamlfile import check_expansion
 
     arms = read_arms(REPO / "benchmarks/arms/ladder.yaml")

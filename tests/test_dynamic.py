@@ -16,7 +16,7 @@ import pytest
 from conftest import write_audio
 
 from shards.datasets import load_dataset
-from sssl_dist.records import QUADRANT_OF_VA
+from sssl_dist.data.records import QUADRANT_OF_VA
 
 Q1, Q2, Q3, Q4 = (QUADRANT_OF_VA[va] for va in ((1, 1), (0, 1), (0, 0), (1, 0)))
 UNRATED = [None] * 15  # every data set leaves the first 15 s without a dynamic rating
@@ -145,7 +145,7 @@ def test_the_synthetic_records_plan_is_byte_for_byte_what_it_was():
     rebuilt only when their plan changes, and their tars feed the run digest: the record's
     plan must not gain the new fields while they are unset."""
     from shards.write import plan_entry
-    from sssl_dist.records import SongRecord, labels_from_quadrant
+    from sssl_dist.data.records import SongRecord, labels_from_quadrant
 
     record = SongRecord(
         "SY0000000001", "/nowhere/SY0000000001.mp3", "synthetic", **labels_from_quadrant(1)
@@ -161,7 +161,7 @@ def test_the_digest_of_a_shard_set_without_ratings_is_unchanged(tmp_path):
     """Pinned from the code before the per-second ratings existed: a run is resumed, and a
     finished one read back, only on the shard set it was trained on."""
     from sssl_dist.config import FeatureConfig
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
 
     songs = [
         {
@@ -329,7 +329,7 @@ def test_ratings_past_the_audios_end_are_refused_when_the_shard_is_written(tmp_p
     audio's last instant (EiM's sample_45000ms on a 45 s clip) is not past it."""
     from shards.write import plan_entry, write_shard
     from sssl_dist.config import FeatureConfig
-    from sssl_dist.records import SongRecord, labels_from_quadrant
+    from sssl_dist.data.records import SongRecord, labels_from_quadrant
 
     audio = write_audio(tmp_path / "a.wav", seconds=6)
     record = SongRecord(
@@ -365,8 +365,8 @@ def test_the_per_second_truth_travels_with_the_shards(tmp_path, ray_session):
     ceiling arms are refused on it."""
     from shards.write import shard_dataset
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import SegmentTable, ShardSet
-    from sssl_dist.fold import check_shards
+    from sssl_dist.data.segments import SegmentTable, ShardSet
+    from sssl_dist.driver.fold import check_shards
 
     for name, freq in (("a", 300.0), ("b", 500.0)):
         write_audio(tmp_path / f"{name}.wav", seconds=6, freq=freq)

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sssl_dist.checkpoint import TEMP_PREFIX, remove_stray_temp_dirs
 from sssl_dist.cli import main
+from sssl_dist.files.checkpoint import TEMP_PREFIX, remove_stray_temp_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 # Four epochs, so a signal after the first one lands while training goes on.
@@ -161,9 +161,9 @@ def test_folds_side_by_side_stop_after_their_epoch_and_resume(shard_dir, tmp_pat
     from dataclasses import replace
 
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import ShardSet
-    from sssl_dist.parallel import run_units_parallel
-    from sssl_dist.run import Run
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.parallel import run_units_parallel
+    from sssl_dist.driver.run import Run
 
     cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
     units = {f: Run(cfg, f, tmp_path, f"p{f}") for f in (0, 1)}
@@ -195,9 +195,9 @@ def test_ddp_ranks_stop_together_after_the_epoch_in_flight(shard_dir, tmp_path, 
     from dataclasses import replace
 
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.data import ShardSet
-    from sssl_dist.fit import RunStopped
-    from sssl_dist.run import run_fold
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.fit import RunStopped
+    from sssl_dist.driver.run import run_fold
 
     cfg = replace(SSSLConfig(), epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
     run_dir = tmp_path / "ddp"
@@ -235,7 +235,7 @@ def test_train_into_a_report_of_another_configuration_is_refused(uninterrupted, 
 
 def test_train_into_a_report_of_another_shard_set_is_refused(shard_dir, tmp_path, caplog):
     from sssl_dist.config import SSSLConfig, save_config
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
 
     out = tmp_path / "run"
     cfg = SSSLConfig(epochs=4, warmup_epochs=1, n_folds=2, batch_size=32)
@@ -258,7 +258,7 @@ def _copy_shards(shard_dir: Path, dest: Path, edit) -> Path:
 
 def test_labels_edited_in_the_manifest_are_refused_naming_the_song(shard_dir, tmp_path, caplog):
     """Before: every song edited to Q1 trained and reported 'test acc 1.000'."""
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
 
     song = ShardSet(shard_dir).songs[3]
     assert song["quadrant"] != 0  # the premise: the edit changes a label

@@ -1,16 +1,16 @@
-"""Which songs each run trains, validates and tests on (sssl_dist/folds.py)."""
+"""Which songs each run trains, validates and tests on (sssl_dist/data/folds.py)."""
 
 import numpy as np
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable, ShardSet
-from sssl_dist.folds import (
+from sssl_dist.data.folds import (
     cross_fit_parts,
     fold_indices,
     fold_song_ids,
     refit_song_ids,
     song_folds,
 )
+from sssl_dist.data.segments import SegmentTable, ShardSet
 
 CFG = SSSLConfig(n_folds=2)
 

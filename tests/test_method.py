@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.method import (
+from sssl_dist.method.equations import (
     DegenerateSplitWarning,
     fit_loss_gmm,
     mix_loss,
@@ -23,7 +23,7 @@ from sssl_dist.method import (
     split_clean_noisy,
     total_loss,
 )
-from sssl_dist.step import ce_loss, sssl_loss
+from sssl_dist.method.step import ce_loss, sssl_loss
 
 
 def test_per_sample_ce_matches_definition():
@@ -255,7 +255,7 @@ def test_sssl_beats_inherit_on_noisy_labels(blobs_inherit, targets):
 def test_refined_targets_follow_w():
     """DivideMix's refinement: w = 1 keeps the inherited label, w = 0 gives the sharpened
     prediction; the paper's step ignores w on X, the refined step does not."""
-    from sssl_dist.method import refine_labels
+    from sssl_dist.method.equations import refine_labels
 
     one_hot = F.one_hot(torch.tensor([0, 0]), 4).float()
     probs = torch.tensor([[0.1, 0.7, 0.1, 0.1]] * 2)
@@ -278,7 +278,7 @@ def test_refined_targets_follow_w():
 
 
 def test_paired_difference_over_shared_folds():
-    from sssl_dist.stats import paired_difference, pct_mean_std
+    from sssl_dist.outputs.stats import paired_difference, pct_mean_std
 
     a = {"per_fold": {0: {"test_acc": 0.5}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.7}}}
     b = {"per_fold": {0: {"test_acc": 0.6}, 1: {"test_acc": 0.6}, 2: {"test_acc": 0.9}, 3: {}}}
@@ -295,7 +295,7 @@ def test_mean_loss_selection_survives_memorisation():
     """Planted memorisation: the noisy samples' losses start high and fall towards the clean
     ones epoch by epoch, as when a network learns the wrong labels. This epoch's loss (the
     paper's selection) then loses the noisy samples; their mean over epochs keeps them."""
-    from sssl_dist.method import LossMemory
+    from sssl_dist.method.equations import LossMemory
 
     rng = np.random.default_rng(0)
     n, noisy = 3000, np.arange(3000) < 900
@@ -320,7 +320,7 @@ def test_clean_posterior_is_the_gmm_posterior_and_subsampled_fits_agree():
     (above gmm_max_fit losses) gives nearly the same split as the full fit."""
     from sklearn.mixture import GaussianMixture
 
-    from sssl_dist.method import clean_posterior
+    from sssl_dist.method.equations import clean_posterior
 
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.normal(0.2, 0.05, 7000), rng.normal(0.7, 0.1, 3000)])
@@ -344,7 +344,7 @@ def test_clean_posterior_is_the_gmm_posterior_and_subsampled_fits_agree():
 
 def test_lr_schedule_by_epoch():
     """constant (the default) keeps lr; cosine starts at lr, halves mid-way and ends near 0."""
-    from sssl_dist.epoch import epoch_lr
+    from sssl_dist.rank.epoch import epoch_lr
 
     cfg = SSSLConfig(lr=1e-3, epochs=8, warmup_epochs=3)
     assert [epoch_lr(cfg, e) for e in range(8)] == [1e-3] * 8
@@ -362,8 +362,8 @@ def test_split_network_best_val_keeps_the_split_ahead_of_memorisation():
     of the current network (the paper's) loses them. The best validation epoch's copy
     (split_network: best_val) still finds them, and scoring with it leaves the trained network
     exactly as it was, buffers included."""
-    from sssl_dist.checkpoint import BestEpoch, copy_weights, weights_of
-    from sssl_dist.models import build_model
+    from sssl_dist.files.checkpoint import BestEpoch, copy_weights, weights_of
+    from sssl_dist.method.models import build_model
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -414,7 +414,7 @@ def test_sssl_helps_on_noisy_labels_by_the_comparison_statistics():
     """The learning test's setting (40 % flipped labels) as a 5-fold cross-validation on one
     pool: `sssl compare`'s verdict on SSSL against inherited labels must be "helps" (the
     corrected t's CI clear of 0), not merely a larger mean."""
-    from sssl_dist.stats import compare_paired
+    from sssl_dist.outputs.stats import compare_paired
 
     x, y_noisy, y_true, _, _ = _noisy_blobs(seed=3, n_train=1500, n_test=1)
     folds = torch.arange(len(x)) % 5

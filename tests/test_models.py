@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sssl_dist.models import SmallCNN, build_model, fuse_conv_bn
+from sssl_dist.method.models import SmallCNN, build_model, fuse_conv_bn
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "vgg16"])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sssl_dist import precision
 from sssl_dist.config import SSSLConfig, load_config
-from sssl_dist.models import build_model
+from sssl_dist.method.models import build_model
+from sssl_dist.rank import precision
 
 CPU = torch.device("cpu")
 SHAPE = (4, 1, 128, 130)
@@ -74,10 +74,10 @@ def test_the_probe_leaves_the_network_and_the_random_streams_untouched():
 
 
 def test_the_loss_pass_gives_the_gmm_float32_under_bf16(shard_dir):
-    from sssl_dist.data import ShardSet
-    from sssl_dist.epoch import loss_pass
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.train import build_worker
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.rank.epoch import loss_pass
+    from sssl_dist.rank.train import build_worker
 
     cfg = SSSLConfig(bf16=True, n_folds=3)
     shards = ShardSet(shard_dir)
@@ -88,9 +88,9 @@ def test_the_loss_pass_gives_the_gmm_float32_under_bf16(shard_dir):
 
 
 def test_auto_in_a_worker_records_the_choice_and_why(shard_dir, monkeypatch):
-    from sssl_dist.data import ShardSet
-    from sssl_dist.folds import fold_song_ids
-    from sssl_dist.train import build_worker
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.rank.train import build_worker
 
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
     monkeypatch.setattr(precision, "probe_speedup", lambda m, s: 1.5)
@@ -125,7 +125,7 @@ def test_under_bf16_the_pseudo_label_pass_leaves_the_weights_their_gradients():
     bf16 but not the autocast weight cache (on torch before the cache fix, a weight copy cached
     under no_grad was reused by the training forward and its gradient was lost); the step then
     leaves a gradient on every conv and linear weight."""
-    from sssl_dist.step import sssl_loss
+    from sssl_dist.method.step import sssl_loss
 
     torch.manual_seed(0)
     cfg = SSSLConfig(pseudo_label_network="current", bf16=True, batch_size=8)

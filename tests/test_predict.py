@@ -20,9 +20,9 @@ from conftest import tone, write_audio
 
 from sssl_dist.cli import main
 from sssl_dist.config import FeatureConfig, SSSLConfig, to_dict
-from sssl_dist.export import FORMAT, load_model, predict_song
-from sssl_dist.models import build_model
-from sssl_dist.predict import (
+from sssl_dist.method.models import build_model
+from sssl_dist.outputs.export import FORMAT, load_model, predict_song
+from sssl_dist.outputs.predict import (
     FILES_PER_DECODE_TASK,
     balanced_order,
     decode_dataset,
@@ -294,7 +294,7 @@ def test_finished_run_is_a_no_op_and_other_models_are_refused(
     # A second `sssl predict` into the same directory while one runs is refused at once.
     from filelock import FileLock
 
-    from sssl_dist.outdir import DirectoryBusy
+    from sssl_dist.files.outdir import DirectoryBusy
 
     held = FileLock(str(out / ".predict.lock"))
     held.acquire()
@@ -352,17 +352,17 @@ def test_smoke_and_a_failing_plot_does_not_stop_the_run(
 ):
     """--smoke: 2 files, their first 30 s. An error writing one file's plot (here a full
     disk) is that file's failure row; its predictions stay and the run goes on."""
-    import sssl_dist.report
+    import sssl_dist.outputs.report
 
     songs = [str(write_audio(tmp_path / f"s{i}.wav", 60.0)) for i in range(3)]
-    real_plot = sssl_dist.report.plot_emotion_curve
+    real_plot = sssl_dist.outputs.report.plot_emotion_curve
 
     def plot(result, path):
         if result["file"] == songs[0]:
             raise OSError(28, "No space left on device")
         real_plot(result, path)
 
-    monkeypatch.setattr(sssl_dist.report, "plot_emotion_curve", plot)
+    monkeypatch.setattr(sssl_dist.outputs.report, "plot_emotion_curve", plot)
     out = tmp_path / "out"
     assert main(["predict", str(quadrant_model), *songs, "--out", str(out), "--smoke"]) == 1
     counts = segments(out).groupby("file").size()

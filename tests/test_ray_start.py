@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from sssl_dist.ray_start import init_ray, private_auth_token
+from sssl_dist.driver.ray_start import init_ray, private_auth_token
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.run import Run, share_warmups, shared_count
+from sssl_dist.driver.run import Run, share_warmups, shared_count
 
 
 def _run(fold: int, name: str, **cfg) -> Run:

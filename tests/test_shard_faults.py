@@ -24,7 +24,7 @@ from conftest import write_audio
 
 from shards.datasets import load_dataset
 from shards.write import shard_dataset
-from sssl_dist.data import ShardSet
+from sssl_dist.data.segments import ShardSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_absurd_amplitude_is_rejected_not_sharded_as_nan(tmp_path, ray_session):
 
 
 def test_a_broken_log_mel_is_refused():
-    from sssl_dist.audio import AudioError, check_mel
+    from sssl_dist.data.audio import AudioError, check_mel
 
     check_mel(np.full((4, 5), -30.0, np.float32))  # an ordinary mel passes
     with pytest.raises(AudioError, match="NaN/inf"):
@@ -228,7 +228,7 @@ def test_ids_that_sanitise_alike_shard_and_load(tmp_path, ray_session):
 
 def test_two_ids_with_one_key_are_refused_before_writing(tmp_path):
     from shards.write import shard_key
-    from sssl_dist.records import SongRecord
+    from sssl_dist.data.records import SongRecord
 
     a = SongRecord("a.1", str(tmp_path / "a.wav"), "manifest", quadrant=0)
     b = SongRecord(shard_key("a.1"), str(tmp_path / "b.wav"), "manifest", quadrant=0)

@@ -17,7 +17,7 @@ from shards.datasets import load_dataset
 from shards.synth import SynthConfig, quadrant_timeline, render_song
 from shards.write import shard_dataset
 from sssl_dist.config import FeatureConfig
-from sssl_dist.data import (
+from sssl_dist.data.segments import (
     MANIFEST_NAME,
     SegmentTable,
     ShardSet,
@@ -363,7 +363,7 @@ def test_two_ranks_train_on_exactly_the_batches_of_one(n, batch):
 
 
 def _load_in_child(root: str, queue) -> None:
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
 
     mels = ShardSet(root).load_mels()
     first = sorted(mels)[0]

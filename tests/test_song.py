@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.song import (
+from sssl_dist.method.song import (
     SongClassifier,
     brier_score,
     expected_calibration_error,

@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable, training_table
-from sssl_dist.split import (
+from sssl_dist.data.segments import SegmentTable, training_table
+from sssl_dist.method.split import (
     oracle_clean_prob,
     per_second_evidence,
     smoothed_over_neighbours,
@@ -28,7 +28,7 @@ def test_song_starts_mark_each_songs_block():
 
 
 def test_song_relative_is_the_log_ratio_to_each_songs_own_median():
-    from sssl_dist.split import LOG_EPS
+    from sssl_dist.method.split import LOG_EPS
 
     losses = np.array([1.0, 2.0, 8.0, 5.0, 5.0, 10.0, np.nan]) - LOG_EPS
     song_of = np.array([0, 0, 0, 1, 1, 1, 1])
@@ -137,7 +137,7 @@ def test_oracle_labels_train_on_each_segments_own_label():
     ],
 )
 def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
-    from sssl_dist.fold import check_shards
+    from sssl_dist.driver.fold import check_shards
 
     class Shards:
         root = "shards/4q"
@@ -157,7 +157,7 @@ def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
 
 # ---------------------------------------------------------------- partially known truth
 def test_a_segment_is_known_only_when_every_second_is():
-    from sssl_dist.data import segment_truth
+    from sssl_dist.data.segments import segment_truth
 
     truth = [None, None, 1, 0, 0, None]  # Q2 Q1 Q1: valence 0 1 1, arousal 1 1 1
     assert [segment_truth(truth, k, 2, "quadrant") for k in range(5)] == [-1, -1, 1, 0, -1]
@@ -171,8 +171,8 @@ def test_a_segment_is_known_only_when_every_second_is():
 def test_noise_detection_scores_the_known_segments_only():
     """Planted: six segments, two of them unknown. An unknown segment's posterior would make
     the AUC perfect if it counted as right (or as wrong); it counts as neither."""
-    from sssl_dist.method import split_from_clean_prob
-    from sssl_dist.split import noise_detection
+    from sssl_dist.method.equations import split_from_clean_prob
+    from sssl_dist.method.split import noise_detection
 
     wrong = np.array([0, 1, -1, 0, 1, -1])
     w = np.array([0.9, 0.2, 0.1, 0.3, 0.6, 0.95])  # clean posteriors; X = w > 0.5
@@ -187,7 +187,7 @@ def test_noise_detection_scores_the_known_segments_only():
 
 
 def test_segment_accuracy_against_the_truth_leaves_unknown_segments_out():
-    from sssl_dist.epoch import hit_counts, segment_accuracies
+    from sssl_dist.rank.epoch import hit_counts, segment_accuracies
 
     pred = np.array([0, 1, 1, 2, 3])
     label = np.array([0, 0, 1, 2, 2])
@@ -205,7 +205,7 @@ def test_shards_with_some_known_seconds_show_truth_statistics(tmp_path):
     from dataclasses import asdict
 
     from sssl_dist.config import FeatureConfig
-    from sssl_dist.data import ShardSet
+    from sssl_dist.data.segments import ShardSet
 
     def shards_with(truths):
         songs = [{"song_id": f"s{i}", "truth": t} for i, t in enumerate(truths)]
@@ -224,7 +224,7 @@ def test_the_truth_bar_skips_unrated_seconds():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sssl_dist.report import _curve_axes
+    from sssl_dist.outputs.report import _curve_axes
 
     fig, ax = plt.subplots()
     names = ["Q1", "Q2", "Q3", "Q4"]
@@ -236,7 +236,7 @@ def test_the_truth_bar_skips_unrated_seconds():
 def test_the_default_evidence_fits_the_loss_itself():
     """`split_evidence: loss` is the split the paper fits: the same posteriors as fitting the
     GMM on the losses directly."""
-    from sssl_dist.method import split_clean_noisy
+    from sssl_dist.method.equations import split_clean_noisy
 
     rng = np.random.default_rng(0)
     table = _truth_table()

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable
-from sssl_dist.method import LossMemory
-from sssl_dist.split import fit_split_with_metrics
-from sssl_dist.split_service import SplitService
+from sssl_dist.data.segments import SegmentTable
+from sssl_dist.driver.split_service import SplitService
+from sssl_dist.method.equations import LossMemory
+from sssl_dist.method.split import fit_split_with_metrics
 
 
 def _planted(n: int = 400, seed: int = 0) -> tuple[SegmentTable, list[np.ndarray]]:

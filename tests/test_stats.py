@@ -9,7 +9,7 @@ import baycomp
 import numpy as np
 import pytest
 
-from sssl_dist.stats import compare_paired, corrected_t, paired_difference
+from sssl_dist.outputs.stats import compare_paired, corrected_t, paired_difference
 
 
 def _planted(gain: float, spread: float, k: int = 10, r: int = 1, seed: int = 0):
@@ -107,7 +107,7 @@ def test_paired_difference_uses_the_corrected_t():
 
 def test_a_sweep_compares_its_choice_with_the_defaults_on_the_same_folds():
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.tables import chosen_against_defaults
+    from sssl_dist.outputs.tables import chosen_against_defaults
 
     base = SSSLConfig(n_folds=5)
     folds = {str(f): {"test_acc": 0.60 + 0.01 * f} for f in range(5)}
@@ -183,7 +183,7 @@ def test_a_songs_estimate_far_past_the_data_is_stated_as_more_than():
 
 
 def test_the_comparison_table_gives_the_same_honest_cells():
-    from sssl_dist.tables import _stats_row
+    from sssl_dist.outputs.tables import _stats_row
 
     row = lambda c: _stats_row("b − a", {"stats": c.to_dict(), "verdict": ""})  # noqa: E731
     tiny = row(compare_paired([0.5, 0.7], [0.7, 0.5], 2, songs=16))

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from sssl_dist.checkpoint import load_state
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable, ShardSet, rank_block
-from sssl_dist.fold import check_fold
-from sssl_dist.folds import fold_song_ids
-from sssl_dist.run import run_fold
-from sssl_dist.runfiles import PROGRESS as PROGRESS_FILE
+from sssl_dist.data.folds import fold_song_ids
+from sssl_dist.data.segments import SegmentTable, ShardSet, rank_block
+from sssl_dist.driver.fold import check_fold
+from sssl_dist.driver.run import run_fold
+from sssl_dist.files.checkpoint import load_state
+from sssl_dist.files.runfiles import PROGRESS as PROGRESS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and fast, but every stage for real: warm-up, then SSSL epochs with GMM splits.
@@ -145,7 +145,7 @@ def test_local_mode_runs_the_same_loop_with_cpu_bf16(shard_dir, tmp_path, ray_se
     scores each split with the best validation epoch so far (split_network: best_val)."""
     from dataclasses import replace
 
-    from sssl_dist.epoch import epoch_lr
+    from sssl_dist.rank.epoch import epoch_lr
 
     cfg = replace(
         CFG,
@@ -222,7 +222,7 @@ def _train_workers():
 
 def _complete_checkpoints(run_dir: Path) -> list[int]:
     """Epochs whose checkpoint directory is complete on disk (what a restart can resume)."""
-    from sssl_dist.checkpoint import readable_epoch
+    from sssl_dist.files.checkpoint import readable_epoch
 
     if not run_dir.is_dir():
         return []
@@ -345,7 +345,7 @@ def test_ranks_wait_for_a_checkpoint_in_ray_trains_barrier_not_in_a_collective(
 
     import ray.train.collective
 
-    from sssl_dist import train
+    from sssl_dist.rank import train
 
     events: list[str] = []
 
@@ -375,8 +375,8 @@ def test_two_node_cluster_trains(shard_dir, tmp_path):
 import ray
 from ray.cluster_utils import Cluster
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet
-from sssl_dist.run import run_fold
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.run import run_fold
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
 cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, log_to_driver=False)
@@ -504,7 +504,7 @@ def test_run_identity_follows_config_and_shard_set(shard_dir, tmp_path):
     never resumed for new data; the same data elsewhere keeps its name (content, not path)."""
     from dataclasses import replace
 
-    from sssl_dist.run import Run, run_digest
+    from sssl_dist.driver.run import Run, run_digest
 
     def run_name(prefix, cfg, shards, fold):
         return Run.of(prefix, cfg, shards, fold, tmp_path).name
@@ -540,7 +540,7 @@ def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path,
     every song and is the exported model."""
     from dataclasses import replace
 
-    from sssl_dist.cv import run_cv
+    from sssl_dist.driver.cv import run_cv
 
     cfg = replace(CFG, epochs=2)
     shards = ShardSet(shard_dir)
@@ -566,8 +566,8 @@ def test_parallel_folds_write_the_same_report_as_one_by_one(shard_dir, tmp_path,
 def test_a_truncated_checkpoint_is_never_resumed_from(tmp_path):
     """A worker killed while its checkpoint was being written leaves a truncated state.pt: the
     restart must pass over it (it is checked memory-mapped, without loading the tensors)."""
-    from sssl_dist.checkpoint import newest_persisted
-    from sssl_dist.runfiles import STATE as STATE_FILE
+    from sssl_dist.files.checkpoint import newest_persisted
+    from sssl_dist.files.runfiles import STATE as STATE_FILE
 
     for epoch in (1, 2):
         d = tmp_path / f"epoch-{epoch:04d}"
@@ -587,7 +587,7 @@ def test_cross_fit_svm_learns_from_out_of_sample_songs(shard_dir, tmp_path, ray_
     beside them, from the same fold."""
     from dataclasses import replace
 
-    from sssl_dist.song import song_features
+    from sssl_dist.method.song import song_features
 
     cfg = replace(CFG, epochs=2, svm_features="cross_fit", gmm_site="rank0", val_fraction=0.0)
     shards = ShardSet(shard_dir)
@@ -621,8 +621,8 @@ def test_local_mode_with_gpu_asks_ray_for_one_instead_of_training_in_the_driver(
     """`--workers 0 --gpu --parallel 1` (and its --final refit): in the driver the fold would
     train on whatever the driver has, the CPU on a GPU-less head node. Each run goes to a Ray
     task that reserves a GPU, as folds side by side do."""
-    from sssl_dist import cv
-    from sssl_dist.parallel import fold_resources
+    from sssl_dist.driver import cv
+    from sssl_dist.driver.parallel import fold_resources
 
     assert fold_resources(0, True) == {"num_cpus": 1, "num_gpus": 1}
     assert fold_resources(0, False) == {"num_cpus": 1, "num_gpus": 0}

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sssl_dist import runfiles
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
-from sssl_dist.data import ShardSet
-from sssl_dist.folds import check_shards_serve
-from sssl_dist.results import draw_plots
-from sssl_dist.run import Run, share_warmups
-from sssl_dist.stats import mean_std
-from sssl_dist.tables import HEADLINE, sweep_markdown
+from sssl_dist.data.folds import check_shards_serve
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.run import Run, share_warmups
+from sssl_dist.files import runfiles
+from sssl_dist.outputs.results import draw_plots
+from sssl_dist.outputs.stats import mean_std
+from sssl_dist.outputs.tables import HEADLINE, sweep_markdown
 from tuning.space import (
     MAX_TRIALS,
     check_trial_count,

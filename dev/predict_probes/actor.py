@@ -4,7 +4,7 @@ import time
 import ray
 
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-from sssl_dist.predict import SegmentPredictor
+from sssl_dist.outputs.predict import SegmentPredictor
 
 
 @ray.remote(num_cpus=1)

@@ -16,7 +16,7 @@ def cpu(w):
     return r.ru_utime + r.ru_stime
 
 
-import sssl_dist.predict as P
+import sssl_dist.outputs.predict as P
 
 p0, m0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_THREAD)
 t0 = time.perf_counter()

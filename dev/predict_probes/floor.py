@@ -15,7 +15,7 @@ t0 = time.perf_counter()
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 t_init = time.perf_counter() - t0
 from sssl_dist.config import FeatureConfig, to_dict
-from sssl_dist.predict import decode_row, file_key
+from sssl_dist.outputs.predict import decode_row, file_key
 
 ctx = ray.data.DataContext.get_current()
 ctx.enable_progress_bars = False
@@ -33,7 +33,7 @@ def decode_batch(batch, fc, max_seconds):
 
 @ray.remote
 def warm():
-    import sssl_dist.predict  # noqa
+    import sssl_dist.outputs.predict  # noqa
 
     return os.getpid()
 

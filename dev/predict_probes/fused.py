@@ -13,10 +13,10 @@ import torch
 torch.set_num_threads(1)
 
 from sssl_dist.config import FeatureConfig, to_dict
-from sssl_dist.data import SegmentBatcher, SegmentTable, loss_pass_batches
-from sssl_dist.export import load_model
-from sssl_dist.models import build_model, fuse_conv_bn
-from sssl_dist.predict import decode_row, file_key
+from sssl_dist.data.segments import SegmentBatcher, SegmentTable, loss_pass_batches
+from sssl_dist.method.models import build_model, fuse_conv_bn
+from sssl_dist.outputs.export import load_model
+from sssl_dist.outputs.predict import decode_row, file_key
 
 files = json.loads(Path("/tmp/prof/files.json").read_text())[:120]
 fc = to_dict(FeatureConfig())

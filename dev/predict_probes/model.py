@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 from bench_predict import make_model
 
 from sssl_dist.config import FeatureConfig, to_dict
-from sssl_dist.predict import SegmentPredictor, decode_row, file_key
+from sssl_dist.outputs.predict import SegmentPredictor, decode_row, file_key
 
 files = json.loads(Path("/tmp/prof/files.json").read_text())[:150]
 fc = to_dict(FeatureConfig())

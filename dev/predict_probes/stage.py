@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from sssl_dist.config import FeatureConfig, to_dict
-from sssl_dist.predict import SegmentPredictor, decode_row, file_key
+from sssl_dist.outputs.predict import SegmentPredictor, decode_row, file_key
 
 files = json.loads(Path("/tmp/prof/files.json").read_text())
 fc = to_dict(FeatureConfig())

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet
+from sssl_dist.data.segments import ShardSet
 
 SongIds = dict[str, list[str]]  # {"train": [...], "val": [...], "test": [...]}
 

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from sssl_dist.config import SSSLConfig, config_digest
-from sssl_dist.crossfit import cross_fit
-from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun, fit_run
-from sssl_dist.fold import check_fold
-from sssl_dist.folds import SongIds, fold_song_ids
-from sssl_dist.warmup import is_ready, warmup_key, warmup_source
+from sssl_dist.data.folds import SongIds, fold_song_ids
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.crossfit import cross_fit
+from sssl_dist.driver.fit import fit_run
+from sssl_dist.driver.fold import check_fold
+from sssl_dist.driver.warmup import is_ready, warmup_key, warmup_source
+from sssl_dist.outputs.foldrun import FoldRun
 
 
 def run_digest(cfg: SSSLConfig, shards: ShardSet) -> str:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun, ProgressTail, RunStopped, request_stop
-from sssl_dist.run import Run
-from sssl_dist.runfiles import PROGRESS
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.fit import ProgressTail, RunStopped, request_stop
+from sssl_dist.driver.run import Run
+from sssl_dist.files.runfiles import PROGRESS
+from sssl_dist.outputs.foldrun import FoldRun
 
 K = TypeVar("K", bound=Hashable)
 

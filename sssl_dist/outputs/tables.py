@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sssl_dist.config import SSSLConfig, to_dict
-from sssl_dist.stats import (
+from sssl_dist.outputs.stats import (
     SONGS_BEYOND,
     PairedComparison,
     compare_paired,
@@ -21,7 +21,7 @@ from sssl_dist.stats import (
 )
 
 if TYPE_CHECKING:  # fit.py imports Ray and torch; a table needs only the results
-    from sssl_dist.fit import FoldRun
+    from sssl_dist.outputs.foldrun import FoldRun
 
 METRIC_NAMES = {
     "test_acc": "song accuracy",

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sssl_dist.collectives import all_reduce_sum
 from sssl_dist.config import FeatureConfig, SSSLConfig
-from sssl_dist.data import (
+from sssl_dist.data.segments import (
     SegmentBatcher,
     SegmentTable,
     epoch_batches,
@@ -29,13 +28,14 @@ from sssl_dist.data import (
     segment_probabilities,
     steps_per_epoch,
 )
-from sssl_dist.method import (
+from sssl_dist.method.equations import (
     clean_bn_statistics,
     ema_teacher,
     ema_update,
     per_sample_ce,
 )
-from sssl_dist.step import ce_loss, sssl_loss
+from sssl_dist.method.step import ce_loss, sssl_loss
+from sssl_dist.rank.collectives import all_reduce_sum
 
 log = logging.getLogger(__name__)
 

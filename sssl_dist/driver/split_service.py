@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable
-from sssl_dist.method import LossMemory
-from sssl_dist.split import fit_split_with_metrics
+from sssl_dist.data.segments import SegmentTable
+from sssl_dist.method.equations import LossMemory
+from sssl_dist.method.split import fit_split_with_metrics
 
 NAMESPACE = "sssl"  # the named actors of this package, apart from the user's own
 

@@ -36,8 +36,10 @@ import ray.train
 import ray.train.collective
 import torch
 
-from sssl_dist import runfiles
-from sssl_dist.checkpoint import (
+from sssl_dist.config import SSSLConfig, from_dict
+from sssl_dist.data.segments import SegmentTable, ShardSet, training_table
+from sssl_dist.files import runfiles
+from sssl_dist.files.checkpoint import (
     BestEpoch,
     copy_weights,
     epoch_dir_name,
@@ -48,7 +50,11 @@ from sssl_dist.checkpoint import (
     weights_of,
     write_checkpoint_dir,
 )
-from sssl_dist.collectives import (
+from sssl_dist.method.equations import LossMemory, ema_teacher
+from sssl_dist.method.models import build_model
+from sssl_dist.method.song import song_level_results
+from sssl_dist.method.split import fit_split_with_metrics
+from sssl_dist.rank.collectives import (
     all_gather_object,
     broadcast_clean_w,
     broadcast_status,
@@ -56,20 +62,14 @@ from sssl_dist.collectives import (
     gather_losses,
     rank0_decides,
 )
-from sssl_dist.config import SSSLConfig, from_dict
-from sssl_dist.data import SegmentTable, ShardSet, training_table
-from sssl_dist.epoch import (
+from sssl_dist.rank.epoch import (
     Worker,
     loss_pass,
     segment_accuracy,
     song_probabilities,
     train_epoch,
 )
-from sssl_dist.method import LossMemory, ema_teacher
-from sssl_dist.models import build_model
-from sssl_dist.precision import choose_precision
-from sssl_dist.song import song_level_results
-from sssl_dist.split import fit_split_with_metrics
+from sssl_dist.rank.precision import choose_precision
 
 
 @dataclass(frozen=True)

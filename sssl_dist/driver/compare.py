@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from sssl_dist.config import SSSLConfig, with_overrides
-from sssl_dist.cv import check_same_report, run_arms
-from sssl_dist.data import ShardSet
-from sssl_dist.folds import check_shards_serve
-from sssl_dist.results import draw_plots
-from sssl_dist.stats import DEFAULT_ROPE, compare_paired
+from sssl_dist.data.folds import check_shards_serve
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.cv import check_same_report, run_arms
+from sssl_dist.outputs.results import draw_plots
+from sssl_dist.outputs.stats import DEFAULT_ROPE, compare_paired
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def check_cells(
     """Before any training: every cell's config is valid, the shards serve every task with
     these folds and every arm (a ceiling arm needs per-second truth), and no cell's directory
     holds a report of another configuration."""
-    from sssl_dist.fold import check_shards
+    from sssl_dist.driver.fold import check_shards
 
     configs = {name: with_overrides(base, overrides) for name, overrides in cells.items()}
     for name, cfg in configs.items():
@@ -348,7 +348,7 @@ def headroom_shares(
 
 def write_comparison(out: Path, comparison: dict[str, Any]) -> None:
     """comparison.json and comparison.md first, then the forest plot."""
-    from sssl_dist.tables import comparison_markdown
+    from sssl_dist.outputs.tables import comparison_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     (out / COMPARISON_JSON).write_text(json.dumps(comparison, indent=1, default=_json))
@@ -357,7 +357,7 @@ def write_comparison(out: Path, comparison: dict[str, Any]) -> None:
 
 
 def _forest(comparison: dict[str, Any], path: Path) -> None:
-    from sssl_dist.report import plot_forest
+    from sssl_dist.outputs.report import plot_forest
 
     plot_forest(comparison, path)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.method import (
+from sssl_dist.method.equations import (
     mix_loss,
     mixup,
     pseudo_label,

@@ -43,16 +43,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, from_dict, to_dict
-from sssl_dist.outdir import hold
+from sssl_dist.data.audio import AudioError, decode, log_mel
+from sssl_dist.files.outdir import hold
 
 # The decode tasks import this module: torch and scikit-learn (export.py) are imported only
 # where a model is used, so a decode worker starts without them.
 if TYPE_CHECKING:
     from ray.data import Dataset
 
-    from sssl_dist.export import LoadedModel
+    from sssl_dist.outputs.export import LoadedModel
 
 log = logging.getLogger("sssl.predict")
 
@@ -208,7 +208,11 @@ class SegmentPredictor:
     def __init__(self, model_paths: list[str], names: list[str], gpu: bool, threads: int):
         import torch
 
-        from sssl_dist.export import checked_segment_probabilities, load_model, song_probabilities
+        from sssl_dist.outputs.export import (
+            checked_segment_probabilities,
+            load_model,
+            song_probabilities,
+        )
 
         self.segment_probabilities = checked_segment_probabilities
         self.song_probabilities = song_probabilities
@@ -453,8 +457,8 @@ def write_file_outputs(
     out: Path, key: str, result: dict, models: dict[str, LoadedModel], output: dict[str, str]
 ) -> None:
     """<output>.json, .segments.csv and .png of one file, per model (small runs, --plots)."""
-    from sssl_dist.export import song_result
-    from sssl_dist.report import plot_emotion_curve
+    from sssl_dist.outputs.export import song_result
+    from sssl_dist.outputs.report import plot_emotion_curve
 
     for name, res in result.get("models", {}).items():
         if "error" in res:
@@ -521,7 +525,7 @@ class PredictSummary:
 
 def load_models(model_paths: list[str]) -> dict[str, LoadedModel]:
     """Every model, validated; they must share one feature front end to share one decode."""
-    from sssl_dist.export import load_model
+    from sssl_dist.outputs.export import load_model
 
     names = model_names(model_paths)
     models = {n: load_model(p) for n, p in zip(names, model_paths, strict=True)}

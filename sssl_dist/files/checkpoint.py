@@ -30,9 +30,9 @@ import ray.train
 import torch
 
 from sssl_dist.config import SSSLConfig, save_config
-from sssl_dist.method import LossMemory
-from sssl_dist.outdir import process_alive
-from sssl_dist.runfiles import CONFIG, FINAL, HISTORY, RESULT, STATE
+from sssl_dist.files.outdir import process_alive
+from sssl_dist.files.runfiles import CONFIG, FINAL, HISTORY, RESULT, STATE
+from sssl_dist.method.equations import LossMemory
 
 # Epoch checkpoints kept beside `final` (Ray's num_to_keep with workers, ours in local mode):
 # the newest is what a restart resumes from, the one before it covers a half-written newest.

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun
-from sssl_dist.folds import SongIds, cross_fit_parts
-from sssl_dist.song import song_level_results
+from sssl_dist.data.folds import SongIds, cross_fit_parts
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.method.song import song_level_results
+from sssl_dist.outputs.foldrun import FoldRun
 
 log = logging.getLogger(__name__)
 

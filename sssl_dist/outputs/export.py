@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sssl_dist.audio import AudioError, decode, log_mel
 from sssl_dist.config import FeatureConfig, SSSLConfig, from_dict, load_config, to_dict
-from sssl_dist.data import ShardSet, segment_probabilities
-from sssl_dist.models import build_model, fuse_conv_bn
-from sssl_dist.runfiles import CONFIG, FOLD_IDS, SONGS
-from sssl_dist.song import SongClassifier, song_features
+from sssl_dist.data.audio import AudioError, decode, log_mel
+from sssl_dist.data.segments import ShardSet, segment_probabilities
+from sssl_dist.files.runfiles import CONFIG, FOLD_IDS, SONGS
+from sssl_dist.method.models import build_model, fuse_conv_bn
+from sssl_dist.method.song import SongClassifier, song_features
 
 log = logging.getLogger(__name__)
 FORMAT = "sssl-model/1"
@@ -39,7 +39,7 @@ def export_model(
     """Write the artifact from a finished run's checkpoint (state.pt, config, fold_ids). The
     SVM's data are `learned_from`'s training songs (cross-fitted probabilities where the run
     made them), by default the checkpoint's own songs.json."""
-    from sssl_dist.checkpoint import load_state
+    from sssl_dist.files.checkpoint import load_state
 
     ckpt = Path(checkpoint_dir)
     cfg = load_config(ckpt / CONFIG)

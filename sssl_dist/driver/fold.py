@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable, ShardSet, segment_count, training_table
-from sssl_dist.folds import SongIds
+from sssl_dist.data.folds import SongIds
+from sssl_dist.data.segments import SegmentTable, ShardSet, segment_count, training_table
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ import json
 import logging
 from pathlib import Path
 
-from sssl_dist.checkpoint import (
+from sssl_dist.config import AFTER_WARMUP, SSSLConfig, to_dict
+from sssl_dist.files.checkpoint import (
     adopt_checkpoint,
     epoch_dir_name,
     newest_persisted,
     readable_epoch,
 )
-from sssl_dist.config import AFTER_WARMUP, SSSLConfig, to_dict
-from sssl_dist.runfiles import WARMUP
+from sssl_dist.files.runfiles import WARMUP
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import webdataset as wds
 from filelock import FileLock
 
 from sssl_dist.config import FeatureConfig
-from sssl_dist.records import task_label_of_quadrant
+from sssl_dist.data.records import task_label_of_quadrant
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sssl_dist.config import SSSLConfig, load_config
-from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun
-from sssl_dist.runfiles import CONFIG
-from sssl_dist.stats import mean_std
-from sssl_dist.tables import write_summary
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.files.runfiles import CONFIG
+from sssl_dist.outputs.foldrun import FoldRun
+from sssl_dist.outputs.stats import mean_std
+from sssl_dist.outputs.tables import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def write_report(
 
 
 def _run_plots(out, cfg, runs, truth) -> None:
-    from sssl_dist.report import write_run_plots
+    from sssl_dist.outputs.report import write_run_plots
 
     write_run_plots(out, cfg, runs, truth)
 

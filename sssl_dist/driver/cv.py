@@ -16,15 +16,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sssl_dist.checkpoint import copy_file
 from sssl_dist.config import SSSLConfig, load_config, save_config, to_dict, with_overrides
-from sssl_dist.data import ShardSet
-from sssl_dist.fit import FoldRun
-from sssl_dist.folds import check_shards_serve, refit_song_ids
-from sssl_dist.parallel import run_units_parallel
-from sssl_dist.results import summarise, truth_of, write_report
-from sssl_dist.run import Run, share_warmups, shared_count
-from sssl_dist.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
+from sssl_dist.data.folds import check_shards_serve, refit_song_ids
+from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.parallel import run_units_parallel
+from sssl_dist.driver.run import Run, share_warmups, shared_count
+from sssl_dist.files.checkpoint import copy_file
+from sssl_dist.files.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
+from sssl_dist.outputs.foldrun import FoldRun
+from sssl_dist.outputs.results import summarise, truth_of, write_report
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ def start_private_ray(num_cpus: int | None = None) -> None:
         ray.shutdown()
         raise RuntimeError(
             f"the in-process Ray would listen on {node_ip}, not on loopback only: `ray` was "
-            "imported before sssl_dist.ray_start.keep_ray_local() ran"
+            "imported before sssl_dist.driver.ray_start.keep_ray_local() ran"
         )
     log.info(
         "started Ray in-process (%.1f s, %s CPUs, listening on loopback only)",

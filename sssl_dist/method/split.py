@@ -26,8 +26,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from sssl_dist.config import SSSLConfig
-from sssl_dist.data import SegmentTable, rank_block
-from sssl_dist.method import (
+from sssl_dist.data.segments import SegmentTable, rank_block
+from sssl_dist.method.equations import (
     DegenerateSplitWarning,
     LossMemory,
     Split,

@@ -1,0 +1,2 @@
+"""Data as training reads it: the shard set and its segments, the song records, audio decoding, and
+which songs each fold uses."""
