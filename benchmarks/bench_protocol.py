@@ -24,10 +24,12 @@ repository's defaults), 12 epochs each, 3 of them warm-up.
     --profile  the CE training step's operators by their own time, fp32 and bf16 (torch.profiler)
     --compile  torch.compile's first steps (the compile) and its rate against eager
     --full     then runs the protocol itself: `sssl compare --folds 10 --parallel 2
-               --workers 0` on the same shards, and prints its wall time
+               --workers 0` on the same shards (the default three arms, or --arms FILE, into
+               --work/--out), and prints its wall time
 
     python benchmarks/bench_protocol.py [--songs 900] [--seconds 30] [--work runs/protocol]
-                                        [--profile] [--compile] [--full [--set bf16=auto ...]]
+                                        [--profile] [--compile]
+                                        [--full [--arms FILE] [--out NAME] [--set bf16=auto ...]]
 
 Cost: the corpus about 8 min on 2 cores (once); one fold of the three arms about
 (20 k segments x (12 + 9 + 9 epochs - 6 shared)) / (400 segments/s) ~ 20 min on one core at
@@ -511,8 +513,10 @@ def main(a: argparse.Namespace) -> None:
             "--workers",
             "0",
             "--out",
-            str(Path(a.work) / "protocol"),
+            str(Path(a.work) / a.out),
         ]
+        if a.arms:
+            cmd += ["--arms", a.arms]
         if a.set:
             cmd += ["--set", *a.set]
         t0 = time.perf_counter()
@@ -526,6 +530,8 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--work", default="runs/protocol", help="corpus and results (kept)")
     p.add_argument("--full", action="store_true", help="then run the 10-fold protocol itself")
+    p.add_argument("--arms", help="--full: an arms YAML (default: `sssl compare`'s three)")
+    p.add_argument("--out", default="protocol", help="--full: its folder under --work")
     p.add_argument("--skip-fold", action="store_true", help="the limit section only")
     p.add_argument(
         "--set", nargs="*", metavar="KEY=VALUE", help="--full: config overrides, e.g. bf16=auto"
