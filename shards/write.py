@@ -298,6 +298,11 @@ def _shard_locked(records, out, fc, truth, songs_per_shard, dataset, load_report
     return manifest
 
 
+# How long a failed run waits for its cancelled shard tasks to stop and clean up (a task stops
+# at its next Python bytecode, a few ms; the rest is a loaded machine's scheduling).
+CANCEL_WAIT_S = 60.0
+
+
 def _write_shards(
     jobs: dict[int, tuple[list[dict[str, Any]], Path]], fc: FeatureConfig
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -323,6 +328,10 @@ def _write_shards(
     finally:
         for ref in pending:
             ray.cancel(ref)
+        # A cancelled task removes its temporary file as it stops (write_shard's finally):
+        # wait for that, so nothing of it is left when the error reaches the user.
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
 
 
 # What a write fails with when the disk (or the user's quota) is full.

@@ -53,7 +53,9 @@ def two_worker_run(shard_dir, tmp_path_factory, ray_session):
     cfg, fold = _odd_fold(shard_dir)
     # No warm-up: the first split comes from the initial weights, identical for any number of
     # workers, so 1 and 2 workers can be compared exactly (test_one_worker_matches_two_workers).
-    cfg = replace(cfg, warmup_epochs=0)
+    # The split's evidence is the per-second song-relative one (method/split.py), so the
+    # driver's service computes it from the gathered losses and the table's songs and starts.
+    cfg = replace(cfg, warmup_epochs=0, split_evidence="song_relative_seconds", gmm_scope="global")
     run = run_fold(cfg, ShardSet(shard_dir), fold, storage_path=store, name="w2", workers=2)
     return run, store, cfg, fold
 
@@ -90,6 +92,19 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
     assert run.result["val_songs"] == len(run.fold_ids["val"])
     # The driver's split service fitted every SSSL epoch once, and ranks trained on its splits.
     assert run.splits == [{"epoch": h["epoch"], "n_clean": h["n_clean"]} for h in sssl_epochs]
+
+
+def test_the_oracle_split_under_ddp_is_the_truth(shard_dir, tmp_path, ray_session):
+    """The ceiling arm through the driver's split service with 2 workers: the service holds
+    the table's truth, and the ranks train on exactly the right-labelled segments as X."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, epochs=2, warmup_epochs=1, split_evidence="oracle")
+    run = run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="oracle", workers=2)
+    (sssl_epoch,) = _epochs(run.history)
+    assert sssl_epoch["noise_auc"] == 1.0 and sssl_epoch["noise_recall"] == 1.0
+    assert sssl_epoch["noise_precision"] == 1.0  # U is exactly the wrong labels
+    assert run.splits == [{"epoch": 1, "n_clean": sssl_epoch["n_clean"]}]
 
 
 def test_uneven_blocks_do_not_hang(two_worker_run):
@@ -638,7 +653,9 @@ def test_local_mode_with_gpu_asks_ray_for_one_instead_of_training_in_the_driver(
         raise Asked
 
     monkeypatch.setattr(cv, "run_units_parallel", ask)
-    monkeypatch.setattr(cv, "run_fold", lambda *a, **k: pytest.fail("trained in the driver"))
+    monkeypatch.setattr(
+        "sssl_dist.driver.run.Run.fit", lambda *a, **k: pytest.fail("trained in the driver")
+    )
     shards = ShardSet(shard_dir)
     with pytest.raises(Asked):
         cv.run_cv(CFG, shards, tmp_path / "cv", folds=[1], workers=0, use_gpu=True, parallel=1)
