@@ -20,6 +20,7 @@ from sssl_dist.checkpoint import copy_file
 from sssl_dist.config import SSSLConfig, load_config, save_config, to_dict, with_overrides
 from sssl_dist.data import ShardSet
 from sssl_dist.fit import FoldRun
+from sssl_dist.fold import check_shards
 from sssl_dist.folds import check_shards_serve, refit_song_ids
 from sssl_dist.parallel import run_units_parallel
 from sssl_dist.results import summarise, truth_of, write_report
@@ -161,6 +162,7 @@ def run_cv(
     `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
     `final` adds a refit on all songs, which becomes the exported model. The shards and the
     report directory are checked before `start_ray` is called."""
+    check_shards(cfg, shards)
     check_shards_serve(shards, [cfg], folds)
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
     start_ray()
