@@ -164,8 +164,8 @@ def timed_library(clock: PhaseClock) -> Iterator[None]:
 def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any, list[dict]]:
     """The train loop's epochs (train.train_loop_per_worker) without Ray: split, train,
     validate, checkpoint. Returns the last split and each epoch's record."""
-    from sssl_dist import epoch as ep
-    from sssl_dist import split as sp
+    from sssl_dist.rank import epoch as ep
+    from sssl_dist.method import split as sp
     from sssl_dist.files.checkpoint import training_state, write_checkpoint_dir
     from sssl_dist.method.equations import LossMemory
 

@@ -277,9 +277,13 @@ def generate_corpus(
     already there from the same config is kept: its synth_config.json is written last, so its
     presence means every song and both CSVs are complete."""
     out = Path(out)
-    done = out / "synth_config.json"
-    if done.is_file() and json.loads(done.read_text()) == json.loads(json.dumps(asdict(cfg))):
+    done, pending = out / "synth_config.json", out / PENDING
+    wanted = json.loads(json.dumps(asdict(cfg)))
+    if done.is_file() and json.loads(done.read_text()) == wanted:
         return out
+    check_same_corpus(out, wanted)
+    out.mkdir(parents=True, exist_ok=True)
+    pending.write_text(json.dumps(wanted, indent=2))
     audio_root = out / "MER_audio_taffc_dataset"
     for q in range(4):
         (audio_root / f"Q{q + 1}").mkdir(parents=True, exist_ok=True)
@@ -304,7 +308,36 @@ def generate_corpus(
     _write_csv(out / "panda_dataset_taffc_annotations.csv", ["Song", "Quadrant"], labels)
     _write_csv(out / "ground_truth_per_second.csv", ["Song", "Second", "Quadrant"], truth_rows)
     (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    pending.unlink()
     return out
+
+
+# What a corpus under way was started with; removed once synth_config.json is written.
+PENDING = ".synth_config.pending.json"
+
+
+def check_same_corpus(out: Path, wanted: dict) -> None:
+    """Refuse to write a corpus over one of another configuration, finished or not: a song
+    whose file is already there is kept as it is (that is how an interrupted run resumes), so
+    its audio would belong to the other configuration while the labels and the truth belong
+    to this one, and the other's songs in other folders would stay beside them. Only the song
+    count may change: song i is the same whatever the count."""
+    for name, what in (("synth_config.json", "a corpus"), (PENDING, "an unfinished corpus")):
+        path = out / name
+        if not path.is_file():
+            continue
+        before = json.loads(path.read_text())
+        changed = [
+            f"{k}: {before.get(k)} -> {v}"
+            for k, v in wanted.items()
+            if k != "n_songs" and before.get(k) != v
+        ]
+        if changed:
+            raise ValueError(
+                f"{out} holds {what} of another configuration ({', '.join(changed[:3])}): "
+                "writing this one into it would mix the two. Use a new --out, or delete that "
+                "directory"
+            )
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

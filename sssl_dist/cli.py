@@ -310,6 +310,11 @@ def _arms(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
         arms[name] = overrides
     arms = arms or default_arms()
     if a.ceiling:
+        taken = [name for name in CEILING_ARMS if name in arms]
+        if taken:  # the ceiling arm would replace the user's without a word
+            raise ValueError(
+                f"arm {taken[0]!r} is a name --ceiling adds: give your arm another name"
+            )
         arms.update(CEILING_ARMS)
     return arms
 
@@ -468,7 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
 def training_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--shards", required=True, help="shard directory from `sssl shard`")
     s.add_argument("--config", help="YAML/JSON config file (keys of SSSLConfig)")
-    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. tau=0.6")
+    s.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",  # `--set a=1 --set b=2` keeps both, not only the last
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. tau=0.6",
+    )
     s.add_argument(
         "--workers",
         type=int,
@@ -744,6 +755,10 @@ def check_out_dir(out: Path) -> None:
     it came to write)."""
     for path in (out, *out.parents):
         if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"--out {out}: {path} is not writable; name a directory you can write"
+                )
             return
         if path.exists() or path.is_symlink():
             where = "" if path == out else f": {path}"
@@ -777,7 +792,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt as exc:
         _stop(exc, args.command)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    # A PermissionError is the folder a command was told to write into (or read from) that
+    # the OS refuses it: one line, as for any bad path, not a traceback.
+    except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         if args.verbose:
             raise

@@ -529,12 +529,15 @@ def with_overrides(cfg: C, overrides: dict[str, Any]) -> C:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["tau=0.6", "method=inherit"]` -> {"tau": "0.6", "method": "inherit"}."""
+    """`["tau=0.6", "method=inherit"]` -> {"tau": "0.6", "method": "inherit"}. A key given
+    twice is refused, as in a YAML file: the later value would silently replace the earlier."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"override {pair!r} is not KEY=VALUE")
+        if key.strip() in out:
+            raise ValueError(f"override {key.strip()!r} is given twice: give each key once")
         out[key.strip()] = value.strip()
     return out
 

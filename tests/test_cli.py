@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -481,3 +482,128 @@ def test_gpu_without_a_gpu_or_a_cluster_is_refused_before_ray_starts(
         assert main([*cmd, "--gpu"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 2 and all("--gpu: this machine has no CUDA GPU" in e for e in errors)
+
+
+# ---------------------------------------------------------- a new user's third try: cases
+def _errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_set_given_twice_keeps_both_and_a_key_given_twice_is_refused(caplog, no_ray):
+    """Before: `--set n_folds=2 --set tau=0.7` trained with tau 0.7 and 10 folds (argparse
+    kept the last --set only); `--set tau=0.5 tau=0.7` kept 0.7 without a word."""
+    from sssl_dist.cli import _train_config
+
+    a = build_parser().parse_args(
+        ["train", "--shards", "S", "--set", "tau=0.6", "--set", "epochs=3"]
+    )
+    assert (_train_config(a).tau, _train_config(a).epochs) == (0.6, 3)
+    assert main(["train", "--shards", "S", "--set", "tau=0.5", "tau=0.7"]) == 2
+    assert _errors(caplog) == ["override 'tau' is given twice: give each key once"]
+    assert main(["compare", "--shards", "S", "--arm", "a", "tau=0.5", "tau=0.6", "--arm", "b"]) == 2
+    assert "override 'tau' is given twice" in _errors(caplog)[-1]
+
+
+@pytest.mark.parametrize(
+    "arms, message",
+    [
+        (["--arm", "oracle-split", "tau=0.7", "--arm", "b", "--ceiling"],
+         "arm 'oracle-split' is a name --ceiling adds: give your arm another name"),
+        (["--arm", "a", "seed=1", "--arm", "b", "seed=2"],
+         "arm 'a' sets seed, which a comparison sets for every arm alike"),
+        (["--arm", "a", "task=valence", "--arm", "b"], "arm 'a' sets task, which a comparison"),
+        (["--arm", "a", "n_folds=3", "--arm", "b"], "arm 'a' sets n_folds, which a comparison"),
+    ],
+)  # fmt: skip
+def test_an_arm_the_comparison_would_replace_is_refused(tmp_path, caplog, no_ray, arms, message):
+    """Before: --ceiling replaced a user's arm of its name, and the design's task, folds and
+    seed replaced an arm's own, without a word."""
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    cmd = ["compare", "--shards", str(shards), "--out", str(tmp_path / "o"), "--folds", "2"]
+    assert main([*cmd, *arms]) == 2
+    (line,) = _errors(caplog)
+    assert message in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("setting", ["split_evidence=oracle", "train_labels=truth"])
+def test_train_refuses_a_truth_setting_on_shards_without_truth_before_ray(
+    tmp_path, caplog, no_ray, setting
+):
+    """Before: refused only once Ray had started and the fold was 'training on 1 worker'."""
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    cmd = ["train", "--shards", str(shards), "--out", str(tmp_path / "o"), "--workers", "0"]
+    assert main([*cmd, "--set", "n_folds=2", "val_fraction=0", setting]) == 2
+    (line,) = _errors(caplog)
+    assert "trains on per-second truth, and 96 of the 96 segments" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "val_fraction, params, message",
+    [
+        (0.2, "split_evidence: [loss, oracle]", "split_evidence 'oracle' trains on per-second"),
+        (0, "tau: [0.5, 0.7]", "val_fraction = 0 holds none out: give val_fraction above 0"),
+    ],
+)
+def test_tune_refuses_what_no_trial_can_serve_before_ray(
+    tmp_path, caplog, no_ray, val_fraction, params, message
+):
+    """Before: the oracle trials failed inside Ray after the others had trained, with a Ray
+    traceback; with val_fraction 0 every validation score was NaN and the first configuration
+    was reported as chosen 'by validation-song accuracy (honest)'."""
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    space = tmp_path / "space.yaml"
+    base = f"base: {{n_folds: 2, val_fraction: {val_fraction}}}"
+    space.write_text(f"search: grid\nfolds: [0, 1]\n{base}\nparams:\n  {params}\n")
+    assert _tune(space, shards, tmp_path / "o") == 2
+    (line,) = _errors(caplog)
+    assert message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_refuses_shards_it_was_not_trained_on(tmp_path, caplog):
+    """Before: another shard set's per-second truth was drawn under the curves, or none."""
+    report = tmp_path / "r"
+    report.mkdir()
+    (report / "config.yaml").write_text("tau: 0.5\n")
+    (report / "shards.json").write_text(json.dumps({"shards": "first", "digest": "0123"}))
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    assert main(["report", str(report), "--shards", str(shards)]) == 2
+    (line,) = _errors(caplog)
+    assert line == (
+        f"{report} was trained on the shard set first, and --shards {shards} is another: give "
+        "the shards it was trained on"
+    )
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, caplog, no_ray):
+    """Before: a PermissionError traceback (exit 1) from train, shard and predict."""
+    shards = _labels_only_shards(tmp_path / "s", [0, 1, 2, 3] * 3)
+    cmd = ["train", "--shards", str(shards), "--workers", "0", "--set", "n_folds=2"]
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    assert main([*cmd, "--out", str(tmp_path / "o")]) == 2
+    assert _errors(caplog)[-1] == (
+        f"--out {tmp_path / 'o'}: {tmp_path} is not writable; name a directory you can write"
+    )
+    monkeypatch.undo()
+
+    mkdir = Path.mkdir
+
+    def refused(self, *args, **kwargs):  # what the OS says where access() cannot tell
+        if self == tmp_path / "o":
+            raise PermissionError(f"[Errno 1] Operation not permitted: '{self}'")
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    assert main([*cmd, "val_fraction=0", "--out", str(tmp_path / "o")]) == 2
+    assert _errors(caplog)[-1] == f"[Errno 1] Operation not permitted: '{tmp_path / 'o'}'"
+
+
+def test_a_class_of_one_song_is_refused_without_impossible_advice(tmp_path, caplog, no_ray):
+    """Before: 'use at most 1 folds', and cross-validation needs 2."""
+    shards = _labels_only_shards(tmp_path / "s", [0] + [1, 2, 3] * 3)
+    assert main(["train", "--shards", str(shards), "--workers", "0", "--set", "n_folds=2"]) == 2
+    (line,) = _errors(caplog)
+    assert "(Q1 1, Q2 3, Q3 3, Q4 3): a class has only 1 song" in line
+    assert "at most 1 folds" not in line

@@ -397,12 +397,14 @@ def test_mels_are_one_memory_mapped_copy_per_node(shard_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(mels[sid]), mel)
 
 
-def test_a_finished_corpus_is_kept_and_another_config_regenerates(tmp_path):
+def test_a_finished_corpus_is_kept_and_another_config_is_refused(tmp_path):
     """generate_corpus skips a corpus already written from the same config (its config file is
-    written last) and writes again for another config."""
+    written last) and adds songs for a larger count. Before: another seed "regenerated" into
+    the same folder, keeping every song file already at its path (the old seed's audio under
+    the new labels and truth) and the old songs in other quadrant folders beside the new."""
     from dataclasses import replace
 
-    from shards.synth import generate_corpus
+    from shards.synth import PENDING, generate_corpus
 
     cfg = SynthConfig(n_songs=2, seed=3, min_duration_s=5.0, max_duration_s=6.0)
     generate_corpus(tmp_path, cfg, progress=False, workers=1)
@@ -410,9 +412,31 @@ def test_a_finished_corpus_is_kept_and_another_config_regenerates(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in audio]
     generate_corpus(tmp_path, cfg, progress=False, workers=1)
     assert [p.stat().st_mtime_ns for p in audio] == stamps  # nothing rewritten
-    generate_corpus(tmp_path, replace(cfg, seed=4), progress=False, workers=1)
-    again = json.loads((tmp_path / "synth_config.json").read_text())
-    assert again["seed"] == 4
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(
+        ValueError, match=r"holds a corpus of another configuration \(seed: 3 -> 4\)"
+    ):
+        generate_corpus(tmp_path, replace(cfg, seed=4), progress=False, workers=1)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    generate_corpus(tmp_path, replace(cfg, n_songs=3), progress=False, workers=1)
+    assert len(list(tmp_path.glob("MER_audio_taffc_dataset/Q*/*"))) == 3
+    assert [p.stat().st_mtime_ns for p in audio] == stamps  # songs 0 and 1 kept as they were
+    assert not (tmp_path / PENDING).exists()
+
+
+def test_an_unfinished_corpus_of_another_config_is_refused(tmp_path):
+    """An interrupted corpus resumes with the same command; another seed is refused."""
+    from dataclasses import asdict, replace
+
+    from shards.synth import PENDING, generate_corpus
+
+    cfg = SynthConfig(n_songs=1, seed=3, min_duration_s=5.0, max_duration_s=6.0)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / PENDING).write_text(json.dumps(json.loads(json.dumps(asdict(cfg)))))
+    with pytest.raises(ValueError, match=r"holds an unfinished corpus of another configuration"):
+        generate_corpus(tmp_path, replace(cfg, seed=4), progress=False, workers=1)
+    generate_corpus(tmp_path, cfg, progress=False, workers=1)  # the same one resumes
+    assert (tmp_path / "synth_config.json").is_file() and not (tmp_path / PENDING).exists()
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from typing import Any
 from sssl_dist.config import SSSLConfig, config_digest, save_config, to_dict, with_overrides
 from sssl_dist.data.folds import check_shards_serve
 from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.fold import check_shards
 from sssl_dist.driver.run import Run, share_warmups
 from sssl_dist.files import runfiles
 from sssl_dist.outputs.results import draw_plots
@@ -120,7 +121,11 @@ def run_sweep(
         raise ValueError(f"--max-trials must be at least 1, got {max_trials}")
     base, folds, configs = sweep_grid(space_path, base, smoke, max_trials)
     shards = ShardSet(shard_dir)
-    check_shards_serve(shards, [with_overrides(base, p) for p in configs], folds)
+    trial_configs = [with_overrides(base, p) for p in configs]
+    for cfg in trial_configs:
+        check_selectable(cfg)
+        check_shards(cfg, shards)
+    check_shards_serve(shards, trial_configs, folds)
     out = Path(out).resolve()
     keys = {config_key(p): p for p in configs}
     identity = sweep_identity(base, shards, list(keys), folds)
@@ -174,6 +179,16 @@ def sweep_grid(
 
 
 SWEEP_FILE = runfiles.SWEEP
+
+
+def check_selectable(cfg: SSSLConfig) -> None:
+    """The honest choice ranks configurations by their validation songs: without any
+    (val_fraction 0) every score is NaN and the first configuration would be "chosen"."""
+    if cfg.val_fraction <= 0:
+        raise ValueError(
+            "sssl tune chooses a configuration by its validation songs, and val_fraction = 0 "
+            "holds none out: give val_fraction above 0"
+        )
 
 
 def _tuner(

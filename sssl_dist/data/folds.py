@@ -43,6 +43,11 @@ def check_shards_serve(
         present = [n for n in counts.values() if n]
         if len(present) < 2:
             raise ValueError(f"{where}: the songs are of one class only; a classifier needs 2")
+        if min(present) < 2:  # no number of folds serves it: at least 2 are needed
+            raise ValueError(
+                f"{where}: a class has only 1 song, and cross-validation needs at least 2 "
+                "songs of each class present; add songs"
+            )
         if min(present) < cfg.n_folds:
             raise ValueError(
                 f"{where}: {cfg.n_folds} folds need at least {cfg.n_folds} songs of each class; "

@@ -43,6 +43,9 @@ SECONDARY = (
     ("noise_auc", "noise AUC"),
 )
 PAIRINGS = ("all", "baseline", "ladder")
+# What the design sets for every cell, so that the arms are paired: an arm's own value of
+# one of these would be replaced without a word (`Design.cells`).
+DESIGN_KEYS = ("task", "n_folds", "seed")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,13 @@ class Design:
     def __post_init__(self) -> None:
         if len(self.arms) < 2:
             raise ValueError(f"a comparison needs at least 2 arms, got {list(self.arms)}")
+        for name, overrides in self.arms.items():
+            fixed = [key for key in DESIGN_KEYS if key in overrides]
+            if fixed:
+                raise ValueError(
+                    f"arm {name!r} sets {fixed[0]}, which a comparison sets for every arm alike "
+                    "(--tasks, --folds, --set seed=N): drop it from the arm"
+                )
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
         if not 0 < self.rope < 1:

@@ -19,6 +19,7 @@ from typing import Any
 from sssl_dist.config import SSSLConfig, load_config, save_config, to_dict, with_overrides
 from sssl_dist.data.folds import check_shards_serve, refit_song_ids
 from sssl_dist.data.segments import ShardSet
+from sssl_dist.driver.fold import check_shards
 from sssl_dist.driver.parallel import run_units_parallel
 from sssl_dist.driver.run import Run, share_warmups, shared_count
 from sssl_dist.files.checkpoint import copy_file
@@ -161,6 +162,7 @@ def run_cv(
     `parallel` > 1 runs that many folds side by side (parallel.py); the report is the same.
     `final` adds a refit on all songs, which becomes the exported model. The shards and the
     report directory are checked before `start_ray` is called."""
+    check_shards(cfg, shards)
     check_shards_serve(shards, [cfg], folds)
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
     start_ray()

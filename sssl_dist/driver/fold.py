@@ -28,7 +28,8 @@ def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
         raise ValueError(
             f"{what} trains on per-second truth, and {unknown} of the {len(table)} segments in "
             f"{shards.root} have none (only corpora from `sssl synth` are rated throughout): "
-            "drop the oracle arms for these shards"
+            "use shards with per-second truth for every second, or drop this setting (and "
+            "--ceiling) here"
         )
 
 

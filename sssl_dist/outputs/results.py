@@ -17,7 +17,7 @@ from typing import Any
 
 from sssl_dist.config import SSSLConfig, load_config
 from sssl_dist.data.segments import ShardSet
-from sssl_dist.files.runfiles import CONFIG
+from sssl_dist.files.runfiles import CONFIG, REPORT_SHARDS
 from sssl_dist.outputs.foldrun import FoldRun
 from sssl_dist.outputs.stats import mean_std
 from sssl_dist.outputs.tables import write_summary
@@ -75,6 +75,8 @@ def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = 
     """Re-create tables and plots of a `sssl train` report from its fold-*/ files."""
     run_dir = Path(run_dir)
     check_report_dir(run_dir)
+    if shards is not None:
+        check_report_shards(run_dir, shards)
     cfg = load_config(run_dir / CONFIG)
     runs = {int(d.name.split("-")[1]): FoldRun.read(d) for d in sorted(run_dir.glob("fold-*"))}
     if not runs:
@@ -83,6 +85,19 @@ def rebuild_report(run_dir: Path, shards: ShardSet | None = None, plots: bool = 
     seconds = json.loads(old.read_text()).get("seconds", float("nan")) if old.is_file() else None
     summary = summarise(cfg, runs, float("nan") if seconds is None else seconds)
     write_report(run_dir, cfg, summary, runs, truth_of(shards), plots)
+
+
+def check_report_shards(run_dir: Path, shards: ShardSet) -> None:
+    """Refuse --shards of another shard set than the report was trained on: its per-second
+    truth would be drawn under these songs' curves (the same song ids in another corpus) or
+    be missing, without a word."""
+    recorded = run_dir / REPORT_SHARDS
+    before = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    if before and before.get("digest") != shards.digest():
+        raise ValueError(
+            f"{run_dir} was trained on the shard set {before.get('shards')}, and --shards "
+            f"{shards.root} is another: give the shards it was trained on"
+        )
 
 
 def check_report_dir(run_dir: Path) -> None:
