@@ -164,10 +164,10 @@ def timed_library(clock: PhaseClock) -> Iterator[None]:
 def train_epochs(w, clock: PhaseClock, epochs: range, clean_w=None) -> tuple[Any, list[dict]]:
     """The train loop's epochs (train.train_loop_per_worker) without Ray: split, train,
     validate, checkpoint. Returns the last split and each epoch's record."""
-    from sssl_dist.rank import epoch as ep
-    from sssl_dist.method import split as sp
     from sssl_dist.files.checkpoint import training_state, write_checkpoint_dir
+    from sssl_dist.method import split as sp
     from sssl_dist.method.equations import LossMemory
+    from sssl_dist.rank import epoch as ep
 
     cfg, memory, records = w.cfg, LossMemory.empty(len(w.table)), []
     ckpt = Path(tempfile.mkdtemp(prefix="bench-protocol-ckpt-"))

@@ -16,7 +16,10 @@ defaults' epoch:
 The train phase also depends on how the split divides the segments (X and U batches cost
 differently), so the median share of segments in X is printed beside it.
 
-    python benchmarks/bench_strategies.py [--songs 60] [--epochs 7] [--repeats 2]
+    python benchmarks/bench_strategies.py [--songs 60] [--epochs 7] [--repeats 2] [--split]
+
+--split times the split's candidates (benchmarks/arms/split.yaml) against the default of
+2026-12-02 instead.
 """
 
 from __future__ import annotations
@@ -37,6 +40,23 @@ ARMS = {
     "clean_targets: refined": {"clean_targets": "refined"},
     "eval_epoch: last (no best copy kept)": {"eval_epoch": "last"},
 }
+# --split: the split's candidates against the default of 2026-12-02, pinned field by field
+# so the table means the same whatever the defaults become.
+DEFAULT_2026_12_02 = {
+    "split_evidence": "loss", "gmm_scope": "per_class", "tau": 0.5, "sssl_step": "full",
+    "pseudo_label_network": "ema", "bn_stats": "clean",
+}  # fmt: skip
+SPLIT_ARMS = {
+    "default of 2026-12-02 (per-class GMM on the loss, the full step)": DEFAULT_2026_12_02,
+    "per-second song-relative evidence, one GMM, tau 0.9, filter": {
+        **DEFAULT_2026_12_02, "split_evidence": "song_relative_seconds", "gmm_scope": "global",
+        "tau": 0.9, "sssl_step": "filter",
+    },
+    "the same evidence and tau with the full step": {
+        **DEFAULT_2026_12_02, "split_evidence": "song_relative_seconds", "gmm_scope": "global",
+        "tau": 0.9,
+    },
+}  # fmt: skip
 PHASES = ("time_loss_pass", "time_gather_gmm", "time_train")
 
 
@@ -49,7 +69,9 @@ def phase_times(epochs: list[dict]) -> dict[str, float]:
     return out
 
 
-def main(songs: int = 60, epochs: int = 7, repeats: int = 2) -> dict[str, float]:
+def main(
+    songs: int = 60, epochs: int = 7, repeats: int = 2, arms: dict[str, dict] | None = None
+) -> dict[str, float]:
     import ray
     from bench_train import sssl_epochs  # benchmarks/ is on the path: this script's directory
 
@@ -65,11 +87,12 @@ def main(songs: int = 60, epochs: int = 7, repeats: int = 2) -> dict[str, float]
         work / "corpus", work / "shards", SynthConfig(n_songs=songs, seed=5), progress=False
     )
     base = SSSLConfig(epochs=epochs, warmup_epochs=2, n_folds=5)
-    names = list(ARMS)
+    arms = arms or ARMS
+    names = list(arms)
     collected: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(repeats):
         for i, name in enumerate(names if r % 2 == 0 else names[::-1]):
-            cfg = with_overrides(base, ARMS[name])
+            cfg = with_overrides(base, arms[name])
             run = run_fold(cfg, shards, 0, storage_path=work / "ray", name=f"r{r}-a{i}", workers=0)
             collected[name] += sssl_epochs(run.history)
             n_train = run.history[0]["n_train"]
@@ -101,5 +124,6 @@ if __name__ == "__main__":
     p.add_argument("--songs", type=int, default=60)
     p.add_argument("--epochs", type=int, default=7)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--split", action="store_true", help="the split's candidates instead")
     a = p.parse_args()
-    main(a.songs, a.epochs, a.repeats)
+    main(a.songs, a.epochs, a.repeats, SPLIT_ARMS if a.split else None)

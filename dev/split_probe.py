@@ -149,9 +149,9 @@ def main() -> None:
 
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
-    from sssl_dist.method import split as splitmod
     from sssl_dist.config import SSSLConfig, parse_overrides, with_overrides
     from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.method import split as splitmod
     from sssl_dist.rank.epoch import segment_accuracy, train_epoch
     from sssl_dist.rank.train import build_worker
 
