@@ -337,10 +337,12 @@ def test_anchors_aliases_and_merge_keys_within_the_bounds_load_as_before():
     from sssl_dist.yamlfile import check_expansion
 
     arms = read_arms(REPO / "benchmarks/arms/ladder.yaml")
-    paper = {"pseudo_label_network": "current", "bn_stats": "running"}
+    split = {"split_evidence": "loss", "gmm_scope": "per_class", "tau": 0.5, "sssl_step": "full"}
+    paper = {"pseudo_label_network": "current", "bn_stats": "running", **split}
     assert len(arms) == 11 and arms["full"] == paper
-    assert arms["filter"] == {"sssl_step": "filter", **paper}
-    assert arms["ema-bn"] == {"pseudo_label_network": "ema", "bn_stats": "clean"}
+    # the arm's own key wins over the merged block's
+    assert arms["filter"] == {**paper, "sssl_step": "filter"}
+    assert arms["ema-bn"] == {"pseudo_label_network": "ema", "bn_stats": "clean", **split}
     text = "base: &b {tau: 0.5, epochs: 3}\narm: {<<: *b, tau: 0.7}\n"
     assert yaml.safe_load(text)["arm"] == {"tau": 0.7, "epochs": 3}
     node = yaml.compose(text)
