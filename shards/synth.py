@@ -1,7 +1,11 @@
 """A seeded generator of music clips whose emotion changes over time, with per-second truth.
 
 Written in the 4Q layout (MER_audio_taffc_dataset/Q*/<id>.mp3 + panda_dataset_taffc_annotations.csv)
-so the 4Q loader reads it, plus `ground_truth_per_second.csv` (Song, Second, Quadrant).
+so the 4Q loader reads it, plus `ground_truth_per_second.csv` (Song, Second, Quadrant), and
+continuous valence and arousal truth in the manifest loader's layout (on [-1, 1], midpoint 0):
+`va_manifest.csv` (id, path, valence, arousal: a static value per song) and
+`va_per_second.csv` (id, time, valence, arousal: one row per second), described by
+`va_truth.json`.
 
 Russell-quadrant cues follow the music-psychology literature the paper cites (Bigand et al.
 2005; Gabrielsson & Lindström's summary of structural cues):
@@ -9,6 +13,11 @@ Russell-quadrant cues follow the music-psychology literature the paper cites (Bi
 - valence: mode (major/minor), consonance vs dissonance, register.
 Each song draws a cue strength: weak songs sit near the quadrant boundaries, so no single cue
 and no single song is a give-away. Key, timbre, gain, noise and tempo are jittered per song.
+
+The continuous truth is the value the cues are driven by: a second's valence is the song's cue
+strength times its quadrant's valence sign (the `s * vs` every valence cue scales with), and
+likewise for arousal. The per-section random draws around it (mode, density, loudness) are
+how the music expresses that value, not a change of it.
 
 Each song has a dominant quadrant (its clip label) and excursions of 2-8 s into other
 quadrants, placed until the song's share of off-label seconds (default 30 %, spread per song)
@@ -37,6 +46,13 @@ MINOR = (0, 2, 3, 5, 7, 8, 10)
 # range (quadrant_timeline): below it no excursion fits, above it the clip label could lose
 # its majority. A configured share outside it would be recorded but not made.
 EXCURSION_RANGE = (0.05, 0.45)
+# The continuous truth's scale: sign times a cue strength in (0, 1], so 0 is the midpoint
+# between the quadrants and the scale is that of EiM's and DEAM's dynamic ratings.
+VA_SCALE = (-1.0, 1.0)
+VA_MIDPOINT = 0.0
+VA_MANIFEST_CSV = "va_manifest.csv"
+VA_PER_SECOND_CSV = "va_per_second.csv"
+VA_TRUTH_JSON = "va_truth.json"
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,12 @@ class SynthConfig:
             raise ValueError(
                 f"excursions must satisfy 1 <= min_excursion_s <= max_excursion_s, got "
                 f"{self.min_excursion_s} and {self.max_excursion_s}"
+            )
+        lo_s, hi_s = self.cue_strength
+        if not 0 < lo_s <= hi_s <= 1:
+            # The continuous truth is strength times a sign: on [-1, 1], never at its midpoint.
+            raise ValueError(
+                f"cue_strength must satisfy 0 < low <= high <= 1, got {self.cue_strength}"
             )
         if not 0 <= self.stereo_probability <= 1:
             raise ValueError(f"stereo_probability must be in [0, 1], got {self.stereo_probability}")
@@ -208,8 +230,20 @@ def render_section(
         t += 2 * beat
 
 
-def render_song(rng: np.random.Generator, cfg: SynthConfig):
-    """Returns (audio [n] or [n, 2], sample rate, dominant quadrant, per-second truth)."""
+@dataclass(frozen=True)
+class SongPlan:
+    """What a song is before it is rendered: its emotion over time and its per-song cues."""
+
+    duration: float
+    dominant: int
+    timeline: np.ndarray  # quadrant per second [n_seconds]
+    sr: int
+    song: dict  # strength, tempo_base, gain, rolloff, key
+
+
+def plan_song(rng: np.random.Generator, cfg: SynthConfig) -> SongPlan:
+    """The first draws of a song's generator, in the order render_song has always made them,
+    so the continuous truth can be read without rendering the audio."""
     duration = float(rng.uniform(cfg.min_duration_s, cfg.max_duration_s))
     n_seconds = math.ceil(duration)
     dominant, timeline = quadrant_timeline(rng, n_seconds, cfg)
@@ -221,6 +255,32 @@ def render_song(rng: np.random.Generator, cfg: SynthConfig):
         "rolloff": float(rng.uniform(1.2, 2.4)),
         "key": int(rng.integers(-6, 6)),
     }
+    return SongPlan(duration, dominant, timeline, sr, song)
+
+
+def va_curve(plan: SongPlan) -> np.ndarray:
+    """Per second (valence, arousal) [n_seconds, 2] on VA_SCALE: the song's cue strength times
+    the second's quadrant signs, the value render_section's cues scale with."""
+    signs = np.array([VA_SIGN[int(q)] for q in plan.timeline], dtype=float)
+    return plan.song["strength"] * signs
+
+
+def static_va(curve: np.ndarray) -> np.ndarray:
+    """A song's (valence, arousal) [2]: the mean of its seconds. Our choice, because a clip's
+    static rating is given after hearing all of it, so each second weighs the same and an
+    excursion pulls the rating toward its own quadrant, where the dominant quadrant's value
+    alone would rate a song with long excursions like one without. Its signs are the dominant
+    quadrant's wherever the dominant holds a strict majority of seconds, which EXCURSION_RANGE
+    keeps for every song of 11 s or more (at most round(0.45 n) < n / 2 seconds off the
+    label)."""
+    return curve.mean(axis=0)
+
+
+def render_song(rng: np.random.Generator, cfg: SynthConfig):
+    """Returns (audio [n] or [n, 2], sample rate, dominant quadrant, per-second truth)."""
+    plan = plan_song(rng, cfg)
+    duration, timeline, sr, song = plan.duration, plan.timeline, plan.sr, plan.song
+    n_seconds = len(timeline)
     buf = np.zeros(int(duration * sr))
     # Render each run of equal seconds as one section.
     edges = [0] + [i for i in range(1, n_seconds) if timeline[i] != timeline[i - 1]] + [n_seconds]
@@ -233,7 +293,7 @@ def render_song(rng: np.random.Generator, cfg: SynthConfig):
         buf *= 0.99 / peak
     if rng.random() < cfg.stereo_probability:
         buf = np.stack([buf, buf * rng.uniform(0.7, 1.0)], axis=1)
-    return buf.astype(np.float32), sr, dominant, timeline
+    return buf.astype(np.float32), sr, plan.dominant, timeline
 
 
 def song_id_of(index: int) -> str:
@@ -275,11 +335,14 @@ def generate_corpus(
 ) -> Path:
     """Write the corpus under `out` in the 4Q layout (songs in parallel processes). A corpus
     already there from the same config is kept: its synth_config.json is written last, so its
-    presence means every song and both CSVs are complete."""
+    presence means every song and every CSV are complete. One finished before the continuous
+    truth existed gets its V/A files added; nothing of it is rewritten."""
     out = Path(out)
     done, pending = out / "synth_config.json", out / PENDING
     wanted = json.loads(json.dumps(asdict(cfg)))
     if done.is_file() and json.loads(done.read_text()) == wanted:
+        if not all((out / name).is_file() for name in VA_FILES):
+            write_va_truth(out, cfg)
         return out
     check_same_corpus(out, wanted)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,9 +370,72 @@ def generate_corpus(
         ]
     _write_csv(out / "panda_dataset_taffc_annotations.csv", ["Song", "Quadrant"], labels)
     _write_csv(out / "ground_truth_per_second.csv", ["Song", "Second", "Quadrant"], truth_rows)
+    write_va_truth(out, cfg)
     (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     pending.unlink()
     return out
+
+
+VA_FILES = (VA_MANIFEST_CSV, VA_PER_SECOND_CSV, VA_TRUTH_JSON)
+
+
+def write_va_truth(out: Path, cfg: SynthConfig) -> None:
+    """The continuous truth of the corpus under `out`, in the manifest loader's layout (one
+    static row per song, one per-second row per second), beside its audio. Each song's plan is
+    drawn again from its own generator: the same draws that shaped its audio, none new."""
+    audio_root = out / "MER_audio_taffc_dataset"
+    static_rows, second_rows = [], []
+    for i in range(cfg.n_songs):
+        song = song_id_of(i)
+        plan = plan_song(np.random.default_rng([cfg.seed, i]), cfg)
+        curve = va_curve(plan)
+        valence, arousal = map(float, static_va(curve))
+        path = _audio_file(audio_root / f"Q{plan.dominant + 1}", song).relative_to(out)
+        static_rows.append(
+            {"id": song, "path": path.as_posix(), "valence": valence, "arousal": arousal}
+        )
+        second_rows += [
+            {"id": song, "time": s, "valence": float(v), "arousal": float(a)}
+            for s, (v, a) in enumerate(curve)
+        ]
+    _write_csv(out / VA_MANIFEST_CSV, ["id", "path", "valence", "arousal"], static_rows)
+    _write_csv(out / VA_PER_SECOND_CSV, ["id", "time", "valence", "arousal"], second_rows)
+    _write_json(out / VA_TRUTH_JSON, va_truth_description())
+
+
+def _audio_file(folder: Path, song: str) -> Path:
+    """The song's audio file: its extension is drawn after the audio, so the file on disk
+    says which it was (the hidden temporary files of a write under way never match)."""
+    found = sorted(folder.glob(f"{song}.*"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{folder}: expected one audio file of {song}, found {len(found)}; the corpus is "
+            "incomplete: delete that directory and run sssl synth again"
+        )
+    return found[0]
+
+
+def va_truth_description() -> dict:
+    """What va_truth.json says about the V/A files: their scale and how they were made."""
+    return {
+        "scale": list(VA_SCALE),
+        "midpoint": VA_MIDPOINT,
+        "per_second": (
+            f"{VA_PER_SECOND_CSV}: per second, the song's cue strength times the sign of the "
+            "second's quadrant (valence + in Q1 and Q4, arousal + in Q1 and Q2)"
+        ),
+        "static": f"{VA_MANIFEST_CSV}: per song, the mean of its seconds",
+        "load_with": (
+            f"sssl shard --dataset manifest --root CORPUS/{VA_MANIFEST_CSV} --truth "
+            f"CORPUS/{VA_PER_SECOND_CSV} --midpoint {VA_MIDPOINT:g} --out SHARDS"
+        ),
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 # What a corpus under way was started with; removed once synth_config.json is written.
