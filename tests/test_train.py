@@ -94,19 +94,6 @@ def test_two_workers_gather_every_segment_once(two_worker_run, shard_dir):
     assert run.splits == [{"epoch": h["epoch"], "n_clean": h["n_clean"]} for h in sssl_epochs]
 
 
-def test_the_oracle_split_under_ddp_is_the_truth(shard_dir, tmp_path, ray_session):
-    """The ceiling arm through the driver's split service with 2 workers: the service holds
-    the table's truth, and the ranks train on exactly the right-labelled segments as X."""
-    from dataclasses import replace
-
-    cfg = replace(CFG, epochs=2, warmup_epochs=1, split_evidence="oracle")
-    run = run_fold(cfg, ShardSet(shard_dir), 0, storage_path=tmp_path, name="oracle", workers=2)
-    (sssl_epoch,) = _epochs(run.history)
-    assert sssl_epoch["noise_auc"] == 1.0 and sssl_epoch["noise_recall"] == 1.0
-    assert sssl_epoch["noise_precision"] == 1.0  # U is exactly the wrong labels
-    assert run.splits == [{"epoch": 1, "n_clean": sssl_epoch["n_clean"]}]
-
-
 def test_uneven_blocks_do_not_hang(two_worker_run):
     """The fold's training set has an odd number of segments: blocks differ by one, yet every
     epoch finished (a 60 s gloo timeout would have failed the run otherwise)."""
@@ -385,7 +372,10 @@ def test_ranks_wait_for_a_checkpoint_in_ray_trains_barrier_not_in_a_collective(
 
 
 def test_two_node_cluster_trains(shard_dir, tmp_path):
-    """Nothing may assume one node: two Ray nodes, one worker on each."""
+    """Nothing may assume one node: two Ray nodes, one worker on each. The fold trains the
+    ceiling arm (`split_evidence: oracle`), so the split that comes back through the driver's
+    split service is known: the service holds the table's truth, and the ranks train on
+    exactly the right-labelled segments as X (U is exactly the wrong labels)."""
     code = f"""
 import ray
 from ray.cluster_utils import Cluster
@@ -396,10 +386,14 @@ cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
 cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, log_to_driver=False)
 assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-cfg = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60)
+cfg = SSSLConfig(epochs=2, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60,
+                 split_evidence="oracle")
 run = run_fold(cfg, ShardSet({str(shard_dir)!r}), 0, storage_path={str(tmp_path)!r}, name="2node",
                workers=2)
-g = run.history[-1]["gathered"]
+h = run.history[-1]
+assert run.splits == [{{"epoch": 1, "n_clean": h["n_clean"]}}], run.splits
+assert h["noise_auc"] == h["noise_recall"] == h["noise_precision"] == 1.0, h
+g = h["gathered"]
 print("RESULT", run.result["test_songs"], g["per_rank"] == g["expected"])
 ray.shutdown(); cluster.shutdown()
 """
