@@ -5,8 +5,9 @@ The cluster files, the Dockerfile and the README's cluster section install the p
 virtual environment, torch by `.ci/install-torch` as the Makefile does, then `pip install .`
 of this checkout with no extras, not editable, so a file missing from the package shows) and
 runs the smoke path of every stage in it, each as its own process, as a user would (training
-through `sssl compare`, whose arms are trained by the same code as `sssl train`). A command that imports something only an extra provides fails here
-instead of after hours of training on a cluster.
+through `sssl compare`, whose arms are trained by the same code as `sssl train`). A command
+that imports something only an extra provides fails here instead of after hours of training
+on a cluster.
 """
 
 from __future__ import annotations
