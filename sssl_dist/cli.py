@@ -111,7 +111,9 @@ def _stop(exc: KeyboardInterrupt, command: str) -> NoReturn:
 def cmd_synth(a: argparse.Namespace) -> int:
     from shards.synth import SynthConfig, generate_corpus
 
-    n = 12 if a.smoke else a.songs
+    # 24: enough songs of every class for `sssl train --smoke`'s 2 folds with validation songs
+    # held out (12 left a class with 1 training song).
+    n = 24 if a.smoke else a.songs
     cfg = SynthConfig(n_songs=n, seed=a.seed, excursion_fraction=a.excursion)
     generate_corpus(Path(a.out), cfg)
     log.info("wrote %d songs + per-second ground truth to %s", n, a.out)
@@ -504,7 +506,7 @@ def _synth_parser(sub: Any, fmt: type) -> None:
         default=0.30,
         help="target share of seconds whose quadrant differs from the clip label",
     )
-    s.add_argument("--smoke", action="store_true", help="12 songs")
+    s.add_argument("--smoke", action="store_true", help="24 songs")
     s.set_defaults(func=cmd_synth)
 
 

@@ -50,3 +50,14 @@ def test_refit_and_cross_fit_parts_partition_their_songs(shard_dir):
     train = refit["train"]
     parts = cross_fit_parts(shards, CFG, train)
     assert len(parts) == CFG.cross_fit_parts and sorted(sum(parts, [])) == sorted(train)
+
+
+def test_a_class_with_one_training_song_says_what_helps():
+    """2 folds of a class with 2 songs leave it 1 training song: more songs or no validation
+    songs help; fewer folds cannot (2 is the least), so the message does not suggest them."""
+    import pytest
+
+    labels = np.array([0] * 5 + [1] * 5 + [2] * 2)
+    with pytest.raises(ValueError) as err:
+        fold_indices(labels, 2, 0, 0.2, 0)
+    assert str(err.value).endswith("use more songs or val_fraction=0")

@@ -69,7 +69,8 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
     probe = "import importlib.util as u; print(u.find_spec('pytest') is None)"
     assert _run([str(venv / "bin" / "python"), "-c", probe], env).strip() == "True"
     corpus, shards = tmp_path / "corpus", tmp_path / "shards"
-    _run([sssl, "synth", "--songs", "24", "--out", str(corpus)], env)
+    # `synth --smoke` makes enough songs of every class for the smoke runs' 2 folds.
+    _run([sssl, "synth", "--smoke", "--out", str(corpus)], env)
     _run(
         [sssl, "shard", "--dataset", "synthetic", "--root", str(corpus), "--out", str(shards)],
         env,

@@ -119,11 +119,12 @@ def hold_out_validation(
         return songs, np.array([], dtype=int)
     n_val = max(len(np.unique(labels)), int(round(val_fraction * len(songs))))
     counts = np.bincount(labels[songs])
+    # Only 2 folds can leave a class 1 training song: every class has at least as many songs
+    # as folds (checked before), so at k >= 3 folds it keeps k - 1 >= 2. Fewer folds never help.
     if counts[counts > 0].min() < 2:
         raise ValueError(
             f"{what}: a class has only {counts[counts > 0].min()} training song(s), too few "
-            "to hold validation songs out stratified; use more songs, fewer folds or "
-            "val_fraction=0"
+            "to hold validation songs out stratified; use more songs or val_fraction=0"
         )
     train, val = train_test_split(songs, test_size=n_val, stratify=labels[songs], random_state=seed)
     return np.sort(train), np.sort(val)
