@@ -207,7 +207,7 @@ class SSSLConfig:
         "song_relative_smoothed",
         "song_relative_seconds",
         "oracle",
-    ] = option("loss", SPLIT, after_warmup=True, legacy="loss")
+    ] = option("loss", SPLIT, after_warmup=True, legacy="loss", not_adopted="song_relative_seconds")
     # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
     # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
     # clean posterior and p the network's prediction, so a wrong label that slipped into X

@@ -29,7 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Run identities are built from these digests: a change here re-runs every stored result.
 DEFAULT_DIGEST = "ef11e8aded681201"
 FEATURE_DIGEST = "7fae48a34f01324a"
-PACKAGED_DIGESTS = {"paper_global_split": "5be8be08d433ab07", "vgg16_gpu": "acdfb3ba1556d083"}
+PACKAGED_DIGESTS = {
+    "paper_global_split": "5be8be08d433ab07",
+    "song_relative_filter": "1fc79848d4c540f9",
+    "vgg16_gpu": "acdfb3ba1556d083",
+}
 # The default before the step's default became the Mean Teacher with clean BN statistics.
 PAPER_STEP_DIGEST = "298d2fe1175e1932"
 
@@ -180,9 +184,12 @@ def test_yaml_file_with_problems_in_one_line(tmp_path):
 
 
 def test_packaged_configs_load_by_name(tmp_path, monkeypatch):
-    assert {"paper_global_split", "vgg16_gpu"} <= set(packaged_configs())
+    assert {"paper_global_split", "song_relative_filter", "vgg16_gpu"} <= set(packaged_configs())
     cfg = load_config("vgg16_gpu")
     assert (cfg.backbone, cfg.bf16, cfg.task) == ("vgg16", True, "valence")
+    cfg = load_config("song_relative_filter")
+    split = (cfg.split_evidence, cfg.gmm_scope, cfg.tau, cfg.sssl_step)
+    assert split == ("song_relative_seconds", "global", 0.9, "filter")
     assert read_config_file("paper_global_split.yaml") == read_config_file("paper_global_split")
     # A file of that name in the working directory wins over the packaged one.
     monkeypatch.chdir(tmp_path)
