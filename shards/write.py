@@ -53,6 +53,9 @@ DEFAULT_FEATURES = FeatureConfig()  # frozen: safe as a shared default
 
 
 LOCK_NAME = ".shard.lock"
+# What a shard directory was made from (data set and root), beside the manifest rather than in
+# it, so that the shard set's digest, and every run named after it, stays what it was.
+SOURCE_NAME = "source.json"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -447,3 +450,28 @@ def shard_synthetic(
         progress=progress,
     )
     return ShardSet(out)
+
+
+def shard_source(dataset: str, root: Path) -> dict[str, str]:
+    """The data set and root a shard directory is made from, as `check_source` compares them."""
+    return {"dataset": dataset, "root": str(Path(root).resolve())}
+
+
+def check_source(out: Path, source: dict[str, str], replace: bool) -> None:
+    """Refuse to shard into a directory that holds the shards of another data set or root:
+    re-sharding the same source updates it (changed labels, replaced files), but another
+    source would silently replace the shard set every run trained on. `replace` allows it."""
+    old_path = Path(out) / SOURCE_NAME
+    if replace or not old_path.is_file():
+        return
+    old = json.loads(old_path.read_text())
+    if old != source:
+        raise ValueError(
+            f"{out} holds the shards of {old['dataset']} at {old['root']}, not of "
+            f"{source['dataset']} at {source['root']}; shard into another --out, or pass "
+            "--replace to replace them"
+        )
+
+
+def write_source(out: Path, source: dict[str, str]) -> None:
+    _write_json_atomic(Path(out) / SOURCE_NAME, source)

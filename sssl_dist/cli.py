@@ -123,8 +123,10 @@ def cmd_synth(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- shard
 def cmd_shard(a: argparse.Namespace) -> int:
     from shards.datasets import load_dataset
-    from shards.write import shard_dataset
+    from shards.write import check_source, shard_dataset, shard_source, write_source
 
+    source = shard_source(a.dataset, Path(a.root))
+    check_source(Path(a.out), source, a.replace)  # before anything is read or Ray starts
     records, report, truth = load_dataset(a.dataset, Path(a.root), a.midpoint, a.truth)
     report.log_summary(a.dataset)
     if a.smoke:
@@ -145,6 +147,7 @@ def cmd_shard(a: argparse.Namespace) -> int:
         dataset=a.dataset,
         load_report=report.to_dict(),
     )
+    write_source(Path(a.out), source)
     refused = len(report.bad_rows) + len(report.conflicts)
     log.info(
         "sharded %d song(s) into %d shard(s) in %.1f s (%d file(s) rejected, %d row(s) refused "
@@ -535,6 +538,12 @@ def _shard_parser(sub: Any, fmt: type) -> None:
         "--truth",
         help="'manifest' only: per-second truth CSV (id, time, and valence + arousal or "
         "quadrant; docs/datasets.md)",
+    )
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="shard into an --out that holds the shards of another data set or root, "
+        "replacing them (refused without it)",
     )
     s.add_argument("--smoke", action="store_true", help="first 8 songs only")
     s.set_defaults(func=cmd_shard)

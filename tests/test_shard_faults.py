@@ -498,3 +498,35 @@ def test_a_header_only_manifest_says_it_has_no_rows(tmp_path):
     path = _csv(tmp_path / "songs.csv", ["path", "quadrant"], [])
     with pytest.raises(ValueError, match="songs.csv: no rows under the header"):
         load_dataset("manifest", path)
+
+
+def test_sharding_another_source_into_a_shard_set_is_refused(tmp_path, ray_session, caplog):
+    """`sssl shard` into an --out that holds the shards of another root would replace the shard
+    set every run trained on: refused in one line before anything is read, the shards
+    untouched; the same root re-shards (labels changed, files replaced), and --replace says
+    the user means it."""
+    from sssl_dist.cli import main
+
+    roots = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        rows = []
+        for i in range(2):
+            write_audio(tmp_path / name / f"s{i}.wav", seconds=6, freq=300 + 50 * i)
+            rows.append([f"s{i}.wav", f"Q{i + 1}"])
+        roots.append(_csv(tmp_path / name / "songs.csv", ["path", "quadrant"], rows))
+    out = tmp_path / "shards"
+    shard = ["shard", "--dataset", "manifest", "--out", str(out), "--root"]
+    assert main([*shard, str(roots[0])]) == 0
+    source = json.loads((out / "source.json").read_text())
+    assert source == {"dataset": "manifest", "root": str(roots[0].resolve())}
+    assert main([*shard, str(roots[0])]) == 0  # the same source: re-sharded, nothing refused
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    caplog.clear()
+    assert main([*shard, str(roots[1])]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "holds the shards of manifest at" in errors[0], errors
+    assert "--replace" in errors[0] and "\n" not in errors[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main([*shard, str(roots[1]), "--replace"]) == 0
+    assert json.loads((out / "source.json").read_text())["root"] == str(roots[1].resolve())
