@@ -145,7 +145,8 @@ class SSSLConfig:
     # --- what is trained -------------------------------------------------------------------
     # paper Table 3 (Proposed = sssl)
     method: Literal["inherit", "sssl-nokl", "sssl"] = option("sssl", WHAT, after_warmup=True)
-    # paper §3: V/A binary, 4Q
+    # paper §3: V/A binary, 4Q. What each task decides (targets, losses, the song-level model,
+    # metrics) is its object in method/tasks.
     task: Literal["quadrant", "valence", "arousal"] = option("quadrant", WHAT)
     # L; paper Table 2: 3 s best for valence
     segment_seconds: int = option(3, WHAT, valid=_Range(1, 30))
@@ -372,18 +373,6 @@ class SSSLConfig:
         """Whether this run reads the per-second truth to train (the ceiling arms), not only
         to report against it."""
         return self.split_evidence == "oracle" or self.train_labels == "truth"
-
-    @property
-    def num_classes(self) -> int:
-        return 4 if self.task == "quadrant" else 2
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return {
-            "quadrant": QUADRANTS,
-            "valence": ("negative", "positive"),
-            "arousal": ("low", "high"),
-        }[self.task]
 
 
 # The tables the code reads, derived from the fields' facts (one declaration per field).

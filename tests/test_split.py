@@ -157,7 +157,7 @@ def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
 
 # ---------------------------------------------------------------- partially known truth
 def test_a_segment_is_known_only_when_every_second_is():
-    from sssl_dist.data.segments import segment_truth
+    from sssl_dist.data.targets import segment_truth
 
     truth = [None, None, 1, 0, 0, None]  # Q2 Q1 Q1: valence 0 1 1, arousal 1 1 1
     assert [segment_truth(truth, k, 2, "quadrant") for k in range(5)] == [-1, -1, 1, 0, -1]
@@ -187,7 +187,7 @@ def test_noise_detection_scores_the_known_segments_only():
 
 
 def test_segment_accuracy_against_the_truth_leaves_unknown_segments_out():
-    from sssl_dist.rank.epoch import hit_counts, segment_accuracies
+    from sssl_dist.method.tasks.classification import hit_counts, segment_accuracies
 
     pred = np.array([0, 1, 1, 2, 3])
     label = np.array([0, 0, 1, 2, 2])

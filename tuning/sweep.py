@@ -31,6 +31,7 @@ from sssl_dist.data.segments import ShardSet
 from sssl_dist.driver.fold import check_shards
 from sssl_dist.driver.run import Run, share_warmups
 from sssl_dist.files import runfiles
+from sssl_dist.method.tasks import targets_of_config
 from sssl_dist.outputs.results import draw_plots
 from sssl_dist.outputs.stats import mean_std
 from sssl_dist.outputs.tables import HEADLINE, sweep_markdown
@@ -125,7 +126,7 @@ def run_sweep(
     for cfg in trial_configs:
         check_selectable(cfg)
         check_shards(cfg, shards)
-    check_shards_serve(shards, trial_configs, folds)
+    check_shards_serve(shards, trial_configs, folds, targets_of_config)
     out = Path(out).resolve()
     keys = {config_key(p): p for p in configs}
     identity = sweep_identity(base, shards, list(keys), folds)

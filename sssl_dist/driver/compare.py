@@ -29,6 +29,7 @@ from sssl_dist.config import SSSLConfig, with_overrides
 from sssl_dist.data.folds import check_shards_serve
 from sssl_dist.data.segments import ShardSet
 from sssl_dist.driver.cv import check_same_report, run_arms
+from sssl_dist.method.tasks import targets_of_config
 from sssl_dist.outputs.results import draw_plots
 from sssl_dist.outputs.stats import DEFAULT_ROPE, compare_paired
 
@@ -185,7 +186,7 @@ def check_cells(
             check_shards(cfg, shards)
         except ValueError as exc:
             raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
-    check_shards_serve(shards, configs.values(), folds)
+    check_shards_serve(shards, configs.values(), folds, targets_of_config)
     for name, cfg in configs.items():
         check_same_report(out / name, cfg, shards)
 

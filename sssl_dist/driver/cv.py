@@ -24,6 +24,7 @@ from sssl_dist.driver.parallel import run_units_parallel
 from sssl_dist.driver.run import Run, share_warmups, shared_count
 from sssl_dist.files.checkpoint import copy_file
 from sssl_dist.files.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
+from sssl_dist.method.tasks import targets_of_config, task_of
 from sssl_dist.outputs.foldrun import FoldRun
 from sssl_dist.outputs.results import summarise, truth_of, write_report
 
@@ -163,7 +164,7 @@ def run_cv(
     `final` adds a refit on all songs, which becomes the exported model. The shards and the
     report directory are checked before `start_ray` is called."""
     check_shards(cfg, shards)
-    check_shards_serve(shards, [cfg], folds)
+    check_shards_serve(shards, [cfg], folds, targets_of_config)
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
     start_ray()
     ((_, summary, _),) = _run_all({cv.name: cv}, parallel, workers, use_gpu, final)
@@ -204,7 +205,7 @@ def _refit(
 ) -> dict[str, Any]:
     """`--final`: after cross-validation has given the estimate, one more run learns from every
     song (less the validation songs) and becomes the exported model. Its files go to refit/."""
-    fold_ids = refit_song_ids(shards, cfg)
+    fold_ids = refit_song_ids(shards, cfg, task_of(cfg).targets)
     label = f"[{cfg.method} final refit]"
     log.info(
         "%s %d training and %d validation songs, on %d worker(s)",

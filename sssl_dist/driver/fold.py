@@ -8,6 +8,7 @@ import logging
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.folds import SongIds
 from sssl_dist.data.segments import SegmentTable, ShardSet, segment_count, training_table
+from sssl_dist.method.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,9 @@ def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
     15 s of every song unknown. Checked on every song, so no fold can fail later."""
     if not cfg.needs_truth:
         return
-    table = SegmentTable.build(shards.songs, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
-    unknown = int((table.true_label < 0).sum())
+    targets = task_of(cfg).targets
+    table = SegmentTable.build(shards.songs, targets, cfg.segment_seconds, cfg.hop_seconds)
+    unknown = int((~table.known).sum())
     if unknown:
         what = (
             "split_evidence 'oracle'" if cfg.split_evidence == "oracle" else "train_labels 'truth'"
@@ -56,7 +58,7 @@ def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: in
             f"of the song-level decision; use segment_seconds <= {int(short[0][0])}, or re-shard "
             "without them"
         )
-    table = training_table([by_id[s] for s in fold_ids["train"]], cfg)
+    table = training_table([by_id[s] for s in fold_ids["train"]], cfg, task_of(cfg).targets)
     n_train = len(table)
     ranks = max(workers, 1)
     if n_train < ranks:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sssl_dist.config import SSSLConfig
+from sssl_dist.data.targets import CLASS_NAMES
 from sssl_dist.method.equations import (
     mix_loss,
     mixup,
@@ -124,7 +125,7 @@ def step_targets(
     in x.dtype, from at most one no-gradient prediction pass of `plain`: over U, plus X when
     X's labels are refined (DivideMix)."""
     clean = clean_w > 0
-    one_hot = F.one_hot(labels[clean], cfg.num_classes).to(x.dtype)
+    one_hot = F.one_hot(labels[clean], num_classes_of(cfg)).to(x.dtype)
     refine = cfg.clean_targets == "refined"
     with_u = uses_u and bool((~clean).any())
     if not (refine or with_u):
@@ -137,6 +138,11 @@ def step_targets(
         y_clean, probs_u = one_hot, _predict(plain, x[~clean])
     y_noisy = pseudo_label(probs_u, cfg.temperature) if with_u else one_hot[:0]
     return y_clean.to(x.dtype), y_noisy.to(x.dtype)
+
+
+def num_classes_of(cfg: SSSLConfig) -> int:
+    """K of the config's classification task (the class names of its record label)."""
+    return len(CLASS_NAMES[cfg.task])
 
 
 def step_inputs(

@@ -25,6 +25,7 @@ from sssl_dist.data.segments import ShardSet, segment_probabilities
 from sssl_dist.files.runfiles import CONFIG, FOLD_IDS, SONGS
 from sssl_dist.method.models import build_model, fuse_conv_bn
 from sssl_dist.method.song import SongClassifier, song_features
+from sssl_dist.method.tasks import task_of
 
 log = logging.getLogger(__name__)
 FORMAT = "sssl-model/1"
@@ -45,14 +46,14 @@ def export_model(
     cfg = load_config(ckpt / CONFIG)
     songs = learned_from or json.loads((ckpt / SONGS).read_text())
     train_ids = json.loads((ckpt / FOLD_IDS).read_text())["train"]
-    labels = {s["song_id"]: s[cfg.task] for s in shards.songs}
+    labels = {s["song_id"]: task_of(cfg).targets.song_target(s) for s in shards.songs}
     ids = [s for s in train_ids if songs.get(s)]
     feats = np.stack([song_features(np.asarray(songs[s]), cfg.theta) for s in ids])
     artifact = {
         "format": FORMAT,
         "config": json.dumps(to_dict(cfg)),
         "feature_config": json.dumps(to_dict(shards.feature_config)),
-        "label_names": list(cfg.label_names),
+        "label_names": list(task_of(cfg).output_names),
         "state_dict": load_state(ckpt)["model"],
         "svm_features": torch.from_numpy(feats),
         "svm_labels": torch.tensor([labels[s] for s in ids], dtype=torch.int64),
@@ -129,15 +130,17 @@ def _build_loaded(art: dict[str, Any]) -> LoadedModel:
     _check_segmentation(cfg)
     _check_features(fc, cfg)
     names = list(art["label_names"])
-    if names != list(cfg.label_names):
-        raise ValueError(f"label_names {names} do not match task {cfg.task!r}: {cfg.label_names}")
+    if names != list(task_of(cfg).output_names):
+        raise ValueError(
+            f"label_names {names} do not match task {cfg.task!r}: {task_of(cfg).output_names}"
+        )
     feats, labels = _checked_svm_data(art["svm_features"], art["svm_labels"], cfg)
-    net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    net = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
     try:
         net.load_state_dict(art["state_dict"])
     except RuntimeError as exc:
         raise ValueError(
-            f"weights do not fit a {cfg.backbone} with {cfg.num_classes} classes"
+            f"weights do not fit a {cfg.backbone} with {task_of(cfg).num_outputs} classes"
         ) from exc
     net.eval()
     _check_output_shape(net, cfg, fc)
@@ -172,7 +175,7 @@ def _check_features(fc: FeatureConfig, cfg: SSSLConfig) -> None:
 def _checked_svm_data(feats: Any, labels: Any, cfg: SSSLConfig) -> tuple[np.ndarray, np.ndarray]:
     """The SVM's training data as arrays, or ValueError: labels must be classes of the task
     (a label -1 would otherwise index the last class and predict it with p = 1.0)."""
-    k = cfg.num_classes
+    k = task_of(cfg).num_outputs
     if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ValueError("svm_features and svm_labels must be tensors")
     if feats.ndim != 2 or feats.shape[1] != 7 * k or feats.shape[0] < 1:
@@ -195,8 +198,10 @@ def _check_output_shape(net: torch.nn.Module, cfg: SSSLConfig, fc: FeatureConfig
     """One silent segment through the network: K probabilities that sum to 1."""
     frames = int(round(cfg.segment_seconds * fc.frames_per_second))
     out = net(torch.zeros(1, 1, fc.n_mels, frames))
-    if tuple(out.shape) != (1, cfg.num_classes):
-        raise ValueError(f"network gives shape {list(out.shape)}, expected [1, {cfg.num_classes}]")
+    if tuple(out.shape) != (1, task_of(cfg).num_outputs):
+        raise ValueError(
+            f"network gives shape {list(out.shape)}, expected [1, {task_of(cfg).num_outputs}]"
+        )
     if not torch.isfinite(out).all():
         raise ValueError("network gives NaN or inf on a silent segment")
 
@@ -212,7 +217,9 @@ def checked_segment_probabilities(
     shorter than one segment, ValueError when the network gives non-finite probabilities (a
     mel that should never have got here)."""
     cfg = model.cfg
-    probs = segment_probabilities(model.net, mel, duration_s, cfg, model.fc, device, batch_size)
+    probs = segment_probabilities(
+        model.net, mel, duration_s, cfg, model.fc, task_of(cfg), device, batch_size
+    )
     if not len(probs):
         raise AudioError(f"too short for one {cfg.segment_seconds} s segment ({duration_s:.1f} s)")
     if not np.isfinite(probs).all():
@@ -225,7 +232,7 @@ def song_probabilities(model: LoadedModel, segment_probs: list[np.ndarray]) -> n
     Eq. 10 features. One call for many songs, because scikit-learn's cost is mostly per call
     (2.4 ms for one song)."""
     feats = np.stack([song_features(p, model.cfg.theta) for p in segment_probs])
-    return model.svm.predict_proba(feats, model.cfg.num_classes)
+    return model.svm.predict_proba(feats, task_of(model.cfg).num_outputs)
 
 
 def predict_song(

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sssl_dist.config import SSSLConfig  # noqa: E402
+from sssl_dist.method.tasks import task_of  # noqa: E402
 
 COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green")  # Q1 happy ... Q4 calm
 
@@ -194,7 +195,7 @@ def write_run_plots(
     histories = {f: r.history for f, r in runs.items()}
     first = min(runs)
     plot_gmm_epochs(
-        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=cfg.label_names
+        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=task_of(cfg).output_names
     )
     plot_split_over_epochs(histories, out / "split_over_epochs.png")
     true, pred = [], []
@@ -206,7 +207,7 @@ def write_run_plots(
         plot_confusion(
             true,
             pred,
-            cfg.label_names,
+            task_of(cfg).output_names,
             out / "confusion.png",
             f"{cfg.method} · {cfg.task} · test songs of {len(runs)} fold(s)",
         )
@@ -214,6 +215,7 @@ def write_run_plots(
     songs = runs[first].songs
     if test_ids:
         fig, axes = plt.subplots(len(test_ids), 1, figsize=(8, 2.3 * len(test_ids)), squeeze=False)
+        names = task_of(cfg).output_names
         for ax, sid in zip(axes[:, 0], test_ids, strict=True):
             probs = np.asarray(songs[sid])
             starts = np.arange(len(probs)) * cfg.hop_seconds
@@ -222,18 +224,18 @@ def write_run_plots(
                 probs,
                 starts,
                 cfg.segment_seconds,
-                cfg.label_names,
+                names,
                 (truth or {}).get(sid) if cfg.task == "quadrant" else None,
             )
             label = runs[first].result.get("test_true", {}).get(sid)
             guess = runs[first].result.get("test_pred", {}).get(sid)
             ax.set_title(
-                f"{sid}: clip label {cfg.label_names[label] if label is not None else '?'}"
-                f", predicted {cfg.label_names[guess] if guess is not None else '?'}"
+                f"{sid}: clip label {names[label] if label is not None else '?'}"
+                f", predicted {names[guess] if guess is not None else '?'}"
                 + (" (bar at the bottom: true quadrant per second)" if truth else ""),
                 fontsize=9,
             )
-        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(cfg.label_names))
+        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(names))
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=110)
         plt.close(fig)
