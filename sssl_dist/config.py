@@ -147,7 +147,10 @@ class SSSLConfig:
     method: Literal["inherit", "sssl-nokl", "sssl"] = option("sssl", WHAT, after_warmup=True)
     # paper §3: V/A binary, 4Q. What each task decides (targets, losses, the song-level model,
     # metrics) is its object in method/tasks.
-    task: Literal["quadrant", "valence", "arousal"] = option("quadrant", WHAT)
+    # The *_reg tasks: continuous ratings, regression (method/tasks/regression.py).
+    task: Literal["quadrant", "valence", "arousal", "valence_reg", "arousal_reg", "va_reg"] = (
+        option("quadrant", WHAT)
+    )
     # L; paper Table 2: 3 s best for valence
     segment_seconds: int = option(3, WHAT, valid=_Range(1, 30))
     hop_seconds: int = option(1, WHAT, valid=_at_least(1))  # paper §4.1: overlap is L - 1 s

@@ -11,6 +11,7 @@ forward over the inputs stacked twice (as the R-Drop reference code does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,10 +45,16 @@ def ce_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepLoss
     return StepLosses(loss, float(loss.detach()), 0.0, int(labels.numel()), 0)
 
 
+def _softmax(outputs: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(outputs, dim=-1)
+
+
 @torch.no_grad()
-def _predict(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax predictions [B, K] in eval mode (no dropout, no BN statistics update): a fixed
-    target for this step.
+def _predict(
+    plain: nn.Module, x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] = _softmax
+) -> torch.Tensor:
+    """Predictions [B, K] in eval mode (no dropout, no BN statistics update): a fixed target
+    for this step. `head` turns the float outputs into predictions (softmax for classes).
 
     The step's autocast (bf16) is kept, but not its weight cache: the cache holds each weight's
     bf16 copy for the rest of the autocast block, and a copy first made here, under no_grad,
@@ -63,7 +70,7 @@ def _predict(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
         enabled=torch.is_autocast_enabled(device),
         cache_enabled=False,
     ):
-        probs = torch.softmax(plain(x).float(), dim=-1)
+        probs = head(plain(x).float())
     plain.train(was_training)
     return probs
 

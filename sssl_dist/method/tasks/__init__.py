@@ -102,6 +102,9 @@ _MODULES = {
     "quadrant": "classification",
     "valence": "classification",
     "arousal": "classification",
+    "valence_reg": "regression",
+    "arousal_reg": "regression",
+    "va_reg": "regression",
 }
 
 

@@ -1,0 +1,170 @@
+"""The regression tasks (method/tasks/regression.py): each SSSL adaptation on planted numbers,
+the metrics against scikit-learn and a hand-computed CCC, the targets' scales."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import mean_squared_error, r2_score
+
+from sssl_dist.config import SSSLConfig
+from sssl_dist.method.tasks import task_named
+from sssl_dist.method.tasks.regression import (
+    ValueTargets,
+    ccc,
+    from_common,
+    metrics_of_sums,
+    moment_sums,
+    rdrop_mse,
+    regression_metrics,
+    squared_errors,
+    teacher_targets,
+    to_common,
+)
+
+
+def test_targets_go_to_the_common_scale_and_back():
+    assert to_common(1.0, (1.0, 9.0)) == -1.0 and to_common(5.0, (1.0, 9.0)) == 0.0
+    assert to_common(0.75, (0.0, 1.0)) == 0.5
+    assert np.allclose(from_common([-1.0, 0.0, 0.5], (1.0, 9.0)), [1.0, 5.0, 7.0])
+    t = ValueTargets(("valence", "arousal"), "quadrant")
+    song = {"valence_value": 7.0, "arousal_value": 3.0, "value_scale": [1, 9]}
+    assert t.song_target(song) == [0.5, -0.5]
+    # Per-second truth: the mean of the segment's seconds; unknown (NaN) if one is unrated.
+    song |= {"valence_curve": [None, 0.2, 0.4, 0.6], "arousal_curve": [0.0, -0.2, -0.4, 0.0]}
+    song["curve_scale"] = [-1, 1]
+    assert np.allclose(t.segment_truth(song, 1, 3), [0.4, -0.2])
+    valence, arousal = t.segment_truth(song, 0, 2)
+    assert math.isnan(valence) and arousal == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="no continuous valence/arousal rating"):
+        t.song_target({"song_id": "x", "valence": 1})
+
+
+def test_noise_is_a_rating_on_the_other_side_of_the_midpoint():
+    t = ValueTargets(("valence", "arousal"), "quadrant")
+    label = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, -0.5]])
+    truth = np.array([[0.1, 0.9], [-0.1, 0.9], [np.nan, 0.0]])
+    assert t.wrong(label, truth).tolist() == [0, 1, -1]
+
+
+def test_per_segment_loss_is_the_squared_error_summed_over_outputs():
+    out = torch.tensor([[0.0, 1.0], [0.5, -0.5]])
+    y = torch.tensor([[1.0, 1.0], [0.0, 0.5]])
+    assert torch.allclose(squared_errors(out, y), torch.tensor([1.0, 0.25 + 1.0]))
+
+
+def test_pseudo_targets_are_the_teachers_predictions_unsharpened():
+    p = torch.tensor([[0.3, -0.2]], requires_grad=True)
+    got = teacher_targets(p)
+    assert torch.equal(got, p.detach()) and not got.requires_grad
+    task = task_named("va_reg")
+    assert torch.equal(task.pseudo_targets(p, SSSLConfig(temperature=0.1)), p.detach())
+
+
+def test_rdrop_consistency_is_the_mean_squared_difference():
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 3.0]])
+    assert float(rdrop_mse(a, b)) == pytest.approx((1.0 + 4.0) / 2)
+    assert float(rdrop_mse(a[:0], b[:0])) == 0.0
+
+
+def test_the_step_mixes_inputs_and_targets_with_one_delta():
+    """With every segment in X and no dropout partner, the step's mixed loss equals the MSE
+    of the network on the mixed inputs against the targets mixed with the same δ."""
+    from sssl_dist.method.equations import mixup
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 2))
+    x, y = torch.randn(4, 1, 2, 3), torch.rand(4, 2) * 2 - 1
+    cfg = SSSLConfig(method="sssl-nokl", mixup_alpha=0.75)
+    task = task_named("va_reg")
+    out = task.step_loss(net, net, x, y, torch.ones(4), cfg, torch.Generator().manual_seed(3))
+    mx, my, delta = mixup(x, y, 0.75, torch.Generator().manual_seed(3))
+    assert 0.5 <= delta < 1.0
+    with torch.no_grad():
+        expected = float(((net(mx) - my) ** 2).sum(-1).mean())
+    assert out.l_mix == pytest.approx(expected, rel=1e-6)
+    assert out.l_kl == 0.0 and out.n_clean == 4 and out.n_noisy == 0
+
+
+def test_metrics_agree_with_scikit_learn_and_a_hand_computed_ccc():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    p = np.array([1.5, 2.0, 2.5, 5.0])
+    m = regression_metrics(y, p)
+    assert m["r2"] == pytest.approx(r2_score(y, p))
+    assert m["rmse"] == pytest.approx(math.sqrt(mean_squared_error(y, p)))
+    # By hand: mean y 2.5, mean p 2.75; var y 1.25, var p 7.25 / 4 = 1.8125; cov 5.5 / 4 =
+    # 1.375. CCC = 2 * 1.375 / (1.25 + 1.8125 + 0.25^2) = 2.75 / 3.125 = 0.88.
+    assert m["ccc"] == pytest.approx(0.88) and ccc(y, p) == m["ccc"]
+    assert m["pearson"] == pytest.approx(1.375 / math.sqrt(1.25 * 1.8125))
+    # The rank-summable form gives the same figures, and skips unknown targets.
+    sums = moment_sums(np.append(p, 9.0), np.append(y, np.nan))
+    for key, value in metrics_of_sums(sums).items():
+        assert value == pytest.approx(m[key]), key
+
+
+def test_song_level_svr_and_mean_are_reported_on_the_data_sets_scale():
+    task = task_named("valence_reg")
+    rng = np.random.default_rng(0)
+    songs, preds = {}, {}
+    for i in range(12):
+        v = float(rng.uniform(1, 9))
+        songs[f"s{i}"] = {
+            "song_id": f"s{i}",
+            "valence_value": v,
+            "arousal_value": 5.0,
+            "value_scale": [1, 9],
+            "valence": int(v > 5),
+        }
+        preds[f"s{i}"] = (to_common(v, (1, 9)) + rng.normal(0, 0.05, (5, 1))).tolist()
+    ids = {"train": [f"s{i}" for i in range(8)], "val": [], "test": [f"s{i}" for i in range(8, 12)]}
+    out = task.song_results(SSSLConfig(task="valence_reg"), songs, preds, ids)
+    assert out["scale"] == [1, 9] and out["outputs"] == ["valence"]
+    truth = [songs[s]["valence_value"] for s in ids["test"]]
+    assert np.allclose([out["test_true"][s][0] for s in ids["test"]], truth)
+    assert out["test_mean_r2"] > 0.9  # the plain mean of near-exact segment predictions
+    assert set(out) >= {"test_r2", "test_ccc", "test_rmse", "test_pearson", "test_valence_r2"}
+
+
+def test_a_regression_fold_trains_end_to_end_on_a_tiny_corpus(shard_dir, tmp_path):
+    """Warm-up, the loss pass, the GMM split, an SSSL epoch and the song level, on one rank
+    without Ray, for the two-output task. The generated corpus has no static ratings yet, so
+    each song is given one in a copy of its manifest: its quadrant's centre on a 1-9 scale."""
+    import json
+    import shutil
+
+    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.method.split import split_segments
+    from sssl_dist.rank.epoch import loss_pass, segment_accuracy, song_probabilities, train_epoch
+    from sssl_dist.rank.train import build_worker
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy, ignore=shutil.ignore_patterns("mel_cache"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for song in manifest["songs"]:
+        song |= {"valence_value": 3.0 + 4.0 * song["valence"], "value_scale": [1, 9]}
+        song["arousal_value"] = 3.0 + 4.0 * song["arousal"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    shards = ShardSet(copy)
+    cfg = SSSLConfig(task="va_reg", epochs=2, warmup_epochs=1, batch_size=32, n_folds=2)
+    task = task_named("va_reg")
+    ids = fold_song_ids(shards, cfg, 0, task.targets)
+    torch.set_num_threads(1)
+    w, mels, by_id = build_worker(cfg, shards, ids)
+    assert w.table.label.shape == (len(w.table), 2) and w.table.label.dtype == np.float32
+    warm = train_epoch(w, None, 0)
+    losses = loss_pass(w).numpy()
+    assert losses.shape == (len(w.table),) and np.isfinite(losses).all()
+    split, _ = split_segments(cfg, w.table, losses, 1)
+    sssl = train_epoch(w, split.clean_w, 1)
+    assert np.isfinite([warm["l_mix"], sssl["l_mix"], sssl["l_kl"]]).all()
+    val = segment_accuracy(w)
+    assert {"val_seg_r2", "val_seg_ccc", "val_seg_rmse"} <= set(val)
+    preds = song_probabilities(w, mels, by_id, sorted(s for v in ids.values() for s in v))
+    out = task.song_results(cfg, by_id, preds, ids)
+    assert out["scale"] == [1, 9] and out["outputs"] == ["valence", "arousal"]
+    assert np.isfinite([out["test_rmse"], out["test_mean_rmse"]]).all()
