@@ -129,27 +129,41 @@ def test_song_level_svr_and_mean_are_reported_on_the_data_sets_scale():
     assert set(out) >= {"test_r2", "test_ccc", "test_rmse", "test_pearson", "test_valence_r2"}
 
 
-def test_a_regression_fold_trains_end_to_end_on_a_tiny_corpus(shard_dir, tmp_path):
-    """Warm-up, the loss pass, the GMM split, an SSSL epoch and the song level, on one rank
-    without Ray, for the two-output task. The generated corpus has no static ratings yet, so
-    each song is given one in a copy of its manifest: its quadrant's centre on a 1-9 scale."""
+@pytest.fixture(scope="module")
+def valued_shards(shard_dir, tmp_path_factory):
+    """The generated corpus's shards with continuous ratings in a copy of the manifest (the
+    corpus writes none yet): each song's static V/A is its quadrant's centre on a 1-9 scale,
+    and its per-second curves on [-1, 1] follow its per-second quadrants, so the segments'
+    truth and the split's noise are those of the classification tasks."""
     import json
     import shutil
 
-    from sssl_dist.data.folds import fold_song_ids
+    from sssl_dist.data.records import VA_OF_QUADRANT
     from sssl_dist.data.segments import ShardSet
+
+    copy = tmp_path_factory.mktemp("valued") / "shards"
+    shutil.copytree(shard_dir, copy, ignore=shutil.ignore_patterns("mel_cache"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for song in manifest["songs"]:
+        song |= {"value_scale": [1, 9], "curve_scale": [-1, 1]}
+        song["valence_value"] = 3.0 + 4.0 * song["valence"]
+        song["arousal_value"] = 3.0 + 4.0 * song["arousal"]
+        seconds = [VA_OF_QUADRANT[q] for q in song["truth"]]
+        song["valence_curve"] = [0.5 if v else -0.5 for v, _ in seconds]
+        song["arousal_curve"] = [0.5 if a else -0.5 for _, a in seconds]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return ShardSet(copy)
+
+
+def test_a_regression_fold_trains_end_to_end_on_a_tiny_corpus(valued_shards):
+    """Warm-up, the loss pass, the GMM split, an SSSL epoch and the song level, on one rank
+    without Ray, for the two-output task."""
+    from sssl_dist.data.folds import fold_song_ids
     from sssl_dist.method.split import split_segments
     from sssl_dist.rank.epoch import loss_pass, segment_accuracy, song_probabilities, train_epoch
     from sssl_dist.rank.train import build_worker
 
-    copy = tmp_path / "shards"
-    shutil.copytree(shard_dir, copy, ignore=shutil.ignore_patterns("mel_cache"))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    for song in manifest["songs"]:
-        song |= {"valence_value": 3.0 + 4.0 * song["valence"], "value_scale": [1, 9]}
-        song["arousal_value"] = 3.0 + 4.0 * song["arousal"]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    shards = ShardSet(copy)
+    shards = valued_shards
     cfg = SSSLConfig(task="va_reg", epochs=2, warmup_epochs=1, batch_size=32, n_folds=2)
     task = task_named("va_reg")
     ids = fold_song_ids(shards, cfg, 0, task.targets)
@@ -163,8 +177,30 @@ def test_a_regression_fold_trains_end_to_end_on_a_tiny_corpus(shard_dir, tmp_pat
     sssl = train_epoch(w, split.clean_w, 1)
     assert np.isfinite([warm["l_mix"], sssl["l_mix"], sssl["l_kl"]]).all()
     val = segment_accuracy(w)
-    assert {"val_seg_r2", "val_seg_ccc", "val_seg_rmse"} <= set(val)
+    assert {"val_seg_r2", "val_seg_ccc", "val_seg_rmse", "val_seg_r2_truth"} <= set(val)
     preds = song_probabilities(w, mels, by_id, sorted(s for v in ids.values() for s in v))
     out = task.song_results(cfg, by_id, preds, ids)
     assert out["scale"] == [1, 9] and out["outputs"] == ["valence", "arousal"]
     assert np.isfinite([out["test_rmse"], out["test_mean_rmse"]]).all()
+
+
+def test_a_regression_fold_trains_under_ddp_with_the_driver_side_split(
+    valued_shards, tmp_path, ray_session
+):
+    """Two DDP workers, the GMM fitted by the driver's split service on the gathered squared
+    errors, every SSSL epoch scored against the per-second truth, song results on the data
+    set's scale."""
+    from sssl_dist.driver.run import run_fold
+
+    cfg = SSSLConfig(
+        task="va_reg", epochs=3, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60
+    )
+    run = run_fold(cfg, valued_shards, 0, storage_path=tmp_path, name="reg", workers=2)
+    sssl = run.history[cfg.warmup_epochs :]
+    assert all(h["gathered"]["gathered"] == h["n_train"] for h in sssl)
+    assert all(0.0 <= h["noise_auc"] <= 1.0 and h["n_clean"] > 0 for h in sssl)
+    assert all(np.isfinite(h["l_kl"]) and h["l_kl"] > 0 for h in sssl)  # R-Drop's MSE over U
+    assert run.result["scale"] == [1, 9]
+    for key in ("test_r2", "test_ccc", "test_rmse", "test_pearson", "test_mean_r2"):
+        assert np.isfinite(run.result[key]), key
+    assert "val_seg_ccc_truth" in run.result

@@ -120,13 +120,13 @@ def test_the_oracle_split_is_refused_without_truth():
 
 def test_oracle_labels_train_on_each_segments_own_label():
     songs = [_song("a", [0, 0, 2, 2, 0, 0], 0)]
-    table = training_table(songs, SSSLConfig(train_labels="truth", segment_seconds=1))
+    table = training_table(songs, SSSLConfig(train_labels="truth", segment_seconds=1), "quadrant")
     assert table.label.tolist() == [0, 0, 2, 2, 0, 0]
-    inherited = training_table(songs, SSSLConfig(segment_seconds=1))
+    inherited = training_table(songs, SSSLConfig(segment_seconds=1), "quadrant")
     assert inherited.label.tolist() == [0] * 6
     without = [{"song_id": "a", "duration_s": 6.0, "quadrant": 0}]
     with pytest.raises(ValueError, match="needs per-second truth"):
-        training_table(without, SSSLConfig(train_labels="truth", segment_seconds=1))
+        training_table(without, SSSLConfig(train_labels="truth", segment_seconds=1), "quadrant")
 
 
 @pytest.mark.parametrize(

@@ -419,15 +419,12 @@ class SegmentTable:
         )
 
 
-def training_table(
-    songs: list[dict[str, Any]], cfg: Any, targets: Targets | None = None
-) -> SegmentTable:
+def training_table(songs: list[dict[str, Any]], cfg: Any, targets: Targets) -> SegmentTable:
     """The segments a run trains on, with the labels `cfg.train_labels` names: inherited from
     the clip (the paper), or each segment's own by the per-second truth (the oracle-labels
     ceiling; every segment must have truth). The one place a training table is built, so the
-    ranks and the driver's split service see the same labels. `targets`: the task's (default:
-    the class label of the records named by `cfg.task`)."""
-    table = SegmentTable.build(songs, targets or cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    ranks and the driver's split service see the same labels. `targets`: the task's."""
+    table = SegmentTable.build(songs, targets, cfg.segment_seconds, cfg.hop_seconds)
     if cfg.train_labels == "truth":
         unknown = int((~table.known).sum())
         if unknown:
