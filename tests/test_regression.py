@@ -3,6 +3,7 @@ the metrics against scikit-learn and a hand-computed CCC, the targets' scales.""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -185,7 +186,7 @@ def test_a_regression_fold_trains_end_to_end_on_a_tiny_corpus(valued_shards):
 
 
 def test_a_regression_fold_trains_under_ddp_with_the_driver_side_split(
-    valued_shards, tmp_path, ray_session
+    valued_shards, corpus, tmp_path, ray_session
 ):
     """Two DDP workers, the GMM fitted by the driver's split service on the gathered squared
     errors, every SSSL epoch scored against the per-second truth, song results on the data
@@ -204,3 +205,125 @@ def test_a_regression_fold_trains_under_ddp_with_the_driver_side_split(
     for key in ("test_r2", "test_ccc", "test_rmse", "test_pearson", "test_mean_r2"):
         assert np.isfinite(run.result[key]), key
     assert "val_seg_ccc_truth" in run.result
+    # The exported model predicts ratings on the 1-9 scale, and names it.
+    from sssl_dist.outputs.export import load_model, predict_song
+
+    model = load_model(run.export(valued_shards, tmp_path / "va.sssl"))
+    assert model.scale == [1.0, 9.0] and model.label_names == ["valence", "arousal"]
+    song = next(p for p in corpus.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
+    doc = predict_song(model, song)
+    assert doc["scale"] == [1.0, 9.0] and doc["probability"] is None
+    assert set(doc["song_values"]) == {"valence", "arousal"}
+    assert "scale 1-9" in doc["decision"] and {"valence", "arousal"} <= set(doc["segments"][0])
+
+
+def test_compare_gives_regression_figures_the_statistics_of_accuracy(valued_shards):
+    """`sssl compare`'s summary on planted fold results of two regression arms: every figure
+    gets the corrected t, CI, Bayesian ROPE and a verdict; RMSE is compared as its reduction
+    with its ROPE in the 1-9 scale's unit; the markdown shows the task's own table."""
+    from sssl_dist.driver.compare import Design, summarise_comparison
+    from sssl_dist.outputs.tables import comparison_markdown
+
+    design = Design({"inherit": {"method": "inherit"}, "sssl": {}}, ("va_reg",), n_folds=5)
+
+    def fold(r2: float, rmse: float) -> dict:
+        same = ("test_ccc", "test_pearson", "test_mean_r2", "val_seg_ccc_truth")
+        return {"test_r2": r2, "test_rmse": rmse, "noise_auc": 0.6, "evaluated_epoch": 2} | {
+            k: r2 for k in same
+        }
+
+    a = {"per_fold": {f: fold(0.30 + 0.01 * f, 1.50) for f in range(5)}}
+    b = {"per_fold": {f: fold(0.40 + 0.01 * f + 0.002 * (f % 2), 1.30) for f in range(5)}}
+    summaries = {"va_reg/inherit": a, "va_reg/sssl": b}
+    base = SSSLConfig(task="va_reg", epochs=3, warmup_epochs=1)
+    out = summarise_comparison(base, valued_shards, design, summaries)
+    metrics = out["tasks"]["va_reg"]["pairs"][0]["metrics"]
+    assert list(metrics)[:4] == ["test_r2", "test_ccc", "test_rmse", "test_pearson"]
+    r2 = metrics["test_r2"]
+    assert r2["stats"]["verdict"] == "helps" and r2["verdict"].startswith("helps by +0.10")
+    rmse = metrics["test_rmse"]
+    assert rmse["stats"]["mean"] == pytest.approx(0.2)  # the reduction, 1.5 -> 1.3
+    assert rmse["stats"]["rope"] == pytest.approx(0.08)  # 1 % of the 1-9 scale's width
+    assert "on the 1-9 scale" in rmse["verdict"] and rmse["shown"]["lower_is_better"]
+    assert metrics["val_seg_ccc_truth"]["shown"]["name"] == "segment CCC against the truth"
+    text = comparison_markdown(out)
+    assert "| va_reg: arm | test_r2 |" in text and "song RMSE reduction on the 1-9 scale" in text
+
+
+def make_regression_model(path, seed: int = 0):
+    """A va_reg model.sssl as export_model writes it: random small_cnn weights, an SVR per
+    output fitted on random Eq. 10 features and ratings on [-1, 1], the 1-9 scale named."""
+    import json
+
+    from sssl_dist.config import FeatureConfig, to_dict
+    from sssl_dist.method.models import build_model
+    from sssl_dist.outputs.export import FORMAT
+
+    cfg = SSSLConfig(task="va_reg", seed=seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    art = {
+        "format": FORMAT,
+        "config": json.dumps(to_dict(cfg)),
+        "feature_config": json.dumps(to_dict(FeatureConfig())),
+        "label_names": ["valence", "arousal"],
+        "state_dict": build_model(cfg.backbone, 2, cfg.dropout).state_dict(),
+        "svm_features": torch.from_numpy(rng.random((8, 14))),
+        "svm_labels": torch.from_numpy(rng.uniform(-1, 1, (8, 2)).astype(np.float32)),
+        "scale": [1, 9],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(art, path)
+    return path
+
+
+def test_predict_writes_continuous_ratings_per_segment_and_per_file(tmp_path, ray_session):
+    """`sssl predict` with a regression model beside a classifier: the regression rows carry
+    valence and arousal on the model's scale (scale_low, scale_high), equal to the one-file
+    path; the classifier's rows keep their probabilities."""
+    import pandas as pd
+    from conftest import write_audio
+    from test_predict import make_model
+
+    from sssl_dist.outputs.export import load_model, predict_song
+    from sssl_dist.outputs.predict import run_predict
+
+    reg = make_regression_model(tmp_path / "m" / "va.sssl")
+    quad = make_model(tmp_path / "m" / "quadrant.sssl")
+    songs = [
+        write_audio(tmp_path / "in" / f"s{i}.wav", 7.0 + i, freq=220.0 * (i + 1)) for i in range(2)
+    ]
+    out = tmp_path / "out"
+    summary = run_predict([str(reg), str(quad)], [str(s) for s in songs], out, batch_files=2)
+    assert (summary.predicted, summary.failed) == (2, 0)
+    seg, files = pd.read_parquet(out / "segments"), pd.read_parquet(out / "files")
+    loaded = load_model(reg)
+    for s in songs:
+        ref = predict_song(loaded, s)
+        rows = seg[(seg["model"] == "va") & (seg["file"] == str(s))].sort_values("start_s")
+        want = np.array([[x["valence"], x["arousal"]] for x in ref["segments"]])
+        np.testing.assert_allclose(rows[["valence", "arousal"]].to_numpy(), want, atol=1e-5)
+        assert (rows["scale_low"] == 1).all() and (rows["scale_high"] == 9).all()
+        assert rows["p_Q1"].isna().all()
+        row = files[(files["model"] == "va") & (files["file"] == str(s))]
+        assert row["decision"].tolist() == [ref["decision"]] and row["probability"].isna().all()
+        np.testing.assert_allclose(
+            row[["valence", "arousal"]].to_numpy()[0],
+            [ref["song_values"]["valence"], ref["song_values"]["arousal"]],
+            atol=1e-9,
+        )
+    quad_rows = seg[seg["model"] == "quadrant"]
+    assert quad_rows["valence"].isna().all()
+    np.testing.assert_allclose(quad_rows[["p_Q1", "p_Q2", "p_Q3", "p_Q4"]].sum(1), 1, atol=1e-5)
+    doc = json.loads((out / "va" / "s0.json").read_text())
+    assert doc["scale"] == [1.0, 9.0] and (out / "va" / "s0.png").is_file()
+
+
+def test_a_regression_task_on_shards_without_ratings_is_refused_before_ray(shard_dir):
+    """The generated corpus has no static ratings: one line names the song, before Ray."""
+    from sssl_dist.data.segments import ShardSet
+    from sssl_dist.driver.fold import check_shards
+
+    with pytest.raises(ValueError, match=r"has no continuous valence rating") as err:
+        check_shards(SSSLConfig(task="valence_reg"), ShardSet(shard_dir))
+    assert "\n" not in str(err.value)

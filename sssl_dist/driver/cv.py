@@ -270,15 +270,26 @@ def share_warmups_across(cvs: dict[str, CrossValidation]) -> int:
 def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
     """A finished fold into the report: its files, its exported model, one log line."""
     r = run.result
-    part = "test" if "test_acc" in r else "val"  # the final refit has no test songs
-    log.info(
-        "%s done: %s acc %.3f, F1 %.3f (majority class %.3f)",
-        label,
-        part,
-        r.get(f"{part}_acc", float("nan")),
-        r.get(f"{part}_f1", float("nan")),
-        r.get(f"{part}_majority_acc", float("nan")),
-    )
+    part = "test" if "test_songs" in r else "val"  # the final refit has no test songs
+    if f"{part}_r2" in r:  # a regression task
+        log.info(
+            "%s done: %s R² %.3f, CCC %.3f, RMSE %.3f (scale %s)",
+            label,
+            part,
+            r[f"{part}_r2"],
+            r[f"{part}_ccc"],
+            r[f"{part}_rmse"],
+            "-".join(f"{v:g}" for v in r["scale"]),
+        )
+    else:
+        log.info(
+            "%s done: %s acc %.3f, F1 %.3f (majority class %.3f)",
+            label,
+            part,
+            r.get(f"{part}_acc", float("nan")),
+            r.get(f"{part}_f1", float("nan")),
+            r.get(f"{part}_majority_acc", float("nan")),
+        )
     fold_dir.mkdir(exist_ok=True)
     run.write(fold_dir)
     run.export(shards, fold_dir / MODEL)

@@ -17,10 +17,19 @@ def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
     """Refuse a config these shards cannot serve, before Ray starts: the ceiling arms
     (`split_evidence: oracle`, `train_labels: truth`) train on the per-second truth of every
     training segment, which only generated corpora have; dynamic annotations leave the first
-    15 s of every song unknown. Checked on every song, so no fold can fail later."""
+    15 s of every song unknown. Checked on every song, so no fold can fail later. Every song
+    must also have the task's target (a regression task needs each song's continuous
+    rating)."""
+    targets = task_of(cfg).targets
+    for song in shards.songs:
+        try:
+            targets.song_target(song)
+        except KeyError as missing:
+            raise ValueError(
+                f"task {cfg.task}: song {song['song_id']!r} in {shards.root} has no {missing} label"
+            ) from None
     if not cfg.needs_truth:
         return
-    targets = task_of(cfg).targets
     table = SegmentTable.build(shards.songs, targets, cfg.segment_seconds, cfg.hop_seconds)
     unknown = int((~table.known).sum())
     if unknown:

@@ -150,7 +150,16 @@ def plot_confusion(
     plt.close(fig)
 
 
-def _curve_axes(ax, probs: np.ndarray, starts: np.ndarray, length: int, names, truth=None) -> None:
+def _curve_axes(
+    ax,
+    probs: np.ndarray,
+    starts: np.ndarray,
+    length: int,
+    names,
+    truth=None,
+    scale: tuple[float, float] = (0, 1),
+    ylabel: str = "P(emotion)",
+) -> None:
     centres = starts + length / 2
     for k, name in enumerate(names):
         ax.plot(
@@ -164,9 +173,9 @@ def _curve_axes(ax, probs: np.ndarray, starts: np.ndarray, length: int, names, t
         for s, q in enumerate(truth):
             if q is not None:  # an unrated second (dynamic annotations start at 15 s)
                 ax.axvspan(s, s + 1, ymin=0, ymax=0.05, color=COLOURS[q], lw=0)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*scale)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("P(emotion)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
@@ -176,11 +185,15 @@ def plot_emotion_curve(result: dict[str, Any], path: Path) -> None:
     probs = np.array([[s[n] for n in names] for s in result["segments"]])
     starts = np.array([s["start_s"] for s in result["segments"]])
     fig, ax = plt.subplots(figsize=(8, 3))
-    _curve_axes(ax, probs, starts, result["segment_seconds"], names)
-    ax.set_title(
-        f"{Path(result['file']).name}: {result['decision']} (p = {result['probability']:.2f})",
-        fontsize=10,
-    )
+    if "scale" in result:  # a regression model's ratings, on its data set's scale
+        low, high = result["scale"]
+        axes = {"scale": (low, high), "ylabel": f"rating ({low:g}-{high:g})"}
+    else:
+        axes = {}
+    _curve_axes(ax, probs, starts, result["segment_seconds"], names, **axes)
+    p = result["probability"]
+    said = f"{result['decision']}" + ("" if p is None else f" (p = {p:.2f})")
+    ax.set_title(f"{Path(result['file']).name}: {said}", fontsize=10)
     ax.legend(fontsize=8, loc="upper right", ncol=len(names))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +27,29 @@ from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import SegmentTable
 from sssl_dist.data.targets import Targets
 from sssl_dist.method.step import StepLosses
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A result `sssl compare` tests arm against arm, and how its verdict is worded."""
+
+    key: str  # the fold result's key
+    name: str  # what it is, in words
+    rope: float = 0.01  # the region of practical equivalence, in the figure's own unit
+    span: float = 1.0  # the largest possible |gain| (1 for figures in [0, 1])
+    lower_is_better: bool = False  # compared as its reduction (RMSE)
+    scale: float = 100.0  # figures are shown times this, in `unit` (100: accuracy in points)
+    unit: str = " points"
+    digits: int = 1
+    truth_only: bool = False  # reported only on shards with per-second truth
+
+
+class SongModel(Protocol):
+    """A task's song-level model, fitted on Eq. 10 features of the training songs."""
+
+    def predict_outputs(self, features: np.ndarray) -> np.ndarray:
+        """[n, 7K] -> [n, K]: class probabilities, or values on the common scale."""
+        ...
 
 
 class Task(Protocol):
@@ -82,6 +106,32 @@ class Task(Protocol):
 
     def segment_metrics(self, scores: list[float]) -> dict[str, float]:
         """The summed `segment_scores` of every rank as the validation figures (val_seg_*)."""
+        ...
+
+    def compared(self, songs: list[dict], rope: float) -> tuple[Compared, ...]:
+        """The results `sssl compare` tests, the first being the one every verdict is about;
+        `rope`: the comparison's ROPE for figures in [0, 1] (`--rope`)."""
+        ...
+
+    table_keys: tuple[str, ...]  # the results a comparison's table shows per arm
+
+    def song_model(self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray) -> SongModel:
+        """The song-level model fitted on features [n, 7K] and song targets; ValueError for
+        targets that are not the task's (an exported model's data are checked with it)."""
+        ...
+
+    def output_scale(self, songs: list[dict]) -> list[float] | None:
+        """The data set's scale predictions are reported on (None: class probabilities)."""
+        ...
+
+    def columns(self, outputs: np.ndarray, scale: list[float] | None) -> list[dict[str, float]]:
+        """Per row of outputs [n, K]: the named figures a prediction reports."""
+        ...
+
+    def decision(
+        self, song_outputs: np.ndarray, scale: list[float] | None
+    ) -> tuple[str, float | None]:
+        """A song's decision in words, and its probability where it has one."""
         ...
 
     def song_results(

@@ -19,8 +19,9 @@ from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import SegmentTable
 from sssl_dist.data.targets import ClassLabels
 from sssl_dist.method.equations import per_sample_ce, pseudo_label
-from sssl_dist.method.song import song_level_results
+from sssl_dist.method.song import SongClassifier, song_level_results
 from sssl_dist.method.step import StepLosses, ce_loss, sssl_loss
+from sssl_dist.method.tasks import Compared
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class Classification:
     name: str
     targets: ClassLabels = field(init=False)
     selection_key: str = "val_seg_acc"
+    table_keys: tuple[str, ...] = (
+        "test_acc",
+        "test_f1",
+        "test_majority_acc",
+        "val_seg_acc_truth",
+        "noise_auc",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", ClassLabels(self.name))
@@ -77,6 +85,44 @@ class Classification:
     def segment_metrics(self, scores: list[float]) -> dict[str, float]:
         return segment_accuracies(*scores)
 
+    def song_model(
+        self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray
+    ) -> ClassifiedSongs:
+        k = self.num_outputs
+        labels = np.asarray(targets)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"svm_labels must be {len(features)} integers, got {list(labels.shape)}"
+            )
+        bad = labels[(labels < 0) | (labels >= k)]
+        if bad.size:
+            raise ValueError(
+                f"svm_labels must be in 0..{k - 1} for task {self.name!r}, got {bad[0]}"
+            )
+        svm = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(features, labels)
+        return ClassifiedSongs(svm, k)
+
+    def output_scale(self, songs: list[dict]) -> list[float] | None:
+        return None
+
+    def columns(self, outputs: np.ndarray, scale: list[float] | None) -> list[dict[str, float]]:
+        return [dict(zip(self.output_names, map(float, p), strict=True)) for p in outputs]
+
+    def decision(
+        self, song_outputs: np.ndarray, scale: list[float] | None
+    ) -> tuple[str, float | None]:
+        k = int(np.argmax(song_outputs))
+        return self.output_names[k], float(song_outputs[k])
+
+    def compared(self, songs: list[dict], rope: float) -> tuple[Compared, ...]:
+        return (
+            Compared("test_acc", "song accuracy", rope),
+            Compared(
+                "val_seg_acc_truth", "segment accuracy against the truth", rope, truth_only=True
+            ),
+            Compared("noise_auc", "noise AUC", rope, truth_only=True),
+        )
+
     def song_results(
         self,
         cfg: SSSLConfig,
@@ -88,6 +134,17 @@ class Classification:
         return song_level_results(
             cfg, songs_by_id, predictions, fold_ids, train_predictions, self.name
         )
+
+
+@dataclass
+class ClassifiedSongs:
+    """The SVM of Eq. 10 as a task's song model: class probabilities [n, K]."""
+
+    svm: SongClassifier
+    num_classes: int
+
+    def predict_outputs(self, features: np.ndarray) -> np.ndarray:
+        return self.svm.predict_proba(features, self.num_classes)
 
 
 def hit_counts(pred: np.ndarray, label: np.ndarray, true_label: np.ndarray) -> np.ndarray:

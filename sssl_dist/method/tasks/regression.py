@@ -45,6 +45,7 @@ from sssl_dist.data.segments import SegmentTable
 from sssl_dist.method.equations import mixup, total_loss
 from sssl_dist.method.song import song_features
 from sssl_dist.method.step import StepLosses, _predict
+from sssl_dist.method.tasks import Compared
 
 COMMON_SCALE = (-1.0, 1.0)  # every regression target and network output is on this scale
 DIMENSIONS = ("valence", "arousal")
@@ -209,6 +210,10 @@ class SongRegressor:
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
         return np.stack([p.predict(x) for p in self._pipes], axis=1)
 
+    def predict_outputs(self, features: np.ndarray) -> np.ndarray:
+        """[n, 7K] -> [n, D] on the common scale (a task's song model)."""
+        return self.predict(features)
+
 
 @dataclass(frozen=True)
 class Regression:
@@ -217,6 +222,15 @@ class Regression:
     name: str
     targets: ValueTargets
     selection_key: str = "val_seg_r2"
+    table_keys: tuple[str, ...] = (
+        "test_r2",
+        "test_ccc",
+        "test_rmse",
+        "test_pearson",
+        "test_mean_r2",
+        "val_seg_ccc_truth",
+        "noise_auc",
+    )
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -303,6 +317,64 @@ class Regression:
                 for key in per[0]:
                     out[f"val_seg_{key}{suffix}"] = float(np.mean([m[key] for m in per]))
         return out
+
+    def song_model(
+        self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray
+    ) -> SongRegressor:
+        y = np.asarray(targets, dtype=np.float64).reshape(len(features), -1)
+        if y.shape[1] != self.num_outputs or not np.isfinite(y).all():
+            raise ValueError(
+                f"svm_labels must be {len(features)} x {self.num_outputs} finite ratings for "
+                f"task {self.name!r}, got shape {list(np.shape(targets))}"
+            )
+        return SongRegressor(cfg.svm_c, cfg.svm_kernel).fit(features, y)
+
+    def output_scale(self, songs: list[dict]) -> list[float] | None:
+        return list(_one_scale(songs))
+
+    def columns(self, outputs: np.ndarray, scale: list[float] | None) -> list[dict[str, float]]:
+        values = from_common(np.asarray(outputs).reshape(-1, self.num_outputs), tuple(scale))
+        return [dict(zip(self.output_names, map(float, v), strict=True)) for v in values]
+
+    def decision(
+        self, song_outputs: np.ndarray, scale: list[float] | None
+    ) -> tuple[str, float | None]:
+        values = self.columns(np.asarray(song_outputs)[None], scale)[0]
+        said = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
+        return f"{said} (scale {scale[0]:g}-{scale[1]:g})", None
+
+    def compared(self, songs: list[dict], rope: float) -> tuple[Compared, ...]:
+        """Song R² first (what MARBLE and Music2Emo report), then CCC, RMSE (as its reduction,
+        its ROPE `rope` of the scale's width, in the scale's unit) and r; the segments' CCC
+        against the truth and the noise AUC where the shards have truth. R², CCC and r are
+        unitless: their ROPE is `rope` itself."""
+        low, high = _one_scale(songs)
+        on = f" on the {low:g}-{high:g} scale"
+        unitless = {"scale": 1.0, "unit": "", "digits": 3}
+        return (
+            Compared("test_r2", "song R²", rope, span=math.inf, **unitless),
+            Compared("test_ccc", "song CCC", rope, span=2.0, **unitless),
+            Compared(
+                "test_rmse",
+                f"song RMSE reduction{on}",
+                rope * (high - low),
+                span=high - low,
+                lower_is_better=True,
+                scale=1.0,
+                unit=on,
+                digits=3,
+            ),
+            Compared("test_pearson", "song Pearson r", rope, span=2.0, **unitless),
+            Compared(
+                "val_seg_ccc_truth",
+                "segment CCC against the truth",
+                rope,
+                span=2.0,
+                truth_only=True,
+                **unitless,
+            ),
+            Compared("noise_auc", "noise AUC", rope, truth_only=True),
+        )
 
     def song_results(
         self,
