@@ -327,3 +327,45 @@ def test_a_regression_task_on_shards_without_ratings_is_refused_before_ray(shard
     with pytest.raises(ValueError, match=r"has no continuous valence rating") as err:
         check_shards(SSSLConfig(task="valence_reg"), ShardSet(shard_dir))
     assert "\n" not in str(err.value)
+
+
+def test_a_step_option_regression_does_not_implement_is_refused():
+    from sssl_dist.method.tasks import task_named
+
+    with pytest.raises(ValueError, match=r"implements sssl_step 'full' only, got 'filter'"):
+        task_named("va_reg").check_config(SSSLConfig(task="va_reg", sssl_step="filter"))
+
+
+def test_regression_compare_and_predict_end_to_end(
+    valued_shards, corpus, tmp_path, ray_session, capsys
+):
+    """`sssl compare` of inherit against SSSL on va_reg (2 folds, trained for real), then
+    `sssl predict` with one of its exported models: every regression figure gets a verdict,
+    and the predictions are ratings on the 1-9 scale."""
+    import pandas as pd
+
+    from sssl_dist.cli import main
+
+    out = tmp_path / "cmp"
+    cmd = ["compare", "--shards", str(valued_shards.root), "--workers", "0", "--out", str(out),
+           "--tasks", "va_reg", "--arm", "inherit", "method=inherit", "--arm", "sssl",
+           "--folds", "2", "--set", "epochs=2", "warmup_epochs=1", "batch_size=32"]  # fmt: skip
+    assert main(cmd) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    (pair,) = comparison["tasks"]["va_reg"]["pairs"]
+    for key in ("test_r2", "test_ccc", "test_rmse", "test_pearson", "val_seg_ccc_truth"):
+        assert pair["metrics"][key]["stats"]["verdict"] in (
+            "helps", "hurts", "equivalent", "inconclusive"
+        ), key  # fmt: skip
+    assert "**sssl vs inherit** (song R²)" in (out / "comparison.md").read_text()
+    assert "va_reg: sssl vs inherit" in capsys.readouterr().out
+    for plot in ("curves.png", "gmm_losses.png"):  # the run's plots, drawn for ratings
+        assert (out / "va_reg" / "sssl" / plot).is_file(), plot
+    model = next(out.glob("va_reg/sssl/**/model.sssl"))
+    songs = sorted(p for p in corpus.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))[:2]
+    assert songs
+    pred = tmp_path / "pred"
+    assert main(["predict", str(model), *map(str, songs), "--out", str(pred)]) == 0
+    seg = pd.read_parquet(pred / "segments")
+    assert len(seg) and np.isfinite(seg[["valence", "arousal"]].to_numpy()).all()
+    assert (seg["scale_low"] == 1).all() and (seg["scale_high"] == 9).all()

@@ -20,6 +20,7 @@ def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
     15 s of every song unknown. Checked on every song, so no fold can fail later. Every song
     must also have the task's target (a regression task needs each song's continuous
     rating)."""
+    task_of(cfg).check_config(cfg)
     targets = task_of(cfg).targets
     for song in shards.songs:
         try:

@@ -200,6 +200,31 @@ def plot_emotion_curve(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _rating_curves(out: Path, cfg: SSSLConfig, run, names: tuple[str, ...]) -> None:
+    """curves.png of a regression run: the segment ratings of up to 4 test songs over time, on
+    the common scale [-1, 1], with each song's rating on its data set's scale in the title."""
+    test_ids = run.fold_ids["test"][:4]
+    if not test_ids:
+        return
+    fig, axes = plt.subplots(len(test_ids), 1, figsize=(8, 2.3 * len(test_ids)), squeeze=False)
+    low, high = run.result["scale"]
+    for ax, sid in zip(axes[:, 0], test_ids, strict=True):
+        values = np.asarray(run.songs[sid])
+        starts = np.arange(len(values)) * cfg.hop_seconds
+        axes_kw = {"scale": (-1, 1), "ylabel": "rating (-1..1)"}
+        _curve_axes(ax, values, starts, cfg.segment_seconds, names, **axes_kw)
+        true, pred = run.result["test_true"].get(sid), run.result["test_pred"].get(sid)
+        said = lambda v: ", ".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
+        ax.set_title(
+            f"{sid}: rated {said(true)}, predicted {said(pred)} (scale {low:g}-{high:g})",
+            fontsize=9,
+        )
+    axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(names))
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+
 def write_run_plots(
     out: Path, cfg: SSSLConfig, runs: dict, truth: dict[str, list[int]] | None = None
 ) -> None:
@@ -207,10 +232,17 @@ def write_run_plots(
     out = Path(out)
     histories = {f: r.history for f, r in runs.items()}
     first = min(runs)
+    # A regression run's songs have ratings, not classes: its GMMs are per sign pattern, and
+    # it has no confusion matrix; its curves are ratings on the common scale.
+    values = "scale" in runs[first].result
+    names = task_of(cfg).output_names
     plot_gmm_epochs(
-        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=task_of(cfg).output_names
+        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=() if values else names
     )
     plot_split_over_epochs(histories, out / "split_over_epochs.png")
+    if values:
+        _rating_curves(out, cfg, runs[first], names)
+        return
     true, pred = [], []
     for r in runs.values():
         for sid, p in r.result.get("test_pred", {}).items():

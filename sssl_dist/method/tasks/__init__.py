@@ -115,6 +115,10 @@ class Task(Protocol):
 
     table_keys: tuple[str, ...]  # the results a comparison's table shows per arm
 
+    def check_config(self, cfg: SSSLConfig) -> None:
+        """ValueError (one line) for a setting this task does not implement."""
+        ...
+
     def song_model(self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray) -> SongModel:
         """The song-level model fitted on features [n, 7K] and song targets; ValueError for
         targets that are not the task's (an exported model's data are checked with it)."""

@@ -85,6 +85,9 @@ class Classification:
     def segment_metrics(self, scores: list[float]) -> dict[str, float]:
         return segment_accuracies(*scores)
 
+    def check_config(self, cfg: SSSLConfig) -> None:
+        return None  # every setting is the classification step's
+
     def song_model(
         self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray
     ) -> ClassifiedSongs:

@@ -318,6 +318,24 @@ class Regression:
                     out[f"val_seg_{key}{suffix}"] = float(np.mean([m[key] for m in per]))
         return out
 
+    def check_config(self, cfg: SSSLConfig) -> None:
+        """The regression step is the full one (mixup over X ∪ U, R-Drop over U); the step
+        options measured on classes (the ablation ladder, refined targets, mixing X only, the
+        shared trunk) have no regression counterpart yet, so a value other than the default is
+        refused rather than ignored."""
+        fixed = {
+            "sssl_step": "full",
+            "clean_targets": "inherited",
+            "mixup_scope": "all",
+            "rdrop_trunk": "separate",
+        }
+        for key, value in fixed.items():
+            if getattr(cfg, key) != value:
+                raise ValueError(
+                    f"task {self.name} implements {key} {value!r} only, got "
+                    f"{getattr(cfg, key)!r}: drop the setting for a regression task"
+                )
+
     def song_model(
         self, cfg: SSSLConfig, features: np.ndarray, targets: np.ndarray
     ) -> SongRegressor:
