@@ -14,10 +14,11 @@ each adaptation below is one function with its reason and source:
   Tarvainen & Valpola 2017, uses the teacher's output as the consistency target unchanged).
 - `mixup` (equations.py, Eq. 6) mixes inputs and targets with the same δ: mixup is defined for
   any target vector (Zhang et al. 2018), and a linear mix of two ratings is a rating.
-- `rdrop_mse`: R-Drop's consistency between two dropout passes, as the mean squared difference
-  of the two predictions instead of the symmetric KL of two distributions (R-Drop, Liang et al.
-  2021, §2: the regularizer is a distance between the sub-models' outputs; for regression the
-  authors' code and the consistency literature use the squared difference).
+- `rdrop_mse`: R-Drop's consistency between two dropout passes (Liang et al. 2021), as the mean
+  squared difference of the two predictions: R-Drop's symmetric KL is defined between two
+  distributions, and a rating is not one; the squared difference of two stochastic passes is
+  the consistency term of the Π-model (Laine & Aila 2017, "Temporal ensembling"), whose passes
+  differ by dropout as R-Drop's do.
 
 Song level: Eq. 10's features of the segment predictions into an SVR per output (the paper's
 SVM, for values), beside the plain mean of the segment predictions. Metrics: R², Lin's CCC,
@@ -42,6 +43,7 @@ from torch import nn
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import SegmentTable
+from sssl_dist.data.targets import CLASS_NAMES
 from sssl_dist.method.equations import mixup, total_loss
 from sssl_dist.method.song import song_features
 from sssl_dist.method.step import StepLosses, _predict
@@ -52,15 +54,15 @@ DIMENSIONS = ("valence", "arousal")
 
 
 def to_common(value: float, scale: tuple[float, float]) -> float:
-    """A rating on `scale` (low, high) -> [-1, 1] (the scale's midpoint -> 0)."""
-    low, high = scale
-    return 2.0 * (value - low) / (high - low) - 1.0
+    """A rating on `scale` (low, high) -> COMMON_SCALE (the scale's midpoint -> 0)."""
+    (low, high), (c_low, c_high) = scale, COMMON_SCALE
+    return c_low + (value - low) / (high - low) * (c_high - c_low)
 
 
 def from_common(value: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """[-1, 1] -> the data set's own `scale` (the inverse of `to_common`)."""
-    low, high = scale
-    return (np.asarray(value, dtype=np.float64) + 1.0) / 2.0 * (high - low) + low
+    """COMMON_SCALE -> the data set's own `scale` (the inverse of `to_common`)."""
+    (low, high), (c_low, c_high) = scale, COMMON_SCALE
+    return low + (np.asarray(value, dtype=np.float64) - c_low) / (c_high - c_low) * (high - low)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,6 @@ class ValueTargets:
 
     @property
     def strata_names(self) -> tuple[str, ...]:
-        from sssl_dist.data.targets import CLASS_NAMES
-
         return CLASS_NAMES[self.strata_key]
 
     def song_target(self, song: dict[str, Any]) -> list[float]:
