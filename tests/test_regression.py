@@ -369,3 +369,11 @@ def test_regression_compare_and_predict_end_to_end(
     seg = pd.read_parquet(pred / "segments")
     assert len(seg) and np.isfinite(seg[["valence", "arousal"]].to_numpy()).all()
     assert (seg["scale_low"] == 1).all() and (seg["scale_high"] == 9).all()
+
+
+def test_tune_refuses_a_regression_task_it_cannot_rank():
+    from tuning.sweep import check_selectable
+
+    with pytest.raises(ValueError, match=r"ranks configurations by song accuracy, which task"):
+        check_selectable(SSSLConfig(task="arousal_reg"))
+    check_selectable(SSSLConfig(task="arousal"))  # classification is ranked as before
