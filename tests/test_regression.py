@@ -377,3 +377,39 @@ def test_tune_refuses_a_regression_task_it_cannot_rank():
     with pytest.raises(ValueError, match=r"ranks configurations by song accuracy, which task"):
         check_selectable(SSSLConfig(task="arousal_reg"))
     check_selectable(SSSLConfig(task="arousal"))  # classification is ranked as before
+
+
+def test_a_stopped_regression_run_resumes_to_the_same_result(
+    valued_shards, tmp_path, ray_session, monkeypatch
+):
+    """Stopped after its first SSSL epoch (what Ctrl-C asks for), the same run resumes from
+    that checkpoint, Mean Teacher, split and all, to exactly the uninterrupted run's figures."""
+    from pathlib import Path
+
+    from test_tasks import run_digest
+
+    import sssl_dist.rank.train as train_module
+    from sssl_dist.driver.fit import RunStopped
+    from sssl_dist.driver.run import run_fold
+    from sssl_dist.files import runfiles
+
+    cfg = SSSLConfig(task="va_reg", epochs=3, warmup_epochs=1, batch_size=32, n_folds=2)
+    whole = run_fold(cfg, valued_shards, 1, storage_path=tmp_path / "a", name="r", workers=0)
+    asked = []
+
+    def stop_after_first_sssl_epoch(loop) -> bool:  # what Ctrl-C's request_stop writes
+        asked.append(1)
+        if len(asked) == 2:  # after epoch 1, the first SSSL epoch (teacher and split made)
+            Path(loop.run_dir, runfiles.STOP).touch()
+        return len(asked) == 2
+
+    monkeypatch.setattr(train_module, "stop_requested", stop_after_first_sssl_epoch)
+    with pytest.raises(RunStopped, match="stopped after an epoch, as asked"):
+        run_fold(cfg, valued_shards, 1, storage_path=tmp_path / "b", name="r", workers=0)
+    assert len(asked) == 2
+    monkeypatch.undo()
+    resumed = run_fold(cfg, valued_shards, 1, storage_path=tmp_path / "b", name="r", workers=0)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    progress = (tmp_path / "b" / "r" / runfiles.PROGRESS).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in progress] == [0, 1, 2]  # epoch 2 alone again
+    assert run_digest(resumed) == run_digest(whole)
