@@ -110,18 +110,19 @@ def make_model(path: Path) -> Path:
 
     from sssl_dist.config import FeatureConfig, SSSLConfig, to_dict
     from sssl_dist.method.models import build_model
+    from sssl_dist.method.tasks import task_of
     from sssl_dist.outputs.export import FORMAT
 
     cfg = SSSLConfig()
     torch.manual_seed(0)
-    net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    k = cfg.num_classes
+    net = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
+    k = task_of(cfg).num_outputs
     torch.save(
         {
             "format": FORMAT,
             "config": json.dumps(to_dict(cfg)),
             "feature_config": json.dumps(to_dict(FeatureConfig())),
-            "label_names": list(cfg.label_names),
+            "label_names": list(task_of(cfg).output_names),
             "state_dict": net.state_dict(),
             "svm_features": torch.from_numpy(np.random.default_rng(0).random((8 * k, 7 * k))),
             "svm_labels": torch.arange(8 * k) % k,

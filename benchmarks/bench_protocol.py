@@ -146,13 +146,13 @@ def timed_worker(cfg, shards, fold_ids, clock: PhaseClock):
 def timed_library(clock: PhaseClock) -> Iterator[None]:
     """Module-level functions the epoch calls, timed where they are looked up."""
     from sssl_dist.method import split, step
-    from sssl_dist.rank import epoch
+    from sssl_dist.method.tasks import classification as task
 
     patches = [
         mock.patch.object(step, "_predict", clock.wrap("pseudo-labels", step._predict)),
         mock.patch.object(split, "fit_split", clock.wrap("GMM", split.fit_split)),
-        mock.patch.object(epoch, "sssl_loss", clock.wrap("step arithmetic", epoch.sssl_loss)),
-        mock.patch.object(epoch, "ce_loss", clock.wrap("step arithmetic", epoch.ce_loss)),
+        mock.patch.object(task, "sssl_loss", clock.wrap("step arithmetic", task.sssl_loss)),
+        mock.patch.object(task, "ce_loss", clock.wrap("step arithmetic", task.ce_loss)),
         mock.patch.object(torch.Tensor, "backward", clock.wrap("backward", torch.Tensor.backward)),
     ]
     with contextlib.ExitStack() as stack:
@@ -313,6 +313,7 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
     from sssl_dist.data.segments import epoch_batches
     from sssl_dist.method.equations import split_clean_noisy
     from sssl_dist.method.step import ce_loss, sssl_loss
+    from sssl_dist.method.tasks import task_of
     from sssl_dist.rank.epoch import loss_pass
     from sssl_dist.rank.train import build_worker
 
@@ -322,7 +323,7 @@ def step_rates(shards, steps: int = 40, rounds: int = 5) -> dict[str, float]:
     clean_w = split_clean_noisy(
         loss_pass(w).numpy().astype(np.float64),
         w.table.label,
-        num_classes=cfg.num_classes,
+        num_classes=task_of(cfg).num_outputs,
         tau=cfg.tau,
     ).clean_w
     batches = epoch_batches(len(w.table), steps, cfg.batch_size, cfg.seed, 0)

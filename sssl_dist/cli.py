@@ -364,9 +364,12 @@ def verdict_lines(comparison: dict[str, Any]) -> str:
     lines = []
     for task, t in comparison["tasks"].items():
         for pair in t["pairs"]:
-            m = pair["metrics"].get("test_acc")
-            if m:
-                lines.append(f"{task}: {pair['b']} vs {pair['a']}: {m['verdict']}")
+            # The figure every verdict is about: the task's first (song accuracy, song R²).
+            key = next(iter(pair["metrics"]), None)
+            if key:
+                m = pair["metrics"][key]
+                name = f"{m['shown']['name']}: " if "shown" in m else ""
+                lines.append(f"{task}: {pair['b']} vs {pair['a']}: {name}{m['verdict']}")
     return "\n".join(lines)
 
 

@@ -145,8 +145,12 @@ class SSSLConfig:
     # --- what is trained -------------------------------------------------------------------
     # paper Table 3 (Proposed = sssl)
     method: Literal["inherit", "sssl-nokl", "sssl"] = option("sssl", WHAT, after_warmup=True)
-    # paper §3: V/A binary, 4Q
-    task: Literal["quadrant", "valence", "arousal"] = option("quadrant", WHAT)
+    # paper §3: V/A binary, 4Q. What each task decides (targets, losses, the song-level model,
+    # metrics) is its object in method/tasks.
+    # The *_reg tasks: continuous ratings, regression (method/tasks/regression.py).
+    task: Literal["quadrant", "valence", "arousal", "valence_reg", "arousal_reg", "va_reg"] = (
+        option("quadrant", WHAT)
+    )
     # L; paper Table 2: 3 s best for valence
     segment_seconds: int = option(3, WHAT, valid=_Range(1, 30))
     hop_seconds: int = option(1, WHAT, valid=_at_least(1))  # paper §4.1: overlap is L - 1 s
@@ -372,18 +376,6 @@ class SSSLConfig:
         """Whether this run reads the per-second truth to train (the ceiling arms), not only
         to report against it."""
         return self.split_evidence == "oracle" or self.train_labels == "truth"
-
-    @property
-    def num_classes(self) -> int:
-        return 4 if self.task == "quadrant" else 2
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return {
-            "quadrant": QUADRANTS,
-            "valence": ("negative", "positive"),
-            "arousal": ("low", "high"),
-        }[self.task]
 
 
 # The tables the code reads, derived from the fields' facts (one declaration per field).

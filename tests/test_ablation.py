@@ -30,6 +30,7 @@ from sssl_dist.method.equations import (
 )
 from sssl_dist.method.models import build_model
 from sssl_dist.method.step import _predict, sssl_loss, step_inputs
+from sssl_dist.method.tasks import task_of
 from sssl_dist.rank.epoch import Worker, bn_statistics_batches, epoch_lr, train_epoch
 
 
@@ -79,7 +80,7 @@ def _step(net, x, y, clean_w, cfg, seed=0):
 def _paper_step(model, plain, x, labels, clean_w, cfg, generator=None):
     """The step as it was before the ladder existed, kept verbatim as the reference that
     `sssl_step: full` must reproduce bit for bit."""
-    k = cfg.num_classes
+    k = task_of(cfg).num_outputs
     clean = clean_w > 0
     x_clean, x_noisy = x[clean], x[~clean]
     one_hot = F.one_hot(labels[clean], k).to(x.dtype)
@@ -300,7 +301,7 @@ def _worker(cfg: SSSLConfig, seed: int = 0) -> Worker:
     mels = {s["song_id"]: rng.normal(size=(FC.n_mels, frames)).astype(np.float32) for s in songs}
     table = SegmentTable.build(songs, cfg.task, cfg.segment_seconds)
     torch.manual_seed(seed)
-    model = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    model = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return Worker.build(cfg, table, SegmentTable.build([], cfg.task, 3), mels, FC, model, opt)
 
@@ -315,7 +316,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_ema_teacher_makes_the_targets_and_lags_the_trained_weights(monkeypatch):
-    import sssl_dist.rank.epoch as epoch_module
+    import sssl_dist.method.tasks.classification as epoch_module
 
     w = _worker(replace(SMALL, pseudo_label_network="ema", ema_decay=0.9))
     train_epoch(w, None, 0)  # warm-up: no teacher yet (warm-ups are shared without one)
@@ -355,7 +356,7 @@ def test_ema_teacher_makes_the_targets_and_lags_the_trained_weights(monkeypatch)
 
 
 def test_paper_targets_come_from_the_network_being_trained(monkeypatch):
-    import sssl_dist.rank.epoch as epoch_module
+    import sssl_dist.method.tasks.classification as epoch_module
 
     w = _worker(replace(SMALL, pseudo_label_network="current"))
     predicted_by = []

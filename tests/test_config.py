@@ -77,7 +77,7 @@ def test_choice_fields_include_the_ones_that_were_unchecked():
     with pytest.raises(ValueError, match=r"optimizer must be one of \('adam', 'sgd'\)"):
         SSSLConfig(optimizer="adamw")
     assert METHODS == ("inherit", "sssl-nokl", "sssl")
-    assert TASKS == ("quadrant", "valence", "arousal")
+    assert TASKS == ("quadrant", "valence", "arousal", "valence_reg", "arousal_reg", "va_reg")
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from conftest import tone, write_audio
 from sssl_dist.cli import main
 from sssl_dist.config import FeatureConfig, SSSLConfig, to_dict
 from sssl_dist.method.models import build_model
+from sssl_dist.method.tasks import task_of
 from sssl_dist.outputs.export import FORMAT, load_model, predict_song
 from sssl_dist.outputs.predict import (
     FILES_PER_DECODE_TASK,
@@ -42,14 +43,14 @@ def make_model(path: Path, task: str = "quadrant", seed: int = 0, **override) ->
     cfg_over = override.pop("config", {})
     cfg = SSSLConfig(task=task, seed=seed)
     torch.manual_seed(seed)
-    net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
-    k = cfg.num_classes
+    net = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
+    k = task_of(cfg).num_outputs
     rng = np.random.default_rng(seed)
     art = {
         "format": FORMAT,
         "config": json.dumps({**to_dict(cfg), **cfg_over}),
         "feature_config": json.dumps(to_dict(FeatureConfig())),
-        "label_names": list(cfg.label_names),
+        "label_names": list(task_of(cfg).output_names),
         "state_dict": net.state_dict(),
         "svm_features": torch.from_numpy(rng.random((3 * k, 7 * k))),
         "svm_labels": torch.arange(3 * k) % k,

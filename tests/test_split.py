@@ -120,13 +120,13 @@ def test_the_oracle_split_is_refused_without_truth():
 
 def test_oracle_labels_train_on_each_segments_own_label():
     songs = [_song("a", [0, 0, 2, 2, 0, 0], 0)]
-    table = training_table(songs, SSSLConfig(train_labels="truth", segment_seconds=1))
+    table = training_table(songs, SSSLConfig(train_labels="truth", segment_seconds=1), "quadrant")
     assert table.label.tolist() == [0, 0, 2, 2, 0, 0]
-    inherited = training_table(songs, SSSLConfig(segment_seconds=1))
+    inherited = training_table(songs, SSSLConfig(segment_seconds=1), "quadrant")
     assert inherited.label.tolist() == [0] * 6
     without = [{"song_id": "a", "duration_s": 6.0, "quadrant": 0}]
     with pytest.raises(ValueError, match="needs per-second truth"):
-        training_table(without, SSSLConfig(train_labels="truth", segment_seconds=1))
+        training_table(without, SSSLConfig(train_labels="truth", segment_seconds=1), "quadrant")
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_ceiling_arms_are_refused_on_shards_without_truth(overrides, message):
 
 # ---------------------------------------------------------------- partially known truth
 def test_a_segment_is_known_only_when_every_second_is():
-    from sssl_dist.data.segments import segment_truth
+    from sssl_dist.data.targets import segment_truth
 
     truth = [None, None, 1, 0, 0, None]  # Q2 Q1 Q1: valence 0 1 1, arousal 1 1 1
     assert [segment_truth(truth, k, 2, "quadrant") for k in range(5)] == [-1, -1, 1, 0, -1]
@@ -187,7 +187,7 @@ def test_noise_detection_scores_the_known_segments_only():
 
 
 def test_segment_accuracy_against_the_truth_leaves_unknown_segments_out():
-    from sssl_dist.rank.epoch import hit_counts, segment_accuracies
+    from sssl_dist.method.tasks.classification import hit_counts, segment_accuracies
 
     pred = np.array([0, 1, 1, 2, 3])
     label = np.array([0, 0, 1, 2, 2])

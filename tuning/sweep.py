@@ -31,6 +31,7 @@ from sssl_dist.data.segments import ShardSet
 from sssl_dist.driver.fold import check_shards
 from sssl_dist.driver.run import Run, share_warmups
 from sssl_dist.files import runfiles
+from sssl_dist.method.tasks import targets_of_config, task_of
 from sssl_dist.outputs.results import draw_plots
 from sssl_dist.outputs.stats import mean_std
 from sssl_dist.outputs.tables import HEADLINE, sweep_markdown
@@ -125,7 +126,7 @@ def run_sweep(
     for cfg in trial_configs:
         check_selectable(cfg)
         check_shards(cfg, shards)
-    check_shards_serve(shards, trial_configs, folds)
+    check_shards_serve(shards, trial_configs, folds, targets_of_config)
     out = Path(out).resolve()
     keys = {config_key(p): p for p in configs}
     identity = sweep_identity(base, shards, list(keys), folds)
@@ -182,12 +183,19 @@ SWEEP_FILE = runfiles.SWEEP
 
 
 def check_selectable(cfg: SSSLConfig) -> None:
-    """The honest choice ranks configurations by their validation songs: without any
-    (val_fraction 0) every score is NaN and the first configuration would be "chosen"."""
+    """The honest choice ranks configurations by their validation songs' accuracy: without any
+    (val_fraction 0) every score is NaN and the first configuration would be "chosen"; a task
+    without song accuracy (regression) cannot be ranked by it."""
     if cfg.val_fraction <= 0:
         raise ValueError(
             "sssl tune chooses a configuration by its validation songs, and val_fraction = 0 "
             "holds none out: give val_fraction above 0"
+        )
+    if "test_acc" not in task_of(cfg).table_keys:
+        # The sweep ranks and reports by song accuracy; a regression task has none.
+        raise ValueError(
+            f"sssl tune ranks configurations by song accuracy, which task {cfg.task} does not "
+            "report: tune a classification task, or compare settings with `sssl compare --arm`"
         )
 
 

@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 from sssl_dist.config import FeatureConfig, to_dict
 from sssl_dist.data.segments import SegmentBatcher, SegmentTable, loss_pass_batches
 from sssl_dist.method.models import build_model, fuse_conv_bn
+from sssl_dist.method.tasks import task_of
 from sssl_dist.outputs.export import load_model
 from sssl_dist.outputs.predict import decode_row, file_key
 
@@ -34,7 +35,7 @@ for r in rows:
     inputs.append(torch.cat([b.inputs(i) for i in loss_pass_batches(0, len(t), 128)]))
 print("files", len(inputs), "segments", sum(len(x) for x in inputs), "shape", inputs[0].shape)
 # load_model's network is folded already: the unfolded one from the same weights.
-net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+net = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
 net.load_state_dict(torch.load("/tmp/prof/model.sssl", weights_only=True)["state_dict"])
 net.eval()
 

@@ -10,25 +10,30 @@ the same for every configuration of one shard set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import ShardSet
+from sssl_dist.data.targets import Targets, targets_of
 
 SongIds = dict[str, list[str]]  # {"train": [...], "val": [...], "test": [...]}
 
 
 def check_shards_serve(
-    shards: ShardSet, configs: Iterable[SSSLConfig], folds: Iterable[int] | None = None
+    shards: ShardSet,
+    configs: Iterable[SSSLConfig],
+    folds: Iterable[int] | None = None,
+    targets_of_config: Callable[[SSSLConfig], Targets] | None = None,
 ) -> None:
     """Refuse, before any training, a task these shards cannot serve: labels the manifest
     and the tars disagree on, a task with songs of one class only (every arm would score the
     same), a class with fewer songs than folds (some test folds would lack it), or a fold
     (of `folds`, default all) whose training songs cannot spare stratified validation songs.
-    Names the class counts."""
+    Names the class counts. `targets_of_config`: each config's task targets (default: the
+    class label named by `cfg.task`)."""
     shards.check_labels()
     wanted = None if folds is None else sorted(set(folds))
     seen = set()
@@ -37,7 +42,8 @@ def check_shards_serve(
         if key in seen:
             continue
         seen.add(key)
-        counts = class_counts(shards, cfg)
+        targets = targets_of_config(cfg) if targets_of_config else None
+        counts = class_counts(shards, cfg, targets)
         said = ", ".join(f"{name} {n}" for name, n in counts.items())
         where = f"task {cfg.task} on {shards.root} ({said})"
         present = [n for n in counts.values() if n]
@@ -57,20 +63,34 @@ def check_shards_serve(
             if not 0 <= fold < cfg.n_folds:
                 raise ValueError(f"fold {fold} is outside 0..{cfg.n_folds - 1}")
             try:
-                fold_song_ids(shards, cfg, fold)
+                fold_song_ids(shards, cfg, fold, targets)
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
 
 
-def class_counts(shards: ShardSet, cfg: SSSLConfig) -> dict[str, int]:
-    """Songs per class of the config's task, by label name (ValueError for a song without a
-    label for the task)."""
-    labels = [s.get(cfg.task) for s in shards.songs]
+def class_counts(
+    shards: ShardSet, cfg: SSSLConfig, targets: Targets | None = None
+) -> dict[str, int]:
+    """Songs per class the folds stratify the config's task by, by class name (ValueError for
+    a song without that class)."""
+    t = task_targets(cfg, targets)
+    labels = [s.get(t.strata_key) for s in shards.songs]
     if None in labels:
-        missing = next(s["song_id"] for s in shards.songs if s.get(cfg.task) is None)
-        raise ValueError(f"{shards.root}: song {missing!r} has no {cfg.task} label")
-    counts = np.bincount(np.array(labels, dtype=int), minlength=cfg.num_classes)
-    return dict(zip(cfg.label_names, map(int, counts), strict=True))
+        missing = next(s["song_id"] for s in shards.songs if s.get(t.strata_key) is None)
+        raise ValueError(f"{shards.root}: song {missing!r} has no {t.strata_key} label")
+    counts = np.bincount(np.array(labels, dtype=int), minlength=len(t.strata_names))
+    return dict(zip(t.strata_names, map(int, counts), strict=True))
+
+
+def task_targets(cfg: SSSLConfig, targets: Targets | None) -> Targets:
+    """The task's targets, or by default the class label the records hold under `cfg.task`."""
+    return targets or targets_of(cfg.task)
+
+
+def strata(songs: list[dict], cfg: SSSLConfig, targets: Targets | None = None) -> np.ndarray:
+    """[songs] the class each song is stratified by in the folds."""
+    key = task_targets(cfg, targets).strata_key
+    return np.array([s[key] for s in songs])
 
 
 def song_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -130,10 +150,12 @@ def hold_out_validation(
     return np.sort(train), np.sort(val)
 
 
-def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> SongIds:
+def fold_song_ids(
+    shards: ShardSet, cfg: SSSLConfig, fold: int, targets: Targets | None = None
+) -> SongIds:
     """The song ids of one cross-validation fold."""
     songs = shards.songs  # sorted by id: the folds are the same for every configuration
-    labels = np.array([s[cfg.task] for s in songs])
+    labels = strata(songs, cfg, targets)
     train, val, test = fold_indices(labels, cfg.n_folds, fold, cfg.val_fraction, cfg.seed)
     ids = [s["song_id"] for s in songs]
     return {
@@ -143,12 +165,12 @@ def fold_song_ids(shards: ShardSet, cfg: SSSLConfig, fold: int) -> SongIds:
     }
 
 
-def refit_song_ids(shards: ShardSet, cfg: SSSLConfig) -> SongIds:
+def refit_song_ids(shards: ShardSet, cfg: SSSLConfig, targets: Targets | None = None) -> SongIds:
     """The final refit (`sssl train --final`): every song trains, except the validation songs
     held out as in a fold (for `eval_epoch: best_val` and the SVM's validation figures); no
     test songs, since cross-validation already gave the estimate."""
     songs = shards.songs
-    labels = np.array([s[cfg.task] for s in songs])
+    labels = strata(songs, cfg, targets)
     train, val = hold_out_validation(
         labels, np.arange(len(songs)), cfg.val_fraction, cfg.seed, "the final refit"
     )
@@ -156,10 +178,12 @@ def refit_song_ids(shards: ShardSet, cfg: SSSLConfig) -> SongIds:
     return {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "test": []}
 
 
-def cross_fit_parts(shards: ShardSet, cfg: SSSLConfig, train_ids: list[str]) -> list[list[str]]:
+def cross_fit_parts(
+    shards: ShardSet, cfg: SSSLConfig, train_ids: list[str], targets: Targets | None = None
+) -> list[list[str]]:
     """A fold's training songs in `cfg.cross_fit_parts` label-stratified parts (seeded)."""
     by_id = shards.by_id
-    labels = np.array([by_id[s][cfg.task] for s in train_ids])
+    labels = strata([by_id[s] for s in train_ids], cfg, targets)
     if np.bincount(labels)[np.unique(labels)].min() < cfg.cross_fit_parts:
         raise ValueError(
             f"cross_fit_parts = {cfg.cross_fit_parts}, but a class has fewer training songs "

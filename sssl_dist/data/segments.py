@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ import webdataset as wds
 from filelock import FileLock
 
 from sssl_dist.config import FeatureConfig
-from sssl_dist.data.records import task_label_of_quadrant
+from sssl_dist.data.targets import ClassLabels, Targets, targets_of
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
@@ -359,18 +359,6 @@ def segment_count(duration_s: float, length_s: int, hop_s: int = 1) -> int:
     return int(math.floor((duration_s - length_s) / hop_s + 1e-9)) + 1
 
 
-def segment_truth(truth: list[int | None], start: int, length_s: int, task: str) -> int:
-    """True task label of a segment: the majority over its seconds (ties: the earliest);
-    -1 (unknown) unless every one of its seconds is known. A segment half inside the first
-    15 unrated seconds of a dynamic annotation has no truth: its label would rest on the
-    seconds that happen to be rated, and the segment is neither right nor wrong."""
-    seconds = truth[start : start + length_s]
-    if len(seconds) < length_s or any(q is None for q in seconds):
-        return -1
-    labels = [task_label_of_quadrant(q, task) for q in seconds]
-    return max(labels, key=lambda v: (labels.count(v), -labels.index(v)))
-
-
 @dataclass
 class SegmentTable:
     """All segments of some songs for one L, in global-id order (song id, start)."""
@@ -378,14 +366,22 @@ class SegmentTable:
     song_ids: list[str]  # the songs, sorted
     song_of: np.ndarray  # [N] index into song_ids
     start: np.ndarray  # [N] start second
-    label: np.ndarray  # [N] label inherited from the song (clip) for the task
-    true_label: np.ndarray  # [N] label from per-second truth, -1 when unknown
+    label: np.ndarray  # [N] (or [N, D]) target inherited from the song (clip) for the task
+    true_label: np.ndarray  # [N] target from per-second truth, `targets.unknown` when unknown
     length_s: int
+    # What the targets are (data/targets.py): the classification reading when not given.
+    targets: Targets | None = None
 
     @property
     def wrong(self) -> np.ndarray:
-        """[N] 1 where the inherited label is truly wrong, 0 where right, -1 if unknown."""
-        return np.where(self.true_label < 0, -1, (self.true_label != self.label).astype(int))
+        """[N] 1 where the inherited label is truly wrong, 0 where right, -1 if unknown (the
+        task's noise definition)."""
+        return (self.targets or ClassLabels("quadrant")).wrong(self.label, self.true_label)
+
+    @property
+    def known(self) -> np.ndarray:
+        """[N] True where the segment's truth is known."""
+        return self.wrong >= 0
 
     def __len__(self) -> int:
         return int(self.start.size)
@@ -394,36 +390,43 @@ class SegmentTable:
         return [f"{self.song_ids[s]}@{t}" for s, t in zip(self.song_of, self.start, strict=True)]
 
     @classmethod
-    def build(cls, songs: list[dict[str, Any]], task: str, length_s: int, hop_s: int = 1):
+    def build(
+        cls, songs: list[dict[str, Any]], task: str | Targets, length_s: int, hop_s: int = 1
+    ) -> SegmentTable:
+        """The segments of `songs` with the targets of `task` (a Targets, or the record key of
+        a class label)."""
+        targets = targets_of(task)
         songs = sorted(songs, key=lambda s: s["song_id"])
         song_of, start, label, true_label = [], [], [], []
         for i, song in enumerate(songs):
             n = segment_count(song["duration_s"], length_s, hop_s)
-            truth = song.get("truth")
+            target = targets.song_target(song)
             for k in range(n):
                 song_of.append(i)
                 start.append(k * hop_s)
-                label.append(song[task])
-                true_label.append(segment_truth(truth, k * hop_s, length_s, task) if truth else -1)
+                label.append(target)
+                true_label.append(targets.segment_truth(song, k * hop_s, length_s))
         as_int = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        as_target = lambda v: np.asarray(v, dtype=targets.dtype)  # noqa: E731
         return cls(
             [s["song_id"] for s in songs],
             as_int(song_of),
             as_int(start),
-            as_int(label),
-            as_int(true_label),
+            as_target(label),
+            as_target(true_label),
             length_s,
+            targets,
         )
 
 
-def training_table(songs: list[dict[str, Any]], cfg: Any) -> SegmentTable:
+def training_table(songs: list[dict[str, Any]], cfg: Any, targets: Targets) -> SegmentTable:
     """The segments a run trains on, with the labels `cfg.train_labels` names: inherited from
     the clip (the paper), or each segment's own by the per-second truth (the oracle-labels
     ceiling; every segment must have truth). The one place a training table is built, so the
-    ranks and the driver's split service see the same labels."""
-    table = SegmentTable.build(songs, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    ranks and the driver's split service see the same labels. `targets`: the task's."""
+    table = SegmentTable.build(songs, targets, cfg.segment_seconds, cfg.hop_seconds)
     if cfg.train_labels == "truth":
-        unknown = int((table.true_label < 0).sum())
+        unknown = int((~table.known).sum())
         if unknown:
             raise ValueError(
                 f"train_labels 'truth' needs per-second truth for every training segment; "
@@ -459,6 +462,16 @@ class SegmentBatcher:
         return torch.from_numpy(self.table.label[positions])
 
 
+class SegmentHead(Protocol):
+    """What turns a network's outputs into a task's segment predictions (method/tasks)."""
+
+    num_outputs: int
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """outputs [B, num_outputs] -> predictions [B, num_outputs]."""
+        ...
+
+
 @torch.no_grad()
 def segment_probabilities(
     net: torch.nn.Module,
@@ -466,23 +479,26 @@ def segment_probabilities(
     duration_s: float,
     cfg,
     fc: FeatureConfig,
+    head: SegmentHead,
     device: torch.device | str = "cpu",
     batch_size: int = 128,
 ) -> np.ndarray:
-    """P_s(E_k) [S, K] for every segment of one song, in start order (eval mode).
+    """The task's prediction [S, K] for every segment of one song, in start order (eval
+    mode): P_s(E_k) for classification.
 
     The same segmentation as training (duration from samples, as in the manifest), used for
     the fold's song-level features and by `sssl predict`.
     """
     net.eval()
-    song = {"song_id": "song", "duration_s": duration_s, cfg.task: 0}
-    table = SegmentTable.build([song], cfg.task, cfg.segment_seconds, cfg.hop_seconds)
+    # Only the segmentation is needed here: the song's one label is a placeholder.
+    song = {"song_id": "song", "duration_s": duration_s, "quadrant": 0}
+    table = SegmentTable.build([song], "quadrant", cfg.segment_seconds, cfg.hop_seconds)
     batcher = SegmentBatcher(table, {"song": mel}, fc)
     probs = [
-        torch.softmax(net(batcher.inputs(idx).to(device)).float(), -1).cpu()
+        head.predict(net(batcher.inputs(idx).to(device)).float()).cpu()
         for idx in loss_pass_batches(0, len(table), batch_size)
     ]
-    return torch.cat(probs).numpy() if probs else np.zeros((0, cfg.num_classes))
+    return torch.cat(probs).numpy() if probs else np.zeros((0, head.num_outputs))
 
 
 # --------------------------------------------------------------------------------------------

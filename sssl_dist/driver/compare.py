@@ -29,19 +29,16 @@ from sssl_dist.config import SSSLConfig, with_overrides
 from sssl_dist.data.folds import check_shards_serve
 from sssl_dist.data.segments import ShardSet
 from sssl_dist.driver.cv import check_same_report, run_arms
+from sssl_dist.method.tasks import Compared, targets_of_config, task_named
 from sssl_dist.outputs.results import draw_plots
 from sssl_dist.outputs.stats import DEFAULT_ROPE, compare_paired
 
 log = logging.getLogger(__name__)
 
 COMPARISON_MD, COMPARISON_JSON, FOREST_PNG = "comparison.md", "comparison.json", "forest.png"
-# The figure every verdict is about, then the secondary evidence (shards with per-second
-# truth only): (result key, what it is).
-PRIMARY = ("test_acc", "song accuracy")
-SECONDARY = (
-    ("val_seg_acc_truth", "segment accuracy against the truth"),
-    ("noise_auc", "noise AUC"),
-)
+# Which figures are compared, the first being the one every verdict is about, is the task's
+# (`Task.compared`): for classification, song accuracy, then on shards with per-second truth
+# the segment accuracy against it and the noise AUC.
 PAIRINGS = ("all", "baseline", "ladder")
 # What the design sets for every cell, so that the arms are paired: an arm's own value of
 # one of these would be replaced without a word (`Design.cells`).
@@ -185,7 +182,7 @@ def check_cells(
             check_shards(cfg, shards)
         except ValueError as exc:
             raise ValueError(f"arm {name.split('/')[1]}: {exc}") from None
-    check_shards_serve(shards, configs.values(), folds)
+    check_shards_serve(shards, configs.values(), folds, targets_of_config)
     for name, cfg in configs.items():
         check_same_report(out / name, cfg, shards)
 
@@ -241,23 +238,37 @@ def compare_metric(
     task: str,
     a: str,
     b: str,
-    key: str,
+    spec: Compared,
     songs: int,
 ) -> dict[str, Any] | None:
-    xs, ys, where = paired_vectors(design, summaries, task, a, b, key)
+    """b against a on one figure. A figure where lower is better (RMSE) is compared as its
+    reduction, so "helps" means the same for every figure."""
+    xs, ys, where = paired_vectors(design, summaries, task, a, b, spec.key)
     if not xs:
         return None
+    out: dict[str, Any] = {"a": xs, "b": ys, "where": where}
+    if spec != Compared(spec.key, spec.name, design.rope, truth_only=spec.truth_only):
+        out["shown"] = {  # how the figure is worded, where it is not an accuracy in points
+            "name": spec.name,
+            "scale": spec.scale,
+            "unit": spec.unit,
+            "digits": spec.digits,
+            "lower_is_better": spec.lower_is_better,
+        }
     if len(xs) < 2:
         note = f"not tested: {len(xs)} paired fold result, a comparison needs at least 2"
-        return {"stats": None, "verdict": note, "a": xs, "b": ys, "where": where}
-    c = compare_paired(xs, ys, design.n_folds, design.repeats, design.rope, songs)
-    return {
-        "stats": c.to_dict(),
-        "verdict": c.sentence(),
-        "a": xs,
-        "b": ys,
-        "where": where,
-    }
+        return {"stats": None, "verdict": note, **out}
+    sign = -1.0 if spec.lower_is_better else 1.0
+    c = compare_paired(
+        [sign * x for x in xs],
+        [sign * y for y in ys],
+        design.n_folds,
+        design.repeats,
+        spec.rope,
+        songs,
+        spec.span,
+    )
+    return {"stats": c.to_dict(), "verdict": c.sentence(spec.scale, spec.unit, spec.digits), **out}
 
 
 def summarise_comparison(
@@ -269,6 +280,7 @@ def summarise_comparison(
     truth = shards.has_truth
     tasks = {}
     for task in design.tasks:
+        compared = task_named(task).compared(shards.songs, design.rope)
         table = {}
         for arm in design.arms:
             vals = {
@@ -277,22 +289,26 @@ def summarise_comparison(
                     for r in range(design.repeats)
                     for v in per_fold(summaries[design.cell(task, arm, r)], key).values()
                 ]
-                for key in ("test_acc", "test_f1", "test_majority_acc", *dict(SECONDARY))
+                for key in task_named(task).table_keys
             }
             table[arm] = {k: v for k, v in vals.items() if v}
         pairs = []
         for a, b in design.pairs():
             metrics = {}
-            for key, _ in (PRIMARY, *(SECONDARY if truth else ())):
-                m = compare_metric(design, summaries, task, a, b, key, songs)
+            for spec in compared:
+                if spec.truth_only and not truth:
+                    continue
+                m = compare_metric(design, summaries, task, a, b, spec, songs)
                 if m is not None:
-                    metrics[key] = m
+                    metrics[spec.key] = m
             pairs.append({"a": a, "b": b, "metrics": metrics})
         epochs = {
             arm: warmup_epochs_used(base, design, summaries, task, arm) for arm in design.arms
         }
         tasks[task] = {"table": table, "pairs": pairs, "epochs": epochs}
-        shares = headroom_shares(base, design, summaries, task)
+        if compared[0].key != "test_acc":  # the table's columns, where not accuracy and F1
+            tasks[task]["columns"] = list(task_named(task).table_keys)
+        shares = headroom_shares(base, design, summaries, task, compared[:2])
         if shares:
             tasks[task]["headroom"] = shares
     return {
@@ -328,7 +344,11 @@ def ceiling_roles(base: SSSLConfig, design: Design) -> tuple[str | None, str | N
 
 
 def headroom_shares(
-    base: SSSLConfig, design: Design, summaries: dict[str, dict[str, Any]], task: str
+    base: SSSLConfig,
+    design: Design,
+    summaries: dict[str, dict[str, Any]],
+    task: str,
+    compared: tuple[Compared, ...],
 ) -> dict[str, Any] | None:
     """Each arm's share of the headroom, (arm − inherit) / (oracle-labels − inherit), on song
     accuracy and segment accuracy against the truth: the mean gains over the folds all three
@@ -338,7 +358,7 @@ def headroom_shares(
     if plain is None or oracle is None:
         return None
     out: dict[str, Any] = {"inherit": plain, "oracle": oracle, "metrics": {}}
-    for key, _ in (PRIMARY, *SECONDARY[:1]):
+    for key in [c.key for c in compared if not c.lower_is_better]:
         ceiling_x, ceiling_y, where = paired_vectors(design, summaries, task, plain, oracle, key)
         if not where:
             continue

@@ -22,7 +22,7 @@ from dataclasses import replace
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.folds import SongIds, cross_fit_parts
 from sssl_dist.data.segments import ShardSet
-from sssl_dist.method.song import song_level_results
+from sssl_dist.method.tasks import task_of
 from sssl_dist.outputs.foldrun import FoldRun
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def cross_fit_probabilities(
         epochs=epochs,
         warmup_epochs=min(cfg.warmup_epochs, epochs),
     )
-    parts = cross_fit_parts(shards, cfg, fold_ids["train"])
+    parts = cross_fit_parts(shards, cfg, fold_ids["train"], task_of(cfg).targets)
     probs: dict[str, list] = {}
     for j, part in enumerate(parts):
         log.info("cross-fit part %d/%d: %d songs predicted", j + 1, len(parts), len(part))
@@ -89,7 +89,7 @@ def apply_cross_fit(
     """The fold's song-level results with the SVM learning from `train_probs`; the in-sample
     (paper's) figures stay as in_sample_*. The report and the exported model are made from
     the FoldRun, so the run's checkpoint keeps what training wrote."""
-    honest = song_level_results(cfg, shards.by_id, run.songs, run.fold_ids, train_probs)
+    honest = task_of(cfg).song_results(cfg, shards.by_id, run.songs, run.fold_ids, train_probs)
     paper = {
         f"in_sample_{k}": run.result[k]
         for k, v in honest.items()

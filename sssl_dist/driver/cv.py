@@ -24,6 +24,7 @@ from sssl_dist.driver.parallel import run_units_parallel
 from sssl_dist.driver.run import Run, share_warmups, shared_count
 from sssl_dist.files.checkpoint import copy_file
 from sssl_dist.files.runfiles import CONFIG, MODEL, REPORT_SHARDS, SWEEP
+from sssl_dist.method.tasks import targets_of_config, task_of
 from sssl_dist.outputs.foldrun import FoldRun
 from sssl_dist.outputs.results import summarise, truth_of, write_report
 
@@ -163,7 +164,7 @@ def run_cv(
     `final` adds a refit on all songs, which becomes the exported model. The shards and the
     report directory are checked before `start_ray` is called."""
     check_shards(cfg, shards)
-    check_shards_serve(shards, [cfg], folds)
+    check_shards_serve(shards, [cfg], folds, targets_of_config)
     cv = CrossValidation(cfg, shards, out_dir, folds, name)
     start_ray()
     ((_, summary, _),) = _run_all({cv.name: cv}, parallel, workers, use_gpu, final)
@@ -204,7 +205,7 @@ def _refit(
 ) -> dict[str, Any]:
     """`--final`: after cross-validation has given the estimate, one more run learns from every
     song (less the validation songs) and becomes the exported model. Its files go to refit/."""
-    fold_ids = refit_song_ids(shards, cfg)
+    fold_ids = refit_song_ids(shards, cfg, task_of(cfg).targets)
     label = f"[{cfg.method} final refit]"
     log.info(
         "%s %d training and %d validation songs, on %d worker(s)",
@@ -269,15 +270,26 @@ def share_warmups_across(cvs: dict[str, CrossValidation]) -> int:
 def _save_fold(fold_dir: Path, run: FoldRun, shards: ShardSet, label: str) -> None:
     """A finished fold into the report: its files, its exported model, one log line."""
     r = run.result
-    part = "test" if "test_acc" in r else "val"  # the final refit has no test songs
-    log.info(
-        "%s done: %s acc %.3f, F1 %.3f (majority class %.3f)",
-        label,
-        part,
-        r.get(f"{part}_acc", float("nan")),
-        r.get(f"{part}_f1", float("nan")),
-        r.get(f"{part}_majority_acc", float("nan")),
-    )
+    part = "test" if "test_songs" in r else "val"  # the final refit has no test songs
+    if f"{part}_r2" in r:  # a regression task
+        log.info(
+            "%s done: %s R² %.3f, CCC %.3f, RMSE %.3f (scale %s)",
+            label,
+            part,
+            r[f"{part}_r2"],
+            r[f"{part}_ccc"],
+            r[f"{part}_rmse"],
+            "-".join(f"{v:g}" for v in r["scale"]),
+        )
+    else:
+        log.info(
+            "%s done: %s acc %.3f, F1 %.3f (majority class %.3f)",
+            label,
+            part,
+            r.get(f"{part}_acc", float("nan")),
+            r.get(f"{part}_f1", float("nan")),
+            r.get(f"{part}_majority_acc", float("nan")),
+        )
     fold_dir.mkdir(exist_ok=True)
     run.write(fold_dir)
     run.export(shards, fold_dir / MODEL)

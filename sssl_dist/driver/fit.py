@@ -24,6 +24,7 @@ from sssl_dist.driver.split_service import NAMESPACE, start_split_service
 from sssl_dist.driver.warmup import adopt_warmup
 from sssl_dist.files import runfiles
 from sssl_dist.files.checkpoint import finished_checkpoint, remove_stray_temp_dirs
+from sssl_dist.method.tasks import task_of
 from sssl_dist.outputs.foldrun import FoldRun
 from sssl_dist.rank.train import LoopConfig, train_loop_per_worker
 
@@ -101,7 +102,7 @@ def _split_service(
     the driver side, and an actor would only add a process start to every fold."""
     if cfg.gmm_site != "driver" or cfg.method == "inherit" or workers == 0:
         return None, ""
-    table = training_table([shards.by_id[s] for s in fold_ids["train"]], cfg)
+    table = training_table([shards.by_id[s] for s in fold_ids["train"]], cfg, task_of(cfg).targets)
     return start_split_service(cfg, table, name)
 
 

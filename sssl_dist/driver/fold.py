@@ -8,6 +8,7 @@ import logging
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.folds import SongIds
 from sssl_dist.data.segments import SegmentTable, ShardSet, segment_count, training_table
+from sssl_dist.method.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +17,22 @@ def check_shards(cfg: SSSLConfig, shards: ShardSet) -> None:
     """Refuse a config these shards cannot serve, before Ray starts: the ceiling arms
     (`split_evidence: oracle`, `train_labels: truth`) train on the per-second truth of every
     training segment, which only generated corpora have; dynamic annotations leave the first
-    15 s of every song unknown. Checked on every song, so no fold can fail later."""
+    15 s of every song unknown. Checked on every song, so no fold can fail later. Every song
+    must also have the task's target (a regression task needs each song's continuous
+    rating)."""
+    task_of(cfg).check_config(cfg)
+    targets = task_of(cfg).targets
+    for song in shards.songs:
+        try:
+            targets.song_target(song)
+        except KeyError as missing:
+            raise ValueError(
+                f"task {cfg.task}: song {song['song_id']!r} in {shards.root} has no {missing} label"
+            ) from None
     if not cfg.needs_truth:
         return
-    table = SegmentTable.build(shards.songs, cfg.task, cfg.segment_seconds, cfg.hop_seconds)
-    unknown = int((table.true_label < 0).sum())
+    table = SegmentTable.build(shards.songs, targets, cfg.segment_seconds, cfg.hop_seconds)
+    unknown = int((~table.known).sum())
     if unknown:
         what = (
             "split_evidence 'oracle'" if cfg.split_evidence == "oracle" else "train_labels 'truth'"
@@ -56,7 +68,7 @@ def check_fold(cfg: SSSLConfig, shards: ShardSet, fold_ids: SongIds, workers: in
             f"of the song-level decision; use segment_seconds <= {int(short[0][0])}, or re-shard "
             "without them"
         )
-    table = training_table([by_id[s] for s in fold_ids["train"]], cfg)
+    table = training_table([by_id[s] for s in fold_ids["train"]], cfg, task_of(cfg).targets)
     n_train = len(table)
     ranks = max(workers, 1)
     if n_train < ranks:

@@ -28,6 +28,7 @@ from sssl_dist.driver.crossfit import cross_fit
 from sssl_dist.driver.fit import fit_run
 from sssl_dist.driver.fold import check_fold
 from sssl_dist.driver.warmup import is_ready, warmup_key, warmup_source
+from sssl_dist.method.tasks import task_of
 from sssl_dist.outputs.foldrun import FoldRun
 
 
@@ -86,7 +87,8 @@ class Run:
 
     def songs(self, shards: ShardSet) -> SongIds:
         """The run's songs: given (refit, cross-fit part) or the fold's own (folds.py)."""
-        return self.fold_ids or fold_song_ids(shards, self.cfg, self.fold)
+        targets = task_of(self.cfg).targets
+        return self.fold_ids or fold_song_ids(shards, self.cfg, self.fold, targets)
 
     def fit(self, shards: ShardSet, *, workers: int, use_gpu: bool, **options: Any) -> FoldRun:
         """Check the run, train it (or read it back when it finished before), and, with

@@ -17,6 +17,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from sssl_dist.data.targets import CLASS_NAMES
+
 FEATURE_NAMES = ("max", "min", "q1", "median", "q3", "mean", "frac_above_theta")
 
 
@@ -163,11 +165,13 @@ def song_level_results(
     probs: dict[str, list],
     fold_ids: dict[str, list[str]],
     train_probs: dict[str, list] | None = None,
+    label_key: str | None = None,
 ) -> dict[str, Any]:
     """Eq. 10 features -> SVM trained on the fold's train songs -> val/test metrics, with the
     majority-vote and majority-class baselines beside them. `train_probs` (cross-fitted,
     out-of-sample segment probabilities of the training songs) replaces what the SVM learns
-    from; `probs` still gives the validation and test songs' features.
+    from; `probs` still gives the validation and test songs' features. `label_key`: the
+    record key of the songs' class labels (default `cfg.task`).
 
     Every song of the fold must have at least one segment: the driver refuses a segment length
     longer than a song before launch, so a song can never drop out of the SVM or the test set
@@ -178,8 +182,10 @@ def song_level_results(
         raise ValueError(
             f"{len(empty)} song(s) have no segment of {cfg.segment_seconds} s: {empty[:5]}"
         )
+    key = label_key or cfg.task
+    num_classes = len(CLASS_NAMES[key])
     feats = {sid: song_features(np.asarray(p), cfg.theta) for sid, p in probs.items()}
-    labels = {sid: songs_by_id[sid][cfg.task] for sid in probs}
+    labels = {sid: songs_by_id[sid][key] for sid in probs}
     train_ids = fold_ids["train"]
     y_train = np.array([labels[s] for s in train_ids])
     learn_from = probs if train_probs is None else train_probs
@@ -195,11 +201,11 @@ def song_level_results(
         y = np.array([labels[s] for s in ids])
         x = np.stack([feats[s] for s in ids])
         pred = clf.predict(x)
-        p = clf.predict_proba(x, cfg.num_classes)
+        p = clf.predict_proba(x, num_classes)
         vote = np.array([majority_vote(np.asarray(probs[s])) for s in ids])
-        for name, m in classification_metrics(y, pred, cfg.num_classes, y_train).items():
+        for name, m in classification_metrics(y, pred, num_classes, y_train).items():
             out[f"{part}_{name}"] = m
-        vote_m = classification_metrics(y, vote, cfg.num_classes, y_train)
+        vote_m = classification_metrics(y, vote, num_classes, y_train)
         out[f"{part}_vote_acc"], out[f"{part}_vote_f1"] = vote_m["acc"], vote_m["f1"]
         # Do the song probabilities mean what they say (what `sssl predict` prints)?
         out[f"{part}_brier"] = brier_score(p, y)

@@ -35,6 +35,7 @@ from sssl_dist.method.equations import (
     split_clean_noisy,
     split_from_clean_prob,
 )
+from sssl_dist.method.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,17 @@ def split_segments(
         if memory is None:
             raise ValueError("selection 'mean_loss' needs the loss memory of earlier epochs")
         signal = memory.add(signal)
+    groups, n_groups = task_of(cfg).split_groups(table)
     if cfg.split_evidence == "oracle":
-        split = split_from_clean_prob(
-            oracle_clean_prob(table), table.label, {}, cfg.num_classes, cfg.tau
-        )
+        split = split_from_clean_prob(oracle_clean_prob(table), groups, {}, n_groups, cfg.tau)
         return split, signal
     evidence = segment_evidence(cfg, table, signal)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateSplitWarning)
         split = split_clean_noisy(
             evidence,
-            table.label,
-            num_classes=cfg.num_classes,
+            groups,
+            num_classes=n_groups,
             tau=cfg.tau,
             mode=cfg.gmm_scope,
             min_class_share=cfg.min_class_share,
@@ -282,13 +282,17 @@ def fit_split_with_metrics(
     `Split.clean_w` [N] (w on X, 0 on U) and what the epoch reports about it, the gather's
     coverage included."""
     split, evidence = fit_split(cfg, table, losses, sent, epoch, memory)
-    metrics = split_metrics(split, table, evidence)
+    metrics = split_metrics(split, table, evidence, task_of(cfg).split_groups(table)[0])
     metrics["gathered"] = gather_coverage(sent, len(table))
     return split.clean_w, metrics
 
 
-def split_metrics(split: Split, table: SegmentTable, evidence: np.ndarray) -> dict[str, Any]:
-    """What each epoch reports about the split, including noise detection against truth."""
+def split_metrics(
+    split: Split, table: SegmentTable, evidence: np.ndarray, groups: np.ndarray | None = None
+) -> dict[str, Any]:
+    """What each epoch reports about the split, including noise detection against truth.
+    `groups` [N]: what each per-class GMM was fitted over (default: the inherited labels)."""
+    groups = table.label if groups is None else groups
     m: dict[str, Any] = {
         "n_clean": int(split.clean_mask.sum()),
         "n_noisy": int((~split.clean_mask).sum()),
@@ -302,7 +306,7 @@ def split_metrics(split: Split, table: SegmentTable, evidence: np.ndarray) -> di
                 "weights": f.weights,
                 "degenerate": f.degenerate,
                 # What this GMM saw, for the report's plot (full vectors stay out of the JSON).
-                "hist": _fit_histogram(name, evidence, table),
+                "hist": _fit_histogram(name, evidence, groups),
             }
             for name, f in split.fits.items()
         },
@@ -330,9 +334,10 @@ def noise_detection(split: Split, wrong: np.ndarray) -> dict[str, float]:
 
 
 def _fit_histogram(
-    name: str, evidence: np.ndarray, table: SegmentTable, bins: int = 30
+    name: str, evidence: np.ndarray, groups: np.ndarray, bins: int = 30
 ) -> list[int]:
-    """Histogram of the normalised evidence one GMM saw ("all", or "class k"), for the report."""
-    members = np.ones(len(table), bool) if name == "all" else table.label == int(name.split()[-1])
+    """Histogram of the normalised evidence one GMM saw ("all", or "class k" of `groups`),
+    for the report."""
+    members = np.ones(len(groups), bool) if name == "all" else groups == int(name.split()[-1])
     scaled = normalise_losses(evidence[members & np.isfinite(evidence)])
     return [] if scaled is None else np.histogram(scaled, bins=bins, range=(0, 1))[0].tolist()

@@ -11,6 +11,7 @@ forward over the inputs stacked twice (as the R-Drop reference code does).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sssl_dist.config import SSSLConfig
+from sssl_dist.data.targets import CLASS_NAMES
 from sssl_dist.method.equations import (
     mix_loss,
     mixup,
@@ -43,10 +45,16 @@ def ce_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> StepLoss
     return StepLosses(loss, float(loss.detach()), 0.0, int(labels.numel()), 0)
 
 
+def _softmax(outputs: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(outputs, dim=-1)
+
+
 @torch.no_grad()
-def _predict(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax predictions [B, K] in eval mode (no dropout, no BN statistics update): a fixed
-    target for this step.
+def _predict(
+    plain: nn.Module, x: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor] = _softmax
+) -> torch.Tensor:
+    """Predictions [B, K] in eval mode (no dropout, no BN statistics update): a fixed target
+    for this step. `head` turns the float outputs into predictions (softmax for classes).
 
     The step's autocast (bf16) is kept, but not its weight cache: the cache holds each weight's
     bf16 copy for the rest of the autocast block, and a copy first made here, under no_grad,
@@ -62,7 +70,7 @@ def _predict(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
         enabled=torch.is_autocast_enabled(device),
         cache_enabled=False,
     ):
-        probs = torch.softmax(plain(x).float(), dim=-1)
+        probs = head(plain(x).float())
     plain.train(was_training)
     return probs
 
@@ -124,7 +132,7 @@ def step_targets(
     in x.dtype, from at most one no-gradient prediction pass of `plain`: over U, plus X when
     X's labels are refined (DivideMix)."""
     clean = clean_w > 0
-    one_hot = F.one_hot(labels[clean], cfg.num_classes).to(x.dtype)
+    one_hot = F.one_hot(labels[clean], num_classes_of(cfg)).to(x.dtype)
     refine = cfg.clean_targets == "refined"
     with_u = uses_u and bool((~clean).any())
     if not (refine or with_u):
@@ -137,6 +145,11 @@ def step_targets(
         y_clean, probs_u = one_hot, _predict(plain, x[~clean])
     y_noisy = pseudo_label(probs_u, cfg.temperature) if with_u else one_hot[:0]
     return y_clean.to(x.dtype), y_noisy.to(x.dtype)
+
+
+def num_classes_of(cfg: SSSLConfig) -> int:
+    """K of the config's classification task (the class names of its record label)."""
+    return len(CLASS_NAMES[cfg.task])
 
 
 def step_inputs(

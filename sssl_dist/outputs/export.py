@@ -24,7 +24,8 @@ from sssl_dist.data.audio import AudioError, decode, log_mel
 from sssl_dist.data.segments import ShardSet, segment_probabilities
 from sssl_dist.files.runfiles import CONFIG, FOLD_IDS, SONGS
 from sssl_dist.method.models import build_model, fuse_conv_bn
-from sssl_dist.method.song import SongClassifier, song_features
+from sssl_dist.method.song import song_features
+from sssl_dist.method.tasks import SongModel, task_of
 
 log = logging.getLogger(__name__)
 FORMAT = "sssl-model/1"
@@ -45,18 +46,23 @@ def export_model(
     cfg = load_config(ckpt / CONFIG)
     songs = learned_from or json.loads((ckpt / SONGS).read_text())
     train_ids = json.loads((ckpt / FOLD_IDS).read_text())["train"]
-    labels = {s["song_id"]: s[cfg.task] for s in shards.songs}
+    task = task_of(cfg)
+    by_id = shards.by_id
     ids = [s for s in train_ids if songs.get(s)]
     feats = np.stack([song_features(np.asarray(songs[s]), cfg.theta) for s in ids])
+    targets = np.array([task.targets.song_target(by_id[s]) for s in ids], dtype=task.targets.dtype)
     artifact = {
         "format": FORMAT,
         "config": json.dumps(to_dict(cfg)),
         "feature_config": json.dumps(to_dict(shards.feature_config)),
-        "label_names": list(cfg.label_names),
+        "label_names": list(task_of(cfg).output_names),
         "state_dict": load_state(ckpt)["model"],
         "svm_features": torch.from_numpy(feats),
-        "svm_labels": torch.tensor([labels[s] for s in ids], dtype=torch.int64),
+        "svm_labels": torch.from_numpy(targets),
     }
+    scale = task.output_scale([by_id[s] for s in ids])
+    if scale is not None:  # the data set's scale the model's values are reported on
+        artifact["scale"] = scale
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(artifact, path)
@@ -69,7 +75,8 @@ class LoadedModel:
     fc: FeatureConfig
     label_names: list[str]
     net: torch.nn.Module
-    svm: SongClassifier
+    svm: SongModel  # the task's song model (Eq. 10 features -> song outputs)
+    scale: list[float] | None = None  # the data set's scale of a regression model's values
 
 
 _ARTIFACT_KEYS = (
@@ -129,23 +136,39 @@ def _build_loaded(art: dict[str, Any]) -> LoadedModel:
     _check_segmentation(cfg)
     _check_features(fc, cfg)
     names = list(art["label_names"])
-    if names != list(cfg.label_names):
-        raise ValueError(f"label_names {names} do not match task {cfg.task!r}: {cfg.label_names}")
-    feats, labels = _checked_svm_data(art["svm_features"], art["svm_labels"], cfg)
-    net = build_model(cfg.backbone, cfg.num_classes, cfg.dropout)
+    if names != list(task_of(cfg).output_names):
+        raise ValueError(
+            f"label_names {names} do not match task {cfg.task!r}: {task_of(cfg).output_names}"
+        )
+    task = task_of(cfg)
+    feats, labels = _checked_svm_data(art["svm_features"], art["svm_labels"], task.num_outputs)
+    net = build_model(cfg.backbone, task_of(cfg).num_outputs, cfg.dropout)
     try:
         net.load_state_dict(art["state_dict"])
     except RuntimeError as exc:
         raise ValueError(
-            f"weights do not fit a {cfg.backbone} with {cfg.num_classes} classes"
+            f"weights do not fit a {cfg.backbone} with {task_of(cfg).num_outputs} classes"
         ) from exc
     net.eval()
     _check_output_shape(net, cfg, fc)
     # A loaded model only predicts: BatchNorm folded into the convolutions makes SmallCNN's
     # forward pass 1.23x faster on one core, the same probabilities to 4e-7 (BENCHMARKS.md).
     net = fuse_conv_bn(net)
-    svm = SongClassifier(cfg.svm_c, cfg.svm_kernel, cfg.seed).fit(feats, labels)
-    return LoadedModel(cfg, fc, names, net, svm)
+    svm = task.song_model(cfg, feats, labels)
+    scale = _checked_scale(art.get("scale"), np.dtype(task.targets.dtype).kind == "f")
+    return LoadedModel(cfg, fc, names, net, svm, scale)
+
+
+def _checked_scale(scale: Any, values: bool) -> list[float] | None:
+    """A regression model's scale (low < high), present exactly when it predicts values."""
+    if scale is None and not values:
+        return None
+    ok = isinstance(scale, list | tuple) and len(scale) == 2
+    if not values or not ok or not all(isinstance(v, int | float) for v in scale):
+        raise ValueError(f"scale must be [low, high] exactly for a model of values, got {scale!r}")
+    if not scale[0] < scale[1]:
+        raise ValueError(f"scale must be [low, high] with low < high, got {scale!r}")
+    return [float(v) for v in scale]
 
 
 def _check_segmentation(cfg: SSSLConfig) -> None:
@@ -169,21 +192,16 @@ def _check_features(fc: FeatureConfig, cfg: SSSLConfig) -> None:
         raise ValueError("a segment would be shorter than one mel frame")
 
 
-def _checked_svm_data(feats: Any, labels: Any, cfg: SSSLConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The SVM's training data as arrays, or ValueError: labels must be classes of the task
-    (a label -1 would otherwise index the last class and predict it with p = 1.0)."""
-    k = cfg.num_classes
+def _checked_svm_data(feats: Any, labels: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The song model's training data as arrays, or ValueError: Eq. 10 features of K outputs;
+    the targets are then checked by the task's `song_model` (a class label -1 would otherwise
+    index the last class and predict it with p = 1.0)."""
     if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ValueError("svm_features and svm_labels must be tensors")
     if feats.ndim != 2 or feats.shape[1] != 7 * k or feats.shape[0] < 1:
         raise ValueError(f"svm_features must be [songs, {7 * k}], got {list(feats.shape)}")
-    if labels.shape != (feats.shape[0],) or labels.is_floating_point():
-        raise ValueError(f"svm_labels must be {feats.shape[0]} integers, got {list(labels.shape)}")
-    bad = labels[(labels < 0) | (labels >= k)]
-    if bad.numel():
-        raise ValueError(
-            f"svm_labels must be in 0..{k - 1} for task {cfg.task!r}, got {bad[0].item()}"
-        )
+    if labels.shape[:1] != (feats.shape[0],):
+        raise ValueError(f"svm_labels must be {feats.shape[0]} targets, got {list(labels.shape)}")
     x = feats.double().numpy()
     if not np.isfinite(x).all():
         raise ValueError("svm_features contain NaN or inf")
@@ -195,8 +213,10 @@ def _check_output_shape(net: torch.nn.Module, cfg: SSSLConfig, fc: FeatureConfig
     """One silent segment through the network: K probabilities that sum to 1."""
     frames = int(round(cfg.segment_seconds * fc.frames_per_second))
     out = net(torch.zeros(1, 1, fc.n_mels, frames))
-    if tuple(out.shape) != (1, cfg.num_classes):
-        raise ValueError(f"network gives shape {list(out.shape)}, expected [1, {cfg.num_classes}]")
+    if tuple(out.shape) != (1, task_of(cfg).num_outputs):
+        raise ValueError(
+            f"network gives shape {list(out.shape)}, expected [1, {task_of(cfg).num_outputs}]"
+        )
     if not torch.isfinite(out).all():
         raise ValueError("network gives NaN or inf on a silent segment")
 
@@ -212,7 +232,9 @@ def checked_segment_probabilities(
     shorter than one segment, ValueError when the network gives non-finite probabilities (a
     mel that should never have got here)."""
     cfg = model.cfg
-    probs = segment_probabilities(model.net, mel, duration_s, cfg, model.fc, device, batch_size)
+    probs = segment_probabilities(
+        model.net, mel, duration_s, cfg, model.fc, task_of(cfg), device, batch_size
+    )
     if not len(probs):
         raise AudioError(f"too short for one {cfg.segment_seconds} s segment ({duration_s:.1f} s)")
     if not np.isfinite(probs).all():
@@ -225,7 +247,7 @@ def song_probabilities(model: LoadedModel, segment_probs: list[np.ndarray]) -> n
     Eq. 10 features. One call for many songs, because scikit-learn's cost is mostly per call
     (2.4 ms for one song)."""
     feats = np.stack([song_features(p, model.cfg.theta) for p in segment_probs])
-    return model.svm.predict_proba(feats, model.cfg.num_classes)
+    return model.svm.predict_outputs(feats)
 
 
 def predict_song(
@@ -254,24 +276,25 @@ def song_result(
     model: LoadedModel, file: str, duration_s: float, probs: np.ndarray, song_p: np.ndarray
 ) -> dict[str, Any]:
     """One song's prediction as the JSON document `sssl predict` writes beside its plot."""
-    cfg = model.cfg
-    decision = int(np.argmax(song_p))
+    cfg, task = model.cfg, task_of(model.cfg)
+    decision, probability = task.decision(song_p, model.scale)
     starts = np.arange(len(probs)) * cfg.hop_seconds
-    return {
+    song = task.columns(np.asarray(song_p)[None], model.scale)[0]
+    doc = {
         "file": file,
         "duration_s": duration_s,
         "task": cfg.task,
         "labels": model.label_names,
-        "decision": model.label_names[decision],
-        "probability": float(song_p[decision]),
-        "song_probabilities": dict(zip(model.label_names, map(float, song_p), strict=True)),
+        "decision": decision,
+        "probability": probability,
+        # Class probabilities, or values on the data set's scale (named beside them).
+        ("song_probabilities" if model.scale is None else "song_values"): song,
         "segment_seconds": cfg.segment_seconds,
         "segments": [
-            {
-                "start_s": int(s),
-                "end_s": int(s) + cfg.segment_seconds,
-                **dict(zip(model.label_names, map(float, p), strict=True)),
-            }
-            for s, p in zip(starts, probs, strict=True)
+            {"start_s": int(s), "end_s": int(s) + cfg.segment_seconds, **cols}
+            for s, cols in zip(starts, task.columns(probs, model.scale), strict=True)
         ],
     }
+    if model.scale is not None:
+        doc["scale"] = model.scale
+    return doc

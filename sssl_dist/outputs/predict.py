@@ -325,9 +325,16 @@ def _fsync(path: Path) -> None:
 
 # --------------------------------------------------------------------------- tables
 def probability_columns(models: dict[str, LoadedModel]) -> list[str]:
-    """p_<label> for every label of every model (union, first seen first)."""
-    labels = [label for m in models.values() for label in m.label_names]
+    """p_<label> for every label of every classification model (union, first seen first)."""
+    labels = [label for m in models.values() if m.scale is None for label in m.label_names]
     return [f"p_{label}" for label in dict.fromkeys(labels)]
+
+
+def value_columns(models: dict[str, LoadedModel]) -> list[str]:
+    """The rating columns of the regression models (valence, arousal: values on each model's
+    data set scale, stated in scale_low and scale_high), union, first seen first."""
+    names = [n for m in models.values() if m.scale is not None for n in m.label_names]
+    return [*dict.fromkeys(names), "scale_low", "scale_high"] if names else []
 
 
 def valence_arousal(task: str, labels: list[str], p: np.ndarray) -> tuple[Any, Any]:
@@ -379,7 +386,14 @@ def add_result(
 
 
 def class_columns(model: LoadedModel, p: np.ndarray) -> list[dict[str, Any]]:
-    """Per row of p [n, K]: p_<label> for each class, P(valence+) and P(arousal+)."""
+    """Per row of p [n, K]: p_<label> for each class, P(valence+) and P(arousal+); for a
+    regression model its ratings on its data set's scale, and that scale."""
+    if model.scale is not None:
+        from sssl_dist.method.tasks import task_of
+
+        low, high = model.scale
+        rows = task_of(model.cfg).columns(p, model.scale)
+        return [{**row, "scale_low": low, "scale_high": high} for row in rows]
     val, aro = valence_arousal(model.cfg.task, model.label_names, p)
     return [
         {
@@ -401,14 +415,17 @@ def segment_rows(key: str, name: str, model: LoadedModel, probs: np.ndarray) -> 
 
 
 def song_row(key: str, name: str, model: LoadedModel, song_p: np.ndarray) -> dict[str, Any]:
-    """The song-level decision (the SVM on Eq. 10 features) and its probabilities."""
-    decision = int(np.argmax(song_p))
+    """The song-level decision (the SVM on Eq. 10 features) and its probabilities, or a
+    regression model's ratings (its SVR on the same features)."""
+    from sssl_dist.method.tasks import task_of
+
+    decision, probability = task_of(model.cfg).decision(song_p, model.scale)
     return {
         "file": key,
         "model": name,
         "task": model.cfg.task,
-        "decision": model.label_names[decision],
-        "probability": float(song_p[decision]),
+        "decision": decision,
+        "probability": probability,
         **class_columns(model, song_p[None])[0],
     }
 
@@ -424,6 +441,7 @@ def log_failures(key: str, result: dict) -> None:
 def table_schemas(models: dict[str, LoadedModel]) -> dict[str, pa.Schema]:
     """Fixed schemas, so every part of a table reads as one dataset (empty parts included)."""
     probs = [pa.field(c, pa.float32()) for c in probability_columns(models)]
+    probs += [pa.field(c, pa.float64()) for c in value_columns(models)]
     va = [pa.field("p_valence_pos", pa.float32()), pa.field("p_arousal_pos", pa.float32())]
     key = [pa.field("file", pa.string()), pa.field("model", pa.string())]
     return {

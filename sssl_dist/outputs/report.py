@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sssl_dist.config import SSSLConfig  # noqa: E402
+from sssl_dist.method.tasks import task_of  # noqa: E402
 
 COLOURS = ("tab:orange", "tab:red", "tab:blue", "tab:green")  # Q1 happy ... Q4 calm
 
@@ -149,7 +150,16 @@ def plot_confusion(
     plt.close(fig)
 
 
-def _curve_axes(ax, probs: np.ndarray, starts: np.ndarray, length: int, names, truth=None) -> None:
+def _curve_axes(
+    ax,
+    probs: np.ndarray,
+    starts: np.ndarray,
+    length: int,
+    names,
+    truth=None,
+    scale: tuple[float, float] = (0, 1),
+    ylabel: str = "P(emotion)",
+) -> None:
     centres = starts + length / 2
     for k, name in enumerate(names):
         ax.plot(
@@ -163,9 +173,9 @@ def _curve_axes(ax, probs: np.ndarray, starts: np.ndarray, length: int, names, t
         for s, q in enumerate(truth):
             if q is not None:  # an unrated second (dynamic annotations start at 15 s)
                 ax.axvspan(s, s + 1, ymin=0, ymax=0.05, color=COLOURS[q], lw=0)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*scale)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("P(emotion)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
 
@@ -175,14 +185,43 @@ def plot_emotion_curve(result: dict[str, Any], path: Path) -> None:
     probs = np.array([[s[n] for n in names] for s in result["segments"]])
     starts = np.array([s["start_s"] for s in result["segments"]])
     fig, ax = plt.subplots(figsize=(8, 3))
-    _curve_axes(ax, probs, starts, result["segment_seconds"], names)
-    ax.set_title(
-        f"{Path(result['file']).name}: {result['decision']} (p = {result['probability']:.2f})",
-        fontsize=10,
-    )
+    if "scale" in result:  # a regression model's ratings, on its data set's scale
+        low, high = result["scale"]
+        axes = {"scale": (low, high), "ylabel": f"rating ({low:g}-{high:g})"}
+    else:
+        axes = {}
+    _curve_axes(ax, probs, starts, result["segment_seconds"], names, **axes)
+    p = result["probability"]
+    said = f"{result['decision']}" + ("" if p is None else f" (p = {p:.2f})")
+    ax.set_title(f"{Path(result['file']).name}: {said}", fontsize=10)
     ax.legend(fontsize=8, loc="upper right", ncol=len(names))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rating_curves(out: Path, cfg: SSSLConfig, run, names: tuple[str, ...]) -> None:
+    """curves.png of a regression run: the segment ratings of up to 4 test songs over time, on
+    the common scale [-1, 1], with each song's rating on its data set's scale in the title."""
+    test_ids = run.fold_ids["test"][:4]
+    if not test_ids:
+        return
+    fig, axes = plt.subplots(len(test_ids), 1, figsize=(8, 2.3 * len(test_ids)), squeeze=False)
+    low, high = run.result["scale"]
+    for ax, sid in zip(axes[:, 0], test_ids, strict=True):
+        values = np.asarray(run.songs[sid])
+        starts = np.arange(len(values)) * cfg.hop_seconds
+        axes_kw = {"scale": (-1, 1), "ylabel": "rating (-1..1)"}
+        _curve_axes(ax, values, starts, cfg.segment_seconds, names, **axes_kw)
+        true, pred = run.result["test_true"].get(sid), run.result["test_pred"].get(sid)
+        said = lambda v: ", ".join(f"{x:.2f}" for x in v) if v else "?"  # noqa: E731
+        ax.set_title(
+            f"{sid}: rated {said(true)}, predicted {said(pred)} (scale {low:g}-{high:g})",
+            fontsize=9,
+        )
+    axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(names))
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
 
 
@@ -193,10 +232,17 @@ def write_run_plots(
     out = Path(out)
     histories = {f: r.history for f, r in runs.items()}
     first = min(runs)
+    # A regression run's songs have ratings, not classes: its GMMs are per sign pattern, and
+    # it has no confusion matrix; its curves are ratings on the common scale.
+    values = "scale" in runs[first].result
+    names = task_of(cfg).output_names
     plot_gmm_epochs(
-        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=cfg.label_names
+        runs[first].history, cfg.tau, out / "gmm_losses.png", label_names=() if values else names
     )
     plot_split_over_epochs(histories, out / "split_over_epochs.png")
+    if values:
+        _rating_curves(out, cfg, runs[first], names)
+        return
     true, pred = [], []
     for r in runs.values():
         for sid, p in r.result.get("test_pred", {}).items():
@@ -206,7 +252,7 @@ def write_run_plots(
         plot_confusion(
             true,
             pred,
-            cfg.label_names,
+            task_of(cfg).output_names,
             out / "confusion.png",
             f"{cfg.method} · {cfg.task} · test songs of {len(runs)} fold(s)",
         )
@@ -214,6 +260,7 @@ def write_run_plots(
     songs = runs[first].songs
     if test_ids:
         fig, axes = plt.subplots(len(test_ids), 1, figsize=(8, 2.3 * len(test_ids)), squeeze=False)
+        names = task_of(cfg).output_names
         for ax, sid in zip(axes[:, 0], test_ids, strict=True):
             probs = np.asarray(songs[sid])
             starts = np.arange(len(probs)) * cfg.hop_seconds
@@ -222,18 +269,18 @@ def write_run_plots(
                 probs,
                 starts,
                 cfg.segment_seconds,
-                cfg.label_names,
+                names,
                 (truth or {}).get(sid) if cfg.task == "quadrant" else None,
             )
             label = runs[first].result.get("test_true", {}).get(sid)
             guess = runs[first].result.get("test_pred", {}).get(sid)
             ax.set_title(
-                f"{sid}: clip label {cfg.label_names[label] if label is not None else '?'}"
-                f", predicted {cfg.label_names[guess] if guess is not None else '?'}"
+                f"{sid}: clip label {names[label] if label is not None else '?'}"
+                f", predicted {names[guess] if guess is not None else '?'}"
                 + (" (bar at the bottom: true quadrant per second)" if truth else ""),
                 fontsize=9,
             )
-        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(cfg.label_names))
+        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=len(names))
         fig.tight_layout()
         fig.savefig(out / "curves.png", dpi=110)
         plt.close(fig)

@@ -169,35 +169,36 @@ class PairedComparison:
         """Whether the detectable gain is a gain that can happen at all."""
         return self.mde <= self.span
 
-    def sentence(self, scale: float = 100.0, unit: str = " points") -> str:
-        """The one-line verdict, figures scaled (100: accuracy in points)."""
-        n, mean = self.n_results, signed_points(scale * self.mean, unit)
+    def sentence(self, scale: float = 100.0, unit: str = " points", digits: int = 1) -> str:
+        """The one-line verdict, figures scaled (100: accuracy in points) and shown with
+        `digits` decimals."""
+        n, mean = self.n_results, signed_points(scale * self.mean, unit, digits)
         if self.no_spread:
             gain = (
                 f"{mean} on every one of the {n} fold results (no spread between folds, so no CI)"
             )
         else:
             lo, hi = (scale * c for c in self.ci)
-            gain = f"{mean} [{lo:+.1f}, {hi:+.1f}]"
+            gain = f"{mean} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
         if self.verdict == "helps":
             return f"helps by {gain}"
         if self.verdict == "hurts":
             return f"hurts by {gain}"
         if self.verdict == "equivalent":
-            return f"no difference beyond the ROPE (±{scale * self.rope:.1f}{unit}): {gain}"
+            return f"no difference beyond the ROPE (±{scale * self.rope:.{digits}f}{unit}): {gain}"
         if self.ci_beyond_range:
             return (
                 f"cannot say with {n} fold results: {mean}, but its 95 % CI is wider than any "
-                f"possible gain (±{scale * self.span:.0f}{unit}); more folds or --repeats "
-                "narrow it"
+                f"possible gain (±{scale * self.span:.{max(digits - 1, 0)}f}{unit}); more folds "
+                "or --repeats narrow it"
             )
         text = f"inconclusive: {gain}"
         if not self.resolvable:
             return text + (
                 f"; with {n} fold results no possible gain can be resolved (the detectable "
-                f"gain would be {scale * self.mde:.1f}{unit})"
+                f"gain would be {scale * self.mde:.{digits}f}{unit})"
             )
-        resolves = f"this data resolves gains of {scale * self.mde:.1f}{unit} or more"
+        resolves = f"this data resolves gains of {scale * self.mde:.{digits}f}{unit} or more"
         if self.mean == 0:
             return f"{text}; no gain was measured, and {resolves}"
         text += f"; {resolves}"
@@ -211,9 +212,9 @@ class PairedComparison:
         return text + f"; about {_round_up(self.songs_needed)} songs would resolve {mean}"
 
 
-def signed_points(x: float, unit: str) -> str:
+def signed_points(x: float, unit: str, digits: int = 1) -> str:
     """'+3.2 points'; never '-0.0'."""
-    return f"{0.0 if round(x, 1) == 0 else x:+.1f}{unit}"
+    return f"{0.0 if round(x, digits) == 0 else x:+.{digits}f}{unit}"
 
 
 def _round_up(n: float) -> int:

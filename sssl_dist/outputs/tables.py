@@ -62,8 +62,30 @@ def _cell(values: list[float] | None) -> str:
 
 def table3(comparison: dict[str, Any]) -> list[str]:
     """The paper's Table 3 layout: arms x tasks, song accuracy and F1 (mean ± std over all
-    fold results, %), and the majority-class baseline of each task."""
-    tasks = comparison["design"]["tasks"]
+    fold results, %), and the majority-class baseline of each task; tasks that are not
+    classified (regression) get their own table (`task_table`)."""
+    tasks = [t for t in comparison["design"]["tasks"] if "columns" not in comparison["tasks"][t]]
+    lines: list[str] = []
+    for t in comparison["design"]["tasks"]:
+        if t not in tasks:
+            lines += [*task_table(t, comparison["tasks"][t]), ""]
+    if not tasks:
+        return lines[:-1]
+    return lines + _table3(comparison, tasks)
+
+
+def task_table(task: str, t: dict[str, Any]) -> list[str]:
+    """One task's arms x its table columns, mean ± std over all fold results, as they are."""
+    cols = t["columns"]
+    lines = [f"| {task}: arm | " + " | ".join(cols) + " |", "|---" * (1 + len(cols)) + "|"]
+    for arm, row in t["table"].items():
+        cells = ["{:.3f} ± {:.3f}".format(*mean_std(row[k])) if row.get(k) else "—" for k in cols]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table3(comparison: dict[str, Any], tasks: list[str]) -> list[str]:
+    """Table 3 of the classification tasks `tasks`."""
     arms = list(comparison["design"]["arms"])
     head = "| arm | " + " | ".join(f"{t} Acc | {t} F1" for t in tasks) + " |"
     lines = [head, "|---" * (1 + 2 * len(tasks)) + "|"]
@@ -84,14 +106,17 @@ def _stats_row(label: str, metric: dict[str, Any]) -> str:
     if metric["stats"] is None:
         return f"| {label} | {metric['verdict']} |" + " |" * 6
     c = PairedComparison(**metric["stats"])
-    gain = signed_points(100 * c.mean, "")
+    shown = metric.get("shown", {})
+    k, d = shown.get("scale", 100.0), shown.get("digits", 1)
+    gain = signed_points(k * c.mean, "", d)
     if c.no_spread:  # every fold differs by the same amount: no CI, t or p to give
         ci, p, t, mde = f"{gain} (no spread between folds)", "—", "—", "—"
     else:
-        lo, hi = (100 * x for x in c.ci)
-        ci = f"{gain} [wider than ±100]" if c.ci_beyond_range else f"{gain} [{lo:+.1f}, {hi:+.1f}]"
+        lo, hi = (k * x for x in c.ci)
+        wide = f"{gain} [wider than ±{k * c.span:g}]"
+        ci = wide if c.ci_beyond_range else f"{gain} [{lo:+.{d}f}, {hi:+.{d}f}]"
         p, t = f"{c.p:.3f}", f"{c.t:.2f} (bound {c.t_bound:.2f})"
-        mde = f"{100 * c.mde:.1f}" if c.resolvable else "none possible"
+        mde = f"{k * c.mde:.{d}f}" if c.resolvable else "none possible"
     return (
         f"| {label} | {ci} | {p} | {t} | {c.p_gain:.2f} / {c.p_rope:.2f} / {c.p_loss:.2f} "
         f"| {c.wins}/{c.ties}/{c.losses} | {mde} | {_songs(c)} |"
@@ -149,12 +174,13 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
     """One task's verdicts, evaluated epochs and statistics table."""
     lines: list[str] = []
     for pair in t["pairs"]:
-        primary = pair["metrics"].get("test_acc")
-        if primary:
-            lines.append(f"- **{pair['b']} vs {pair['a']}** (song accuracy): {primary['verdict']}")
+        first = next(iter(pair["metrics"]), None)
         for key, m in pair["metrics"].items():
-            if key != "test_acc":
-                lines.append(f"  - {METRIC_NAMES.get(key, key)}: {m['verdict']}")
+            name = _metric_name(key, m)
+            if key == first:
+                lines.append(f"- **{pair['b']} vs {pair['a']}** ({name}): {m['verdict']}")
+            else:
+                lines.append(f"  - {name}: {m['verdict']}")
     lines += [""]
     for arm, e in t["epochs"].items():
         said = warmup_sentence(e)
@@ -172,9 +198,14 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
     ]
     for pair in t["pairs"]:
         for key, m in pair["metrics"].items():
-            label = f"{pair['b']} − {pair['a']}: {METRIC_NAMES.get(key, key)}"
+            label = f"{pair['b']} − {pair['a']}: {_metric_name(key, m)}"
             lines.append(_stats_row(label, m))
     return lines
+
+
+def _metric_name(key: str, metric: dict[str, Any]) -> str:
+    """A compared figure in words: the task's name for it, or the accuracy names."""
+    return metric.get("shown", {}).get("name") or METRIC_NAMES.get(key, key)
 
 
 def headroom_lines(headroom: dict[str, Any] | None) -> list[str]:
@@ -243,7 +274,31 @@ HEADLINE = (
     "val_acc",
     "val_seg_acc_truth",
     "noise_auc",
+    # regression tasks (on the data set's own scale: summary.md names it)
+    "test_r2",
+    "test_ccc",
+    "test_rmse",
+    "test_pearson",
+    "test_mean_r2",
+    "test_mean_ccc",
+    "val_seg_r2_truth",
+    "val_seg_ccc_truth",
 )
+
+
+def _regression_note(runs: dict[int, FoldRun]) -> list[str]:
+    """For a regression run: which scale its figures are on, and what each one is."""
+    scales = {tuple(r.result["scale"]) for r in runs.values() if "scale" in r.result}
+    if not scales:
+        return []
+    said = ", ".join(f"{lo:g}-{hi:g}" for lo, hi in sorted(scales))
+    return [
+        "",
+        f"Regression: song ratings on the data set's own scale ({said}); test_r2, test_ccc, "
+        "test_rmse and test_pearson are the SVR on Eq. 10 features, test_mean_* the plain mean "
+        "of the segment predictions; val_seg_*_truth: validation segments against the "
+        "per-second truth (dynamic annotations).",
+    ]
 
 
 def write_summary(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) -> None:
@@ -266,6 +321,7 @@ def write_summary(out: Path, summary: dict[str, Any], runs: dict[int, FoldRun]) 
         "test_brier and test_ece: calibration of the SVM's song probabilities (0 = perfect); "
         "test_feature_shift: how far test songs' Eq. 10 features lie from the training songs' "
         "(mean |mean difference| / training std), which the SVM never saw out of sample.",
+        *_regression_note(runs),
         "",
         "Plots: " + ", ".join(sorted(p.name for p in out.glob("*.png"))),
     ]

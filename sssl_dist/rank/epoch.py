@@ -28,13 +28,8 @@ from sssl_dist.data.segments import (
     segment_probabilities,
     steps_per_epoch,
 )
-from sssl_dist.method.equations import (
-    clean_bn_statistics,
-    ema_teacher,
-    ema_update,
-    per_sample_ce,
-)
-from sssl_dist.method.step import ce_loss, sssl_loss
+from sssl_dist.method.equations import clean_bn_statistics, ema_teacher, ema_update
+from sssl_dist.method.tasks import Task, task_of
 from sssl_dist.rank.collectives import all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -97,6 +92,11 @@ class Worker:
         )
 
     @property
+    def task(self) -> Task:
+        """What this run predicts, and everything that depends on it (method/tasks)."""
+        return task_of(self.cfg)
+
+    @property
     def block(self) -> tuple[int, int]:
         """This rank's contiguous block of training positions for the loss pass."""
         return rank_block(len(self.table), self.rank, self.world)
@@ -115,15 +115,16 @@ class Worker:
 
 @torch.no_grad()
 def loss_pass(w: Worker) -> torch.Tensor:
-    """Step 1: eval-mode per-sample CE (Eq. 2) for this rank's block [lo, hi), each position
-    once and in position order (the gather relies on that order)."""
+    """Step 1: eval-mode per-segment loss (the task's: CE, Eq. 2, for classification) for this
+    rank's block [lo, hi), each position once and in position order (the gather relies on that
+    order)."""
     w.plain.eval()
     losses = []
     lo, hi = w.block
     for idx in loss_pass_batches(lo, hi, w.eval_batch):
         with w.autocast():
             logits = w.plain(w.batcher.inputs(idx).to(w.device)).float()
-        losses.append(per_sample_ce(logits, w.batcher.labels(idx).to(w.device)).cpu())
+        losses.append(w.task.segment_losses(logits, w.batcher.labels(idx).to(w.device)).cpu())
     return torch.cat(losses) if losses else torch.zeros(0)
 
 
@@ -191,10 +192,10 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
         x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
         with w.autocast():
             if clean_w is None:
-                out = ce_loss(w.model, x, y)
+                out = w.task.warmup_loss(w.model, x, y)
             else:
                 weights = torch.from_numpy(clean_w[idx]).to(w.device)
-                out = sssl_loss(w.model, targets_by, x, y, weights, cfg, gen)
+                out = w.task.step_loss(w.model, targets_by, x, y, weights, cfg, gen)
         w.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         w.opt.step()
@@ -211,35 +212,22 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
 
 @torch.no_grad()
 def segment_accuracy(w: Worker) -> dict[str, float]:
-    """Validation segment accuracy against inherited labels and, when known, the truth."""
+    """Validation segment figures (the task's: accuracy against inherited labels and, when
+    known, the truth, for classification), summed over every rank's block."""
     w.plain.eval()
     table = w.val_table
     lo, hi = rank_block(len(table), w.rank, w.world)
-    counts = np.zeros(4)
+    sums = None
     for idx in loss_pass_batches(lo, hi, w.eval_batch):
         with w.autocast():
-            pred = w.plain(w.val_batcher.inputs(idx).to(w.device)).argmax(-1).cpu().numpy()
-        counts += hit_counts(pred, table.label[idx], table.true_label[idx])
-    return segment_accuracies(*all_reduce_sum(counts.tolist()))
-
-
-def hit_counts(pred: np.ndarray, label: np.ndarray, true_label: np.ndarray) -> np.ndarray:
-    """[hits against the inherited label, segments, hits against the truth, segments whose
-    truth is known]: a segment whose truth is unknown (-1) is neither right nor wrong."""
-    known = true_label >= 0
-    return np.array(
-        [np.sum(pred == label), pred.size, np.sum(pred[known] == true_label[known]), known.sum()],
-        dtype=np.float64,
-    )
-
-
-def segment_accuracies(hit: float, n: float, true_hit: float, known: float) -> dict[str, float]:
-    """The summed `hit_counts` of every rank as accuracies; against the truth only where some
-    segment's truth is known, over those segments."""
-    out = {"val_seg_acc": hit / max(n, 1)}
-    if known:
-        out["val_seg_acc_truth"] = true_hit / known
-    return out
+            outputs = w.plain(w.val_batcher.inputs(idx).to(w.device))
+        scores = w.task.segment_scores(outputs, table.label[idx], table.true_label[idx])
+        sums = scores if sums is None else sums + scores
+    if sums is None:  # an empty block still joins the all-reduce, with zeros of the same size
+        sums = w.task.segment_scores(
+            torch.zeros(0, w.task.num_outputs), table.label[:0], table.true_label[:0]
+        )
+    return w.task.segment_metrics(all_reduce_sum(sums.tolist()))
 
 
 def song_probabilities(
@@ -251,7 +239,14 @@ def song_probabilities(
     """P_s(E_k) for every segment of each song: {song id: [S, K] as nested lists}."""
     return {
         sid: segment_probabilities(
-            w.plain, mels[sid], songs_by_id[sid]["duration_s"], w.cfg, w.fc, w.device, w.eval_batch
+            w.plain,
+            mels[sid],
+            songs_by_id[sid]["duration_s"],
+            w.cfg,
+            w.fc,
+            w.task,
+            w.device,
+            w.eval_batch,
         ).tolist()
         for sid in song_ids
     }

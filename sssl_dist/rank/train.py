@@ -52,8 +52,8 @@ from sssl_dist.files.checkpoint import (
 )
 from sssl_dist.method.equations import LossMemory, ema_teacher
 from sssl_dist.method.models import build_model
-from sssl_dist.method.song import song_level_results
 from sssl_dist.method.split import fit_split_with_metrics
+from sssl_dist.method.tasks import task_of
 from sssl_dist.rank.collectives import (
     all_gather_object,
     broadcast_clean_w,
@@ -139,7 +139,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
             metrics.update(segment_accuracy(w))
             # Tracked whatever eval_epoch and split_network say (only they read it), so runs
             # that differ in those alone train identical warm-up checkpoints (warmup.py).
-            best.offer(epoch, metrics["val_seg_acc"], w.plain)
+            best.offer(epoch, metrics[w.task.selection_key], w.plain)
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _log_epoch(loop, metrics)
@@ -199,17 +199,18 @@ def build_worker(
     """One rank's Worker for the songs `fold_ids`: the trainer's (set_up_rank) and, with the
     defaults, a plain single process's (benchmarks time the same path without Ray)."""
     by_id = shards.by_id
-    table = training_table([by_id[s] for s in fold_ids["train"]], cfg)
+    task = task_of(cfg)
+    table = training_table([by_id[s] for s in fold_ids["train"]], cfg, task.targets)
     # Validation keeps the inherited labels whatever `train_labels` says: every arm selects its
     # epoch the same way, and segment accuracy against the truth is reported beside it.
     val_table = SegmentTable.build(
-        [by_id[s] for s in fold_ids["val"]], cfg.task, cfg.segment_seconds, cfg.hop_seconds
+        [by_id[s] for s in fold_ids["val"]], task.targets, cfg.segment_seconds, cfg.hop_seconds
     )
     # Each global batch mixes segments from all training songs, so every rank needs all the
     # training mels (and the validation and test songs it predicts at the end).
     mels = shards.load_mels({s for ids in fold_ids.values() for s in ids})
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also syncs)
-    model = prepare(build_model(cfg.backbone, cfg.num_classes, cfg.dropout))
+    model = prepare(build_model(cfg.backbone, task.num_outputs, cfg.dropout))
     worker = Worker.build(
         cfg,
         table,
@@ -411,7 +412,7 @@ def _evaluate(
         probs.update(part)
     results: dict[str, Any] = {}
     if w.rank == 0:
-        results.update(song_level_results(w.cfg, by_id, probs, loop.fold_ids))
+        results.update(w.task.song_results(w.cfg, by_id, probs, loop.fold_ids))
         if history:
             chosen = next(h for h in history if h["epoch"] == epoch)
             results.update({k: v for k, v in chosen.items() if k.startswith("val_seg")})
