@@ -244,10 +244,13 @@ def test_compare_gives_regression_figures_the_statistics_of_accuracy(valued_shar
     rmse = metrics["test_rmse"]
     assert rmse["stats"]["mean"] == pytest.approx(0.2)  # the reduction, 1.5 -> 1.3
     assert rmse["stats"]["rope"] == pytest.approx(0.08)  # 1 % of the 1-9 scale's width
-    assert "on the 1-9 scale" in rmse["verdict"] and rmse["shown"]["lower_is_better"]
+    assert "on the [1, 9] scale" in rmse["verdict"] and rmse["shown"]["lower_is_better"]
     assert metrics["val_seg_ccc_truth"]["shown"]["name"] == "segment CCC against the truth"
     text = comparison_markdown(out)
-    assert "| va_reg: arm | test_r2 |" in text and "song RMSE reduction on the 1-9 scale" in text
+    assert "| va_reg: arm | test_r2 |" in text and "song RMSE reduction on the [1, 9] scale" in text
+    # Regression only: each figure's ROPE in its own unit, and no accuracy table's % wording.
+    rope = "ROPE ±0.01 for R², CCC and r, ±0.01 of the scale's width for RMSE, ±1.0 points for "
+    assert rope + "the noise AUC" in text and "accuracy" not in text and ", %" not in text
 
 
 def make_regression_model(path, seed: int = 0):

@@ -137,6 +137,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     which epoch each arm evaluated."""
     d = comparison["design"]
     rope = 100 * d["rope"]
+    valued = [t for t, v in comparison["tasks"].items() if "columns" in v]  # regression tasks
     lines = [
         f"# Comparison: {len(d['arms'])} arms on {comparison['songs']} songs",
         "",
@@ -147,14 +148,15 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "",
         "Arms: " + "; ".join(f"`{a}` = {o or 'the defaults'}" for a, o in d["arms"].items()) + ".",
         "",
-        "Song-level test accuracy / F1 (SVM on Eq. 10 features), mean ± std over fold results, %:",
+        _figures_sentence(valued, len(comparison["tasks"])),
         "",
         *table3(comparison),
         "",
         "Statistics: gain of the second arm over the first, with the 95 % CI of the corrected "
         "repeated k-fold t (Nadeau & Bengio 2003; Bouckaert & Frank 2004), never a naive paired "
         f"t; P(gain > ROPE) / P(|gain| <= ROPE) / P(loss > ROPE) of the Bayesian correlated "
-        f"t-test (Benavoli et al. 2017) with ROPE ±{rope:.1f} points; the t bound is the "
+        f"t-test (Benavoli et al. 2017) with {_rope_words(rope, d['rope'], valued, comparison)}"
+        "; the t bound is the "
         "corrected t with infinitely many repeats; the detectable gain is the smallest true gain "
         "found at 80 % power; the songs estimate assumes the fold differences' spread shrinks as "
         "1 / sqrt(songs). Verdict rule: no difference when the whole CI lies inside the ROPE, "
@@ -168,6 +170,37 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "the ROPE band and every fold's difference.",
     ]
     return "\n".join(lines)
+
+
+def _rope_words(points: float, rope: float, valued: list[str], comparison: dict) -> str:
+    """The ROPE in each figure's own unit: accuracy points, and for regression the unitless
+    R², CCC and r, and RMSE in a share of the scale's width."""
+    regression = (
+        f"ROPE ±{rope:g} for R², CCC and r, ±{rope:g} of the scale's width for RMSE, "
+        f"±{points:.1f} points for the noise AUC"
+    )
+    if not valued:
+        return f"ROPE ±{points:.1f} points"
+    if len(valued) == len(comparison["tasks"]):
+        return regression
+    return f"ROPE ±{points:.1f} points ({regression})"
+
+
+def _figures_sentence(valued: list[str], n_tasks: int) -> str:
+    """What the tables above the statistics hold: Table 3 for classification; for regression
+    tasks, their own figures on the scales they name (not %)."""
+    classified = (
+        "Song-level test accuracy / F1 (SVM on Eq. 10 features), mean ± std over fold results, %"
+    )
+    if not valued:
+        return classified + ":"
+    regression = (
+        f"{', '.join(valued)}: song-level R², CCC, RMSE and Pearson r (an SVR per output on "
+        "Eq. 10 features; test_mean_*: the plain mean of the segment predictions), segment CCC "
+        "against the truth and the noise AUC, mean ± std over fold results, on the scale each "
+        "result names"
+    )
+    return (regression if len(valued) == n_tasks else f"{classified}; {regression}") + ":"
 
 
 def _task_lines(t: dict[str, Any]) -> list[str]:
@@ -192,7 +225,9 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
     lines += headroom_lines(t.get("headroom"))
     lines += [
         "",
-        "| pair / metric | gain, points [95 % CI] | p | corrected t | P(gain) / P(ROPE) / "
+        "| pair / metric | gain"
+        + (" [95 % CI]" if "columns" in t else ", points [95 % CI]")
+        + " | p | corrected t | P(gain) / P(ROPE) / "
         "P(loss) | W/T/L | detectable gain | songs to resolve |",
         "|---|---|---|---|---|---|---|---|",
     ]

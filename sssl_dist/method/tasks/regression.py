@@ -367,7 +367,7 @@ class Regression:
         against the truth and the noise AUC where the shards have truth. R², CCC and r are
         unitless: their ROPE is `rope` itself."""
         low, high = _one_scale(songs)
-        on = f" on the {low:g}-{high:g} scale"
+        on = f" on the [{low:g}, {high:g}] scale"
         unitless = {"scale": 1.0, "unit": "", "digits": 3}
         return (
             Compared("test_r2", "song R²", rope, span=math.inf, **unitless),
