@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def _run_side_by_side(cmds: list[list[str]], env: dict[str, str], logs: Path) ->
     """Independent commands at once, each as its own process (most of each one's time is
     start-up: imports and an in-process Ray), each checked as _run checks one. Output goes to
     files: a full pipe would stall a command until the ones before it had finished."""
+    logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, cmd in enumerate(cmds):
         with (logs / f"{i}.out").open("w") as out, (logs / f"{i}.err").open("w") as err:
@@ -46,9 +48,10 @@ def _run_side_by_side(cmds: list[list[str]], env: dict[str, str], logs: Path) ->
             proc.kill()
 
 
-@pytest.fixture(scope="module")
-def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    venv = tmp_path_factory.mktemp("plain") / "venv"
+def build_plain_env(root: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh virtual environment under `root` with torch (as the Makefile installs it) and
+    this checkout installed by `pip install .`, no extras; and the environment to run it in."""
+    venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], dict(os.environ))
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -60,6 +63,26 @@ def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     _run(["bash", str(REPO / ".ci" / "install-torch"), str(py)], env, timeout=1200)
     _run([str(py), "-m", "pip", "install", "-q", str(REPO)], env, timeout=1200)
     return venv, env
+
+
+# Building the environment is a minute of pip that needs nothing from the other tests, so
+# conftest starts it in a thread as the session begins (when this test is selected), and the
+# tests before this one run meanwhile; the fixture waits for it.
+_EARLY: dict[str, Future] = {}
+
+
+def start_building(root: Path) -> None:
+    """Called by conftest once the session knows this test will run."""
+    if "env" not in _EARLY:
+        _EARLY["env"] = ThreadPoolExecutor(1, thread_name_prefix="plain-env").submit(
+            build_plain_env, root
+        )
+
+
+@pytest.fixture(scope="module")
+def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    start_building(tmp_path_factory.mktemp("plain"))  # a no-op when conftest started it
+    return _EARLY["env"].result(timeout=1800)
 
 
 def test_plain_install_runs_every_stage(plain_env, tmp_path):
@@ -76,36 +99,38 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
         env,
     )
     # `compare` trains through the same run code as `train` (each arm's report has its own
-    # model.sssl), so the commands after it need no separate `train`: one training process
-    # fewer on 2 cores. `train`'s own command is covered in the dev environment.
-    compared = tmp_path / "compare"
-    _run(
-        [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
-         str(compared), "--arm", "inherit", "method=inherit", "--arm", "sssl"],
-        env,
-    )  # fmt: skip
-    assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
-    run = compared / "quadrant" / "sssl"
-    # The report's tables and its plots: a plain install draws them too.
-    assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
-    assert list(run.glob("*.png")), "a plain install drew no plot"
-    # What follows needs only the trained run: report, predict and tune side by side.
-    audio = sorted(corpus.rglob("*.wav"))[:2]
-    out = tmp_path / "predictions"
-    # One trial is enough to prove the sweep's imports and outputs (the sweep itself is tested
-    # in the dev environment).
+    # model.sssl), so no separate `train` is needed; the sweep needs only the shards, so it runs
+    # beside it. One trial is enough to prove the sweep's imports and outputs (the sweep itself
+    # is tested in the dev environment).
+    compared, swept = tmp_path / "compare", tmp_path / "tune"
     space = tmp_path / "one-trial.yaml"
     smoke = (REPO / "tuning" / "spaces" / "smoke.yaml").read_text()
     space.write_text(smoke.replace("tau: [0.5, 0.7]", "tau: [0.5]"))
     _run_side_by_side(
         [
-            [sssl, "report", str(run), "--shards", str(shards)],
-            [sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)],
+            [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
+             str(compared), "--arm", "inherit", "method=inherit", "--arm", "sssl"],
             [sssl, "tune", "--shards", str(shards), "--space", str(space), "--smoke",
-             "--workers", "1", "--out", str(tmp_path / "tune")],
+             "--workers", "1", "--out", str(swept)],
         ],
         env,
-        tmp_path,
+        tmp_path / "logs-1",
     )  # fmt: skip
+    assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
+    assert (swept / "summary.md").is_file()
+    run = compared / "quadrant" / "sssl"
+    # The report's tables and its plots: a plain install draws them too.
+    assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
+    assert list(run.glob("*.png")), "a plain install drew no plot"
+    # What needs the trained run: report and predict side by side.
+    audio = sorted(corpus.rglob("*.wav"))[:2]
+    out = tmp_path / "predictions"
+    _run_side_by_side(
+        [
+            [sssl, "report", str(run), "--shards", str(shards)],
+            [sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)],
+        ],
+        env,
+        tmp_path / "logs-2",
+    )
     assert (out / "predictions.csv").is_file()
-    assert (tmp_path / "tune" / "summary.md").is_file()
