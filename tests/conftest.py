@@ -24,17 +24,6 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The plain-install test's environment is built from the session's start, beside the
-    other tests (test_plain_install.py says why)."""
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.endswith("test_plain_install"):
-            # the session's own tmp_path_factory (pytest's basetemp, cleaned as usual)
-            module.start_building(config._tmp_path_factory.mktemp("plain"))
-            return
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,10 +47,9 @@ def _run_side_by_side(cmds: list[list[str]], env: dict[str, str], logs: Path) ->
             proc.kill()
 
 
-def build_plain_env(root: Path) -> tuple[Path, dict[str, str]]:
-    """A fresh virtual environment under `root` with torch (as the Makefile installs it) and
-    this checkout installed by `pip install .`, no extras; and the environment to run it in."""
-    venv = root / "venv"
+@pytest.fixture(scope="module")
+def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    venv = tmp_path_factory.mktemp("plain") / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], dict(os.environ))
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -63,26 +61,6 @@ def build_plain_env(root: Path) -> tuple[Path, dict[str, str]]:
     _run(["bash", str(REPO / ".ci" / "install-torch"), str(py)], env, timeout=1200)
     _run([str(py), "-m", "pip", "install", "-q", str(REPO)], env, timeout=1200)
     return venv, env
-
-
-# Building the environment is a minute of pip that needs nothing from the other tests, so
-# conftest starts it in a thread as the session begins (when this test is selected), and the
-# tests before this one run meanwhile; the fixture waits for it.
-_EARLY: dict[str, Future] = {}
-
-
-def start_building(root: Path) -> None:
-    """Called by conftest once the session knows this test will run."""
-    if "env" not in _EARLY:
-        _EARLY["env"] = ThreadPoolExecutor(1, thread_name_prefix="plain-env").submit(
-            build_plain_env, root
-        )
-
-
-@pytest.fixture(scope="module")
-def plain_env(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    start_building(tmp_path_factory.mktemp("plain"))  # a no-op when conftest started it
-    return _EARLY["env"].result(timeout=1800)
 
 
 def test_plain_install_runs_every_stage(plain_env, tmp_path):
