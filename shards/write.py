@@ -464,7 +464,15 @@ def check_source(out: Path, source: dict[str, str], replace: bool) -> None:
     old_path = Path(out) / SOURCE_NAME
     if replace or not old_path.is_file():
         return
-    old = json.loads(old_path.read_text())
+    try:
+        old = json.loads(old_path.read_text())
+    except ValueError as exc:
+        old = type(exc).__name__
+    if not isinstance(old, dict) or not {"dataset", "root"} <= old.keys():
+        raise ValueError(
+            f"{old_path} is damaged ({old if isinstance(old, str) else 'no dataset and root'}), "
+            f"so what {out} holds is unknown: pass --replace to shard into it anyway"
+        )
     if old != source:
         raise ValueError(
             f"{out} holds the shards of {old['dataset']} at {old['root']}, not of "

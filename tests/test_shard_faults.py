@@ -528,5 +528,9 @@ def test_sharding_another_source_into_a_shard_set_is_refused(tmp_path, ray_sessi
     assert len(errors) == 1 and "holds the shards of manifest at" in errors[0], errors
     assert "--replace" in errors[0] and "\n" not in errors[0]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    (out / "source.json").write_text('{"dataset": "manif')  # cut short
+    caplog.clear()
+    assert main([*shard, str(roots[1])]) == 2
+    assert "source.json is damaged (JSONDecodeError)" in caplog.text and "--replace" in caplog.text
     assert main([*shard, str(roots[1]), "--replace"]) == 0
     assert json.loads((out / "source.json").read_text())["root"] == str(roots[1].resolve())
