@@ -155,7 +155,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "Statistics: gain of the second arm over the first, with the 95 % CI of the corrected "
         "repeated k-fold t (Nadeau & Bengio 2003; Bouckaert & Frank 2004), never a naive paired "
         f"t; P(gain > ROPE) / P(|gain| <= ROPE) / P(loss > ROPE) of the Bayesian correlated "
-        f"t-test (Benavoli et al. 2017) with {_rope_words(rope, d['rope'], valued, comparison)}"
+        f"t-test (Benavoli et al. 2017) with {_rope_words(rope, d['rope'], valued, len(comparison['tasks']))}"
         "; the t bound is the "
         "corrected t with infinitely many repeats; the detectable gain is the smallest true gain "
         "found at 80 % power; the songs estimate assumes the fold differences' spread shrinks as "
@@ -172,7 +172,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _rope_words(points: float, rope: float, valued: list[str], comparison: dict) -> str:
+def _rope_words(points: float, rope: float, valued: list[str], n_tasks: int) -> str:
     """The ROPE in each figure's own unit: accuracy points, and for regression the unitless
     R², CCC and r, and RMSE in a share of the scale's width."""
     regression = (
@@ -181,7 +181,7 @@ def _rope_words(points: float, rope: float, valued: list[str], comparison: dict)
     )
     if not valued:
         return f"ROPE ±{points:.1f} points"
-    if len(valued) == len(comparison["tasks"]):
+    if len(valued) == n_tasks:
         return regression
     return f"ROPE ±{points:.1f} points ({regression})"
 
