@@ -154,9 +154,10 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
         "",
         "Statistics: gain of the second arm over the first, with the 95 % CI of the corrected "
         "repeated k-fold t (Nadeau & Bengio 2003; Bouckaert & Frank 2004), never a naive paired "
-        f"t; P(gain > ROPE) / P(|gain| <= ROPE) / P(loss > ROPE) of the Bayesian correlated "
-        f"t-test (Benavoli et al. 2017) with {_rope_words(rope, d['rope'], valued, len(comparison['tasks']))}"
-        "; the t bound is the "
+        "t; P(gain > ROPE) / P(|gain| <= ROPE) / P(loss > ROPE) of the Bayesian correlated "
+        "t-test (Benavoli et al. 2017) with "
+        + _rope_words(rope, d["rope"], valued, len(comparison["tasks"]))
+        + "; the t bound is the "
         "corrected t with infinitely many repeats; the detectable gain is the smallest true gain "
         "found at 80 % power; the songs estimate assumes the fold differences' spread shrinks as "
         "1 / sqrt(songs). Verdict rule: no difference when the whole CI lies inside the ROPE, "
