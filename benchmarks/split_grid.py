@@ -90,7 +90,8 @@ def main(
     from shards.synth import SynthConfig
     from shards.write import shard_synthetic
     from sssl_dist.config import SSSLConfig
-    from sssl_dist.driver.compare import Design, read_arms, run_comparison
+    from sssl_dist.driver.arms import read_arms
+    from sssl_dist.driver.compare import Design, run_comparison
     from sssl_dist.outputs.tables import comparison_markdown, warmup_sentence
 
     if not ray.is_initialized():

@@ -189,10 +189,20 @@ class SSSLConfig:
     # after Prestopping (Song et al. 2019, "How does early stopping help generalization against
     # label noise?"): a network stopped before it memorises the wrong labels selects the clean
     # samples for the rest of training (Arpit et al. 2017: networks fit the clean pattern
-    # first).
-    split_network: Literal["current", "best_val"] = option(
+    # first). "out_of_sample": `scorer_parts` networks trained with plain CE, each on the
+    # training songs outside its part, and each segment scored by the one that never saw its
+    # song (k-fold scoring, as cleanlab's confident learning computes out-of-sample
+    # probabilities). "peer": a second network from other initial weights, trained with the
+    # step on the split fitted on the first one's losses, whose losses split the first one's
+    # data (DivideMix's co-divide). Both cost their networks' training (scorers.py) and start
+    # at the first SSSL epoch, catching up on the warm-up there.
+    split_network: Literal["current", "best_val", "out_of_sample", "peer"] = option(
         "current", SPLIT, after_warmup=True, not_adopted="best_val"
     )
+    # k of `split_network: out_of_sample`: each scorer trains on (k - 1) / k of the training
+    # songs, so k - 1 extra epochs of training per epoch. cleanlab's default is 5; 2 halves
+    # the cost on a laptop.
+    scorer_parts: int = option(2, SPLIT, valid=_at_least(2), after_warmup=True, legacy=2)
     # What the GMM is fitted on, from those losses (split.py has one function each). "loss"
     # (the paper): the loss itself. "song_relative": the loss minus its song's median loss,
     # because a wrong inherited label comes from an excursion, a minority of its song, while a
@@ -212,6 +222,25 @@ class SSSLConfig:
         "song_relative_seconds",
         "oracle",
     ] = option("loss", SPLIT, after_warmup=True, legacy="loss", not_adopted="song_relative_seconds")
+    # Which segments X holds per class after the GMM. "none" (the paper): those with w > τ.
+    # "uniform": the same number from every class, |X| / C each, highest w first (UNICON's
+    # uniform selection, Karim et al. 2022), so a hard class is not starved of labelled
+    # segments by one that is easy to fit (split.py: uniform_selection).
+    split_balance: Literal["none", "uniform"] = option(
+        "none", SPLIT, after_warmup=True, legacy="none"
+    )
+    # Whether X also takes the segments the network already agrees with. "none" (the paper).
+    # "matched": every segment whose inherited label has a predicted probability above
+    # `agreement_confidence` joins X (ProMix's matched high-confidence selection, Xiao et al.
+    # 2023), so a clean segment the GMM left in U keeps its label (split.py:
+    # matched_confident).
+    split_agreement: Literal["none", "matched"] = option(
+        "none", SPLIT, after_warmup=True, legacy="none"
+    )
+    # ProMix's threshold (0.99 there).
+    agreement_confidence: float = option(
+        0.99, SPLIT, valid=_Range(0.5, 1, high_open=True), after_warmup=True, legacy=0.99
+    )
     # What X trains on. "inherited" (the paper): each clean segment's inherited label, one-hot.
     # "refined": DivideMix's label refinement, sharpen(w y + (1 - w) p) with w the segment's
     # clean posterior and p the network's prediction, so a wrong label that slipped into X
@@ -370,6 +399,9 @@ class SSSLConfig:
             )
         if self.split_network == "best_val" and self.val_fraction <= 0:
             raise ValueError("split_network 'best_val' needs validation songs: val_fraction > 0")
+        if self.split_network == "peer" and self.selection == "mean_loss":
+            # The loss memory belongs to one network's losses; the peer's split has none.
+            raise ValueError("split_network 'peer' fits on each epoch's losses: drop selection")
 
     @property
     def needs_truth(self) -> bool:

@@ -190,15 +190,26 @@ def test_a_regression_fold_trains_under_ddp_with_the_driver_side_split(
 ):
     """Two DDP workers, the GMM fitted by the driver's split service on the gathered squared
     errors, every SSSL epoch scored against the per-second truth, song results on the data
-    set's scale."""
+    set's scale. The errors come from out-of-sample scorers (split_network: out_of_sample),
+    which train under DDP beside the network and catch up on the warm-up at the first split."""
     from sssl_dist.driver.run import run_fold
+    from sssl_dist.files.checkpoint import load_state
 
     cfg = SSSLConfig(
-        task="va_reg", epochs=3, warmup_epochs=1, batch_size=32, n_folds=2, gloo_timeout_s=60
+        task="va_reg",
+        epochs=3,
+        warmup_epochs=1,
+        batch_size=32,
+        n_folds=2,
+        gloo_timeout_s=60,
+        split_network="out_of_sample",
     )
     run = run_fold(cfg, valued_shards, 0, storage_path=tmp_path, name="reg", workers=2)
     sssl = run.history[cfg.warmup_epochs :]
     assert all(h["gathered"]["gathered"] == h["n_train"] for h in sssl)
+    # Both scorers trained as many epochs as the network had when it was last split.
+    state = load_state(run.checkpoint.path)
+    assert [a["epochs_done"] for a in state["aux"]] == [cfg.epochs - 1] * cfg.scorer_parts
     assert all(0.0 <= h["noise_auc"] <= 1.0 and h["n_clean"] > 0 for h in sssl)
     assert all(np.isfinite(h["l_kl"]) and h["l_kl"] > 0 for h in sssl)  # R-Drop's MSE over U
     assert run.result["scale"] == [1, 9]

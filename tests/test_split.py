@@ -3,12 +3,15 @@ what its docstring says, the oracle is the truth, and both ceilings are refused 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import SegmentTable, training_table
+from sssl_dist.method.equations import DegenerateSplitWarning
 from sssl_dist.method.split import (
     oracle_clean_prob,
     per_second_evidence,
@@ -17,6 +20,7 @@ from sssl_dist.method.split import (
     song_starts,
     split_segments,
 )
+from sssl_dist.method.tasks import task_of
 
 
 def _song(sid: str, truth: list[int], label: int) -> dict:
@@ -245,3 +249,73 @@ def test_the_default_evidence_fits_the_loss_itself():
     direct = split_clean_noisy(losses, table.label, num_classes=4, tau=0.5, seed=0)
     np.testing.assert_array_equal(seen, losses)
     np.testing.assert_allclose(split.clean_prob, direct.clean_prob)
+
+
+def _planted_split(w: list[float], tau: float = 0.5):
+    from sssl_dist.method.equations import split_from_clean_prob
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    return split_from_clean_prob(np.array(w), labels, {}, 2, tau), labels
+
+
+def test_uniform_selection_takes_the_same_number_from_each_class():
+    """Class 0 is easy (all four in X), class 1 hard (one in X): five in X, so three from each
+    class, the highest w first, and every w is kept."""
+    from sssl_dist.method.split import uniform_selection
+
+    split, labels = _planted_split([0.9, 0.8, 0.7, 0.6, 0.55, 0.3, 0.2, 0.1])
+    assert split.class_counts_in_x == [4, 1]
+    chosen = uniform_selection(split, labels, 2)
+    assert chosen.clean_mask.tolist() == [1, 1, 1, 0, 1, 1, 1, 0]
+    assert chosen.class_counts_in_x == [3, 3]
+    np.testing.assert_allclose(chosen.clean_w[chosen.clean_mask], [0.9, 0.8, 0.7, 0.55, 0.3, 0.2])
+    assert (chosen.clean_w[~chosen.clean_mask] == 0).all()
+
+
+def test_uniform_selection_keeps_a_chosen_segment_in_x_even_at_w_zero():
+    """X is where clean_w > 0: a segment chosen with a posterior of exactly 0 must not fall
+    into U on the ranks."""
+    from sssl_dist.method.split import uniform_selection
+
+    with pytest.warns(DegenerateSplitWarning, match="class 1 is 0/4 of X"):
+        split, labels = _planted_split([0.9, 0.8, 0.7, 0.6, 0.0, 0.0, 0.0, 0.0])
+    chosen = uniform_selection(split, labels, 2)
+    assert chosen.class_counts_in_x == [2, 2]
+    assert int((chosen.clean_w > 0).sum()) == 4
+
+
+def test_matched_confident_adds_the_segments_the_network_is_sure_of():
+    """Segments 5 and 6 are in U by the GMM; the network gives 6 its label at 0.995 (above
+    0.99): it joins X with that w, and 5 (0.9) stays in U. X's members are untouched."""
+    from sssl_dist.method.split import matched_confident
+
+    split, labels = _planted_split([0.9, 0.8, 0.7, 0.6, 0.55, 0.3, 0.2, 0.1])
+    p_label = np.array([0.999, 0.2, 0.5, 0.5, 0.5, 0.9, 0.995, 0.4])
+    agreed = matched_confident(split, p_label, labels, 2, 0.99)
+    assert np.flatnonzero(agreed.clean_mask).tolist() == [0, 1, 2, 3, 4, 6]
+    assert agreed.clean_w[6] == pytest.approx(0.995)
+    assert agreed.clean_w[0] == pytest.approx(0.999)  # the larger of w and p
+    assert agreed.class_counts_in_x == [4, 2]
+
+
+def test_balance_and_agreement_are_applied_by_the_config():
+    """Through `split_segments`: the config values select the functions above, on the GMM's
+    split of planted losses (agreement reads the raw losses: p = exp(-CE))."""
+    table = _truth_table()
+    rng = np.random.default_rng(1)
+    losses = rng.random(len(table)) * 3
+    losses[0] = 0.001  # p = 0.999: the network agrees with segment 0's label
+    base = SSSLConfig(segment_seconds=1, gmm_scope="global", tau=0.9)
+    plain, _ = split_segments(base, table, losses, epoch=0)
+    agreed, _ = split_segments(replace(base, split_agreement="matched"), table, losses, epoch=0)
+    assert agreed.clean_mask[0] and (agreed.clean_mask >= plain.clean_mask).all()
+    balanced, _ = split_segments(replace(base, split_balance="uniform"), table, losses, epoch=0)
+    quota = int(np.ceil(plain.clean_mask.sum() / 4))
+    sizes = np.bincount(table.label, minlength=4)
+    assert balanced.class_counts_in_x == np.minimum(sizes, quota).tolist()
+
+
+def test_regression_refuses_the_agreement_it_cannot_read():
+    cfg = SSSLConfig(task="valence_reg", split_agreement="matched")
+    with pytest.raises(ValueError, match="split_agreement"):
+        task_of(cfg).check_config(cfg)

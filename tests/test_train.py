@@ -55,7 +55,18 @@ def two_worker_run(shard_dir, tmp_path_factory, ray_session):
     # workers, so 1 and 2 workers can be compared exactly (test_one_worker_matches_two_workers).
     # The split's evidence is the per-second song-relative one (method/split.py), so the
     # driver's service computes it from the gathered losses and the table's songs and starts.
-    cfg = replace(cfg, warmup_epochs=0, split_evidence="song_relative_seconds", gmm_scope="global")
+    # The split runs the candidates beyond the paper that change who scores and what X holds:
+    # a peer network's losses (co-divide: the service fits two splits an epoch), per-second
+    # song-relative evidence with one GMM, then UNICON's balance and ProMix's agreement.
+    cfg = replace(
+        cfg,
+        warmup_epochs=0,
+        split_evidence="song_relative_seconds",
+        gmm_scope="global",
+        split_network="peer",
+        split_balance="uniform",
+        split_agreement="matched",
+    )
     run = run_fold(cfg, ShardSet(shard_dir), fold, storage_path=store, name="w2", workers=2)
     return run, store, cfg, fold
 

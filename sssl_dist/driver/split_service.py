@@ -52,11 +52,16 @@ class SplitService:
             self.memory = LossMemory(memory.sums.copy(), memory.counts.copy())
 
     def fit(
-        self, epoch: int, losses: np.ndarray, sent: list[int]
+        self, epoch: int, losses: np.ndarray, sent: list[int], role: str = "main"
     ) -> tuple[np.ndarray, dict[str, Any], LossMemory | None]:
         """Step 3 of an SSSL epoch: (the split as `Split.clean_w` [N], its metrics, the loss
         memory after this epoch when the selection keeps one, for rank 0's checkpoint; else
-        None)."""
+        None). `role` "peer": the split a peer network trains on (`split_network: peer`),
+        fitted on the trained network's losses; it is not the run's split, so it neither
+        touches the loss memory nor enters the history."""
+        if role == "peer":
+            clean_w, metrics = fit_split_with_metrics(self.cfg, self.table, losses, sent, epoch)
+            return clean_w, metrics, None
         clean_w, metrics = fit_split_with_metrics(
             self.cfg, self.table, losses, sent, epoch, self.memory
         )

@@ -12,6 +12,9 @@ function each:
 - "song_relative_smoothed": both, the song first;
 - "oracle": no GMM at all, X = the segments whose inherited label is right by the per-second
   truth: the ceiling a perfect split gives the step (only on shards with truth).
+After the GMM, two optional changes to X, one function each: `uniform_selection`
+(`split_balance: uniform`, UNICON's equal share per class) and `matched_confident`
+(`split_agreement: matched`, ProMix's matched high-confidence selection).
 Shapes: N for the training segments, in the table's order (song id, start second).
 """
 
@@ -200,6 +203,62 @@ def segment_evidence(cfg: SSSLConfig, table: SegmentTable, losses: np.ndarray) -
     return evidence
 
 
+def uniform_selection(
+    split: Split, groups: np.ndarray, n_groups: int, min_class_share: float = 0.05
+) -> Split:
+    """X re-chosen with the same number of segments from every class: |X| / C from each, the
+    segments of highest w first, all of a class that has fewer (UNICON's uniform selection,
+    Karim et al. 2022, "UNICON: Combating label noise through uniform selection and
+    contrastive learning"). One GMM over classes of different difficulty puts the easy
+    classes in X and starves the hard ones, and the step then learns the easy ones best.
+    Only which segments are in X changes; their w is kept (floored so it stays > 0)."""
+    quota = int(np.ceil(split.clean_mask.sum() / max(n_groups, 1)))
+    mask = np.zeros_like(split.clean_mask)
+    for k in range(n_groups):
+        members = np.flatnonzero(groups == k)
+        best = members[np.argsort(-split.clean_prob[members], kind="stable")[:quota]]
+        mask[best] = True
+    return reselected(split, mask, split.clean_prob, groups, n_groups, min_class_share)
+
+
+def matched_confident(
+    split: Split, p_label: np.ndarray, groups: np.ndarray, n_groups: int, confidence: float
+) -> Split:
+    """X plus every segment whose network gives its inherited label a probability above
+    `confidence` (p_label [N] = exp(-CE)): ProMix's matched high-confidence selection (Xiao
+    et al. 2023, "ProMix: Combating label noise via maximizing clean sample utility";
+    threshold 0.99 there). A clean segment that the GMM left in U only because its song or
+    class scores high wastes its label; one the network already predicts with near certainty
+    is trained on as labelled. Its w becomes that probability (above τ in practice)."""
+    agree = np.asarray(p_label) > confidence
+    w = np.where(agree, np.maximum(split.clean_prob, p_label), split.clean_prob)
+    return reselected(split, split.clean_mask | agree, w, groups, n_groups)
+
+
+def reselected(
+    split: Split,
+    mask: np.ndarray,
+    w: np.ndarray,
+    groups: np.ndarray,
+    n_groups: int,
+    min_class_share: float = 0.05,
+) -> Split:
+    """`split` with X = `mask` and posteriors `w`, its class counts and warnings recounted.
+    X is where `Split.clean_w` > 0, so a chosen segment keeps a w of at least 1e-6."""
+    w = np.where(mask, np.maximum(w, 1e-6), w)
+    recount = split_from_clean_prob(
+        mask.astype(np.float64), groups, {}, n_groups, 0.5, min_class_share
+    )
+    fit_notes = [f"{name}: {f.degenerate}" for name, f in split.fits.items() if f.degenerate]
+    return Split(
+        clean_prob=w,
+        clean_mask=mask,
+        fits=split.fits,
+        class_counts_in_x=recount.class_counts_in_x,
+        warnings=fit_notes + recount.warnings,
+    )
+
+
 def gather_coverage(sent: list[int], n: int) -> dict[str, Any]:
     """How the gathered blocks cover positions 0..n-1: what each rank sent against the block
     it owns. Exact once <=> per_rank == expected (then gathered == n)."""
@@ -243,8 +302,15 @@ def split_segments(
             max_fit=cfg.gmm_max_fit,
             seed=cfg.seed + epoch,
         )
-    for warning in caught:
-        log.warning("epoch %d split: %s", epoch, warning.message)
+        if cfg.split_balance == "uniform":
+            split = uniform_selection(split, groups, n_groups, cfg.min_class_share)
+        if cfg.split_agreement == "matched":
+            p_label = np.exp(-np.asarray(losses, dtype=np.float64))
+            split = matched_confident(split, p_label, groups, n_groups, cfg.agreement_confidence)
+    # The final split's own notes, not those of the GMM's X that a selection above replaced.
+    others = [w.message for w in caught if not issubclass(w.category, DegenerateSplitWarning)]
+    for note in [*others, *split.warnings]:
+        log.warning("epoch %d split: %s", epoch, note)
     return split, evidence
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from sssl_dist.data.segments import (
 from sssl_dist.method.equations import clean_bn_statistics, ema_teacher, ema_update
 from sssl_dist.method.tasks import Task, task_of
 from sssl_dist.rank.collectives import all_reduce_sum
+
+if TYPE_CHECKING:
+    from sssl_dist.rank.scorers import AuxNet
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class Worker:
     # (precision.py), the same on every rank.
     bf16: bool = False
     precision: str = "set in the config"  # why `bf16` is what it is, for the log
+    # The networks that score the split apart from `plain` (scorers.py; split_network
+    # "out_of_sample" or "peer"), empty otherwise.
+    aux: list[AuxNet] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -114,16 +121,22 @@ class Worker:
 
 
 @torch.no_grad()
-def loss_pass(w: Worker) -> torch.Tensor:
+def loss_pass(
+    w: Worker, network: torch.nn.Module | None = None, positions: np.ndarray | None = None
+) -> torch.Tensor:
     """Step 1: eval-mode per-segment loss (the task's: CE, Eq. 2, for classification) for this
     rank's block [lo, hi), each position once and in position order (the gather relies on that
-    order)."""
-    w.plain.eval()
+    order). `network` (default: the trained one) and `positions` (default: the whole block)
+    serve the networks that score the split apart from it (scorers.py)."""
+    network = w.plain if network is None else network
+    network.eval()
     losses = []
     lo, hi = w.block
-    for idx in loss_pass_batches(lo, hi, w.eval_batch):
+    chosen = np.arange(lo, hi) if positions is None else np.asarray(positions)
+    for at in range(0, chosen.size, w.eval_batch):
+        idx = chosen[at : at + w.eval_batch]
         with w.autocast():
-            logits = w.plain(w.batcher.inputs(idx).to(w.device)).float()
+            logits = network(w.batcher.inputs(idx).to(w.device)).float()
         losses.append(w.task.segment_losses(logits, w.batcher.labels(idx).to(w.device)).cpu())
     return torch.cat(losses) if losses else torch.zeros(0)
 
@@ -169,44 +182,71 @@ def train_epoch(w: Worker, clean_w: np.ndarray | None, epoch: int) -> dict[str, 
     each rank takes its share of every batch: 1 and 2 workers see exactly the same batches.
     """
     cfg = w.cfg
-    w.model.train()
-    lr = epoch_lr(cfg, epoch)
-    for group in w.opt.param_groups:  # a function of the epoch alone: resumes exactly
-        group["lr"] = lr
-    # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
-    # steps per epoch, and hence the result, does not depend on the number of workers.
-    per_rank = max(1, cfg.batch_size // w.world)
-    steps = steps_per_epoch(len(w.table), per_rank * w.world)
-    batches = epoch_batches(len(w.table), steps, per_rank * w.world, cfg.seed, epoch)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + w.rank)
+    w.model.train()  # before the EMA teacher is copied from it, as it always was
     if clean_w is not None:
         begin_sssl_epoch(w, epoch)
     # The network that predicts the step's targets: the one being trained, or its EMA.
     targets_by = w.teacher if w.teacher is not None else w.plain
+    teacher = w.teacher
+    after_step = None if teacher is None else lambda: ema_update(teacher, w.plain, cfg.ema_decay)
+    out = optimiser_steps(w, w.model, w.opt, targets_by, clean_w, epoch, after_step=after_step)
+    if clean_w is not None and cfg.bn_stats == "clean":
+        # Eval mode (next loss pass, validation, prediction) normalises with statistics of
+        # unmixed inputs under the epoch's final weights, not those the mixed batches left.
+        batches = bn_statistics_batches(w, epoch)
+        clean_bn_statistics(w.plain, (w.batcher.inputs(i).to(w.device) for i in batches))
+    return out
+
+
+def optimiser_steps(
+    w: Worker,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    targets_by: torch.nn.Module,
+    clean_w: np.ndarray | None,
+    epoch: int,
+    *,
+    positions: np.ndarray | None = None,
+    stream: int = 0,
+    after_step: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """One epoch of optimiser steps of `model` over the training positions (`positions`, or
+    all of them): plain CE with clean_w None, else the SSSL step with `targets_by` predicting
+    its targets. `stream` gives another network its own batch order and mixup draws (0: the
+    trained network's); `after_step` runs after every step (the EMA teacher's update)."""
+    cfg = w.cfg
+    model.train()
+    lr = epoch_lr(cfg, epoch)
+    for group in opt.param_groups:  # a function of the epoch alone: resumes exactly
+        group["lr"] = lr
+    # cfg.batch_size is the global batch: each rank takes its share, so the number of optimiser
+    # steps per epoch, and hence the result, does not depend on the number of workers.
+    per_rank = max(1, cfg.batch_size // w.world)
+    n = len(w.table) if positions is None else positions.size
+    steps = steps_per_epoch(n, per_rank * w.world)
+    batches = epoch_batches(n, steps, per_rank * w.world, cfg.seed + stream, epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + w.rank + stream * 65537)
     sums = np.zeros(2)
     for batch in batches:
         idx = rank_share(batch, w.rank, w.world)
+        if positions is not None:
+            idx = positions[idx]
         x, y = w.batcher.inputs(idx), w.batcher.labels(idx)
         if w.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
         with w.autocast():
             if clean_w is None:
-                out = w.task.warmup_loss(w.model, x, y)
+                out = w.task.warmup_loss(model, x, y)
             else:
                 weights = torch.from_numpy(clean_w[idx]).to(w.device)
-                out = w.task.step_loss(w.model, targets_by, x, y, weights, cfg, gen)
-        w.opt.zero_grad(set_to_none=True)
+                out = w.task.step_loss(model, targets_by, x, y, weights, cfg, gen)
+        opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        w.opt.step()
-        if w.teacher is not None:
-            ema_update(w.teacher, w.plain, cfg.ema_decay)
+        opt.step()
+        if after_step is not None:
+            after_step()
         sums += (out.l_mix, out.l_kl)
-    if clean_w is not None and cfg.bn_stats == "clean":
-        # Eval mode (next loss pass, validation, prediction) normalises with statistics of
-        # unmixed inputs under the epoch's final weights, not those the mixed batches left.
-        batches = bn_statistics_batches(w, epoch)
-        clean_bn_statistics(w.plain, (w.batcher.inputs(i).to(w.device) for i in batches))
     return {"l_mix": sums[0] / steps, "l_kl": sums[1] / steps, "steps": steps, "lr": lr}
 
 

@@ -70,6 +70,13 @@ from sssl_dist.rank.epoch import (
     train_epoch,
 )
 from sssl_dist.rank.precision import choose_precision
+from sssl_dist.rank.scorers import (
+    build_aux,
+    catch_up,
+    load_aux_state,
+    scored_losses,
+    train_peer_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,8 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
             clean_w = split_epoch(w, loop, epoch, metrics, memory, scorer)
         t_train = time.perf_counter()
         metrics.update(train_epoch(w, clean_w if sssl_epoch else None, epoch))  # step 4
+        if sssl_epoch:
+            train_peer_epoch(w, epoch)  # split_network: peer (scorers.py)
         t_val = time.perf_counter()
         if len(w.val_table):
             metrics.update(segment_accuracy(w))
@@ -143,7 +152,7 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _log_epoch(loop, metrics)
-        state = training_state(w.plain, w.opt, epoch, clean_w, memory, best, w.teacher)
+        state = training_state(w.plain, w.opt, epoch, clean_w, memory, best, w.teacher, w.aux)
         files = {runfiles.HISTORY: history}
         save_checkpoint(
             state, files, cfg, _scalars(metrics), epoch_dir_name(epoch), _local_run_dir(loop)
@@ -223,6 +232,9 @@ def build_worker(
         world=world,
         device=device,
     )
+    worker.aux = build_aux(
+        cfg, table, task.num_outputs, prepare, lambda m: build_optimizer(cfg, m.parameters())
+    )
     if cfg.bf16 == "auto":
         resolve_auto_bf16(worker)
     return worker, mels, by_id
@@ -261,6 +273,8 @@ def restore(w: Worker, loop: LoopConfig) -> Progress:
     if "ema_model" in state:  # pseudo_label_network: ema, past its first SSSL epoch
         w.teacher = ema_teacher(w.plain)
         w.teacher.load_state_dict(state["ema_model"])
+    if "aux" in state:  # split_network: out_of_sample or peer, past its first SSSL epoch
+        load_aux_state(w.aux, state["aux"])
     torch.set_rng_state(state["torch_rng"])
     # Checkpoints written before `clean_targets` hold a bool mask: X with w = 1.
     split = state["clean_w"] if "clean_w" in state else state["clean_mask"].float()
@@ -283,11 +297,36 @@ def split_epoch(
 ) -> np.ndarray:
     """Steps 1-3: this epoch's split [N] (w on X, 0 on U), the same on every rank. `memory` is
     rank 0's per-segment loss history (what the `mean_loss` selection fits on); `scorer` the
-    weights that compute the losses (split_network: best_val), None for the current network."""
+    weights that compute the losses (split_network: best_val), None for the current network.
+    With auxiliary networks (split_network: out_of_sample, peer) they compute the losses, and
+    a peer gets its own split from the trained network's losses."""
     t0 = time.perf_counter()
     # 1. loss pass over this rank's block (eval mode, Eq. 2), in position order
+    catch_up(w, epoch)
     with weights_of(w.plain, scorer):
-        losses = loss_pass(w)
+        losses = scored_losses(w) if w.aux else loss_pass(w)
+    t1 = time.perf_counter()
+    clean_w = gathered_split(w, loop, losses, epoch, metrics, memory, "main")
+    if w.cfg.split_network == "peer":
+        peer_metrics: dict[str, Any] = {}
+        w.aux[0].clean_w = gathered_split(w, loop, loss_pass(w), epoch, peer_metrics, None, "peer")
+        metrics.update({f"peer_{k}": v for k, v in peer_metrics.items() if k.startswith("noise_")})
+    metrics.update(time_loss_pass=t1 - t0)
+    return clean_w
+
+
+def gathered_split(
+    w: Worker,
+    loop: LoopConfig,
+    losses: torch.Tensor,
+    epoch: int,
+    metrics: dict[str, Any],
+    memory: LossMemory | None,
+    role: str,
+) -> np.ndarray:
+    """Steps 2-3 for one loss vector: gather this rank's block of `losses` to rank 0, fit the
+    split there or at the driver's service, and broadcast it: [N] (w on X, 0 on U) on every
+    rank. `role` "peer": the split a peer network trains on (no loss memory, no history)."""
     t1 = time.perf_counter()
     # Ranks whose blocks hold longer songs finish later: wait here, timed apart, so the gather's
     # own cost is not confused with that imbalance.
@@ -304,7 +343,7 @@ def split_epoch(
         try:
             if loop.fault == "gmm":
                 raise RuntimeError("injected fault in the GMM step (test)")
-            split, split_info = fit_at_site(w, loop, all_losses, sent, epoch, memory)
+            split, split_info = fit_at_site(w, loop, all_losses, sent, epoch, memory, role)
             metrics.update(split_info)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -315,7 +354,6 @@ def split_epoch(
     clean_w = broadcast_clean_w(split, len(w.table))
     t2 = time.perf_counter()
     metrics.update(
-        time_loss_pass=t1 - t0,
         time_rank_wait=t_wait - t1,
         time_gather=t_gather - t_wait,
         time_gmm=t_gmm - t_gather,
@@ -330,14 +368,16 @@ def fit_at_site(
     losses: np.ndarray,
     sent: list[int],
     epoch: int,
-    memory: LossMemory,
+    memory: LossMemory | None,
+    role: str = "main",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Step 3a on rank 0: the split (`Split.clean_w`) and its metrics, from the driver's split
     service or fitted here. `memory` (rank 0's copy, for the checkpoint) follows the service's."""
     if not loop.split_service[1]:
         return fit_split_with_metrics(w.cfg, w.table, losses, sent, epoch, memory)
-    clean_w, metrics, kept = ray.get(_service(loop.split_service).fit.remote(epoch, losses, sent))
-    if kept is not None:
+    service = _service(loop.split_service)
+    clean_w, metrics, kept = ray.get(service.fit.remote(epoch, losses, sent, role))
+    if kept is not None and memory is not None:
         memory.sums[:], memory.counts[:] = kept.sums, kept.counts
     return clean_w, metrics
 
@@ -377,7 +417,7 @@ def finish_fold(
             w.plain.load_state_dict(best.state)
             probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
     final.update(results, evaluated_epoch=best.epoch if last_weights else last)
-    state = training_state(w.plain, w.opt, last, clean_w, memory, best, w.teacher)
+    state = training_state(w.plain, w.opt, last, clean_w, memory, best, w.teacher, w.aux)
     if last_weights is not None:  # what a re-run resumes training state from
         state["last_model"] = last_weights
     save_checkpoint(

@@ -328,6 +328,7 @@ class Regression:
             "clean_targets": "inherited",
             "mixup_scope": "all",
             "rdrop_trunk": "separate",
+            "split_agreement": "none",  # reads class probabilities
         }
         for key, value in fixed.items():
             if getattr(cfg, key) != value:
