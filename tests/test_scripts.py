@@ -18,9 +18,9 @@ def _package_imports(path: Path) -> list[tuple[str, str]]:
     """(module, name) of every `from sssl_dist... / shards... import name` in the file."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.split(".")[0] in ("sssl_dist", "shards"):
-                found += [(node.module, alias.name) for alias in node.names]
+        ours = isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0]
+        if ours in ("sssl_dist", "shards"):
+            found += [(node.module, alias.name) for alias in node.names]
     return found
 
 
