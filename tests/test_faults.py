@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import unittest.mock
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -59,11 +60,9 @@ def uninterrupted(shard_dir, tmp_path_factory, ray_session):
     return out
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_training_and_the_rerun_resumes_to_the_same_result(
-    uninterrupted, shard_dir, tmp_path, sig, code
-):
-    out = tmp_path / "run"
+def _signal_in_second_epoch(shard_dir: Path, out: Path, sig: int) -> dict:
+    """`sssl train` in its own process, sent `sig` in its second epoch: the progress lines
+    there were at the signal, the processes it had started, its exit code and its stderr."""
     cmd = [sys.executable, "-m", "sssl_dist", "train", "--shards", str(shard_dir),
            "--out", str(out), *TRAIN]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -79,24 +78,43 @@ def test_a_signal_stops_training_and_the_rerun_resumes_to_the_same_result(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == code, err[-3000:]
-    assert "run the same command again" in err
-    assert "stopping after the epoch in flight" in err
-    # Nothing it started is left running (Ray's processes and the training thread's).
-    gone, alive = psutil.wait_procs(children, timeout=60)
-    assert not alive, [p.info for p in alive]
-    # It stopped at an epoch boundary: the epoch in flight at the signal finished (unless the
-    # signal came between an epoch's progress line and its stop check), and its checkpoint is
-    # the newest on disk. The same command continues from it.
-    (run_dir,) = out.glob("ray/*-fold0-*")
-    first = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
-    assert at_signal <= len(first) <= at_signal + 1 < 4, (at_signal, first)
-    assert sorted(run_dir.glob("epoch-*"))[-1].name == f"epoch-{first[-1]:04d}"
-    assert not (out / "fold-0").exists()
-    assert main(["train", "--shards", str(shard_dir), "--out", str(out), *TRAIN]) == 0
-    epochs = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
-    assert epochs[: len(first)] == first and epochs == sorted(set(epochs)) == [0, 1, 2, 3]
-    assert _results(out) == _results(uninterrupted)
+    return {"at_signal": at_signal, "children": children, "code": proc.returncode, "err": err}
+
+
+def test_a_signal_stops_training_and_the_rerun_resumes_to_the_same_result(
+    uninterrupted, shard_dir, tmp_path
+):
+    """SIGTERM and SIGINT, each to its own `sssl train`. The two processes run side by side:
+    most of each one's time is start-up (imports, its own Ray), and each is watched and
+    signalled on its own thread, so neither can finish its epochs while the other is handled."""
+    signals = {"sigterm": (signal.SIGTERM, 143), "sigint": (signal.SIGINT, 130)}
+    with ThreadPoolExecutor(len(signals)) as pool:
+        futures = {
+            name: pool.submit(_signal_in_second_epoch, shard_dir, tmp_path / name, sig)
+            for name, (sig, _) in signals.items()
+        }
+        stopped = {name: future.result() for name, future in futures.items()}
+    for name, (_, code) in signals.items():
+        out, got = tmp_path / name, stopped[name]
+        err = got["err"]
+        assert got["code"] == code, (name, err[-3000:])
+        assert "run the same command again" in err, name
+        assert "stopping after the epoch in flight" in err, name
+        # Nothing it started is left running (Ray's processes and the training thread's).
+        gone, alive = psutil.wait_procs(got["children"], timeout=60)
+        assert not alive, (name, [p.info for p in alive])
+        # It stopped at an epoch boundary: the epoch in flight at the signal finished (unless
+        # the signal came between an epoch's progress line and its stop check), and its
+        # checkpoint is the newest on disk. The same command continues from it.
+        (run_dir,) = out.glob("ray/*-fold0-*")
+        first = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
+        assert got["at_signal"] <= len(first) <= got["at_signal"] + 1 < 4, (name, first)
+        assert sorted(run_dir.glob("epoch-*"))[-1].name == f"epoch-{first[-1]:04d}", name
+        assert not (out / "fold-0").exists(), name
+        assert main(["train", "--shards", str(shard_dir), "--out", str(out), *TRAIN]) == 0
+        epochs = [json.loads(line)["epoch"] for line in (run_dir / "progress.jsonl").open()]
+        assert epochs[: len(first)] == first and epochs == sorted(set(epochs)) == [0, 1, 2, 3]
+        assert _results(out) == _results(uninterrupted), name
 
 
 def test_a_rerun_of_a_finished_local_mode_train_changes_nothing(uninterrupted, shard_dir):

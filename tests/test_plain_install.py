@@ -28,23 +28,22 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 1200) -> str:
     return proc.stdout
 
 
-def _run_side_by_side(cmds: list[list[str]], env: dict[str, str], logs: Path) -> None:
-    """Independent commands at once, each as its own process (most of each one's time is
-    start-up: imports and an in-process Ray), each checked as _run checks one. Output goes to
+def _start(cmd: list[str], env: dict[str, str], logs: Path) -> tuple[subprocess.Popen, Path]:
+    """A command in the background, beside others (most of each one's time is start-up:
+    imports and an in-process Ray); returns it with the file its stderr goes to. Output goes to
     files: a full pipe would stall a command until the ones before it had finished."""
     logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i, cmd in enumerate(cmds):
-        with (logs / f"{i}.out").open("w") as out, (logs / f"{i}.err").open("w") as err:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err))
-    try:
-        for i, (cmd, proc) in enumerate(zip(cmds, procs, strict=True)):
-            proc.wait(timeout=1200)
-            err = (logs / f"{i}.err").read_text()[-3000:]
-            assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{err}"
-    finally:
-        for proc in procs:
-            proc.kill()
+    log = logs / cmd[1]  # the subcommand: each runs once
+    with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=err), log.with_suffix(".err")
+
+
+def _finish(started: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Waits for commands from _start, each checked as _run checks one."""
+    for proc, err in started:
+        proc.wait(timeout=1200)
+        tail = err.read_text()[-3000:]
+        assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{tail}"
 
 
 @pytest.fixture(scope="module")
@@ -77,38 +76,49 @@ def test_plain_install_runs_every_stage(plain_env, tmp_path):
         env,
     )
     # `compare` trains through the same run code as `train` (each arm's report has its own
-    # model.sssl), so no separate `train` is needed; the sweep needs only the shards, so it runs
-    # beside it. One trial is enough to prove the sweep's imports and outputs (the sweep itself
-    # is tested in the dev environment).
+    # model.sssl), so no separate `train` is needed. The sweep needs only the shards, so it runs
+    # beside everything after them: beside `compare`, then beside `report` and `predict`, which
+    # need the trained run. One trial is enough to prove the sweep's imports and outputs (the
+    # sweep itself is tested in the dev environment).
     compared, swept = tmp_path / "compare", tmp_path / "tune"
     space = tmp_path / "one-trial.yaml"
     smoke = (REPO / "tuning" / "spaces" / "smoke.yaml").read_text()
     space.write_text(smoke.replace("tau: [0.5, 0.7]", "tau: [0.5]"))
-    _run_side_by_side(
-        [
+    logs = tmp_path / "logs"
+    started: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        started.append(
+            _start(
+                [sssl, "tune", "--shards", str(shards), "--space", str(space), "--smoke",
+                 "--workers", "1", "--out", str(swept)],
+                env,
+                logs,
+            )
+        )  # fmt: skip
+        _run(
             [sssl, "compare", "--shards", str(shards), "--smoke", "--workers", "0", "--out",
              str(compared), "--arm", "inherit", "method=inherit", "--arm", "sssl"],
-            [sssl, "tune", "--shards", str(shards), "--space", str(space), "--smoke",
-             "--workers", "1", "--out", str(swept)],
-        ],
-        env,
-        tmp_path / "logs-1",
-    )  # fmt: skip
-    assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
-    assert (swept / "summary.md").is_file()
-    run = compared / "quadrant" / "sssl"
-    # The report's tables and its plots: a plain install draws them too.
-    assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
-    assert list(run.glob("*.png")), "a plain install drew no plot"
-    # What needs the trained run: report and predict side by side.
-    audio = sorted(corpus.rglob("*.wav"))[:2]
-    out = tmp_path / "predictions"
-    _run_side_by_side(
-        [
-            [sssl, "report", str(run), "--shards", str(shards)],
-            [sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)],
-        ],
-        env,
-        tmp_path / "logs-2",
-    )
+            env,
+        )  # fmt: skip
+        assert (compared / "comparison.md").is_file() and (compared / "forest.png").is_file()
+        run = compared / "quadrant" / "sssl"
+        # The report's tables and its plots: a plain install draws them too.
+        assert (run / "summary.md").is_file() and (run / "metrics.json").is_file()
+        assert list(run.glob("*.png")), "a plain install drew no plot"
+        # What needs the trained run: report and predict side by side (and beside the sweep).
+        audio = sorted(corpus.rglob("*.wav"))[:2]
+        out = tmp_path / "predictions"
+        started.append(_start([sssl, "report", str(run), "--shards", str(shards)], env, logs))
+        started.append(
+            _start(
+                [sssl, "predict", str(run / "model.sssl"), *map(str, audio), "--out", str(out)],
+                env,
+                logs,
+            )
+        )
+        _finish(started)
+    finally:
+        for proc, _ in started:
+            proc.kill()
     assert (out / "predictions.csv").is_file()
+    assert (swept / "summary.md").is_file()

@@ -393,7 +393,10 @@ from ray.cluster_utils import Cluster
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import ShardSet
 from sssl_dist.driver.run import run_fold
-cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+# No dashboard: nothing here reads it, and it is seconds of the head's start-up.
+cluster = Cluster(
+    initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}}
+)
 cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, log_to_driver=False)
 assert len([n for n in ray.nodes() if n["Alive"]]) == 2
@@ -421,6 +424,10 @@ def test_ray_start_and_job_submit(shard_dir, tmp_path):
     """
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ)  # token auth on (the session token from conftest), as users run
+    # On SIGTERM the head first asks its GCS to drain the node, for up to 30 s; the GCS got the
+    # same signal (the whole group is signalled), so that request can only time out. Nothing
+    # here is served by the node, so there is nothing to drain: shut down at once.
+    head_env = dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     out = tmp_path / "job-out"
     ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay < 108 B
     log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed in finally
@@ -442,7 +449,7 @@ def test_ray_start_and_job_submit(shard_dir, tmp_path):
             "--metrics-export-port=52394",
             f"--temp-dir={ray_tmp}",
         ],
-        env=env,
+        env=head_env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
