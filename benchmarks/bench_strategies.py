@@ -7,11 +7,15 @@ first SSSL epoch of each run skipped: allocator warm-up) and its phases, and the
 defaults' epoch:
 
 - loss pass: step 1, the losses the GMM splits (with `split_network: best_val`, the swap to the
-  kept copy and back is inside it);
+  kept copy and back is inside it; with `out_of_sample`, the scorers' epoch of training);
 - gather + GMM: steps 2-3 (with `selection: mean_loss`, the memory update is inside it);
-- train: step 4, the mixup / KL optimiser steps;
+- train: step 4, the mixup / KL optimiser steps (with `split_network: peer`, the peer's too);
 - rest: the validation pass and keeping the best epoch's copy (`eval_epoch` or `split_network`
   best_val).
+
+The first SSSL epoch, skipped, is also where `out_of_sample` and `peer` train their networks
+through the warm-up epochs: that catch-up is printed apart, as the first SSSL epoch's excess over
+the median.
 
 The train phase also depends on how the split divides the segments (X and U batches cost
 differently), so the median share of segments in X is printed beside it.
@@ -57,6 +61,16 @@ SPLIT_ARMS = {
         "tau": 0.9,
     },
 }  # fmt: skip
+# The candidate (the second arm) with each change to who scores the split or what X holds.
+CANDIDATE = SPLIT_ARMS["per-second song-relative evidence, one GMM, tau 0.9, filter"]
+SPLIT_ARMS |= {
+    "candidate + split_balance: uniform (UNICON)": {**CANDIDATE, "split_balance": "uniform"},
+    "candidate + split_agreement: matched (ProMix)": {**CANDIDATE, "split_agreement": "matched"},
+    "candidate + split_network: out_of_sample (2 scorers)": {
+        **CANDIDATE, "split_network": "out_of_sample",
+    },
+    "candidate + split_network: peer (co-divide)": {**CANDIDATE, "split_network": "peer"},
+}  # fmt: skip
 PHASES = ("time_loss_pass", "time_gather_gmm", "time_train")
 
 
@@ -90,11 +104,13 @@ def main(
     arms = arms or ARMS
     names = list(arms)
     collected: dict[str, list[dict]] = {name: [] for name in names}
+    first: dict[str, list[float]] = {name: [] for name in names}  # first SSSL epochs
     for r in range(repeats):
         for i, name in enumerate(names if r % 2 == 0 else names[::-1]):
             cfg = with_overrides(base, arms[name])
             run = run_fold(cfg, shards, 0, storage_path=work / "ray", name=f"r{r}-a{i}", workers=0)
             collected[name] += sssl_epochs(run.history)
+            first[name].append(next(h for h in run.history if "time_loss_pass" in h)["time_epoch"])
             n_train = run.history[0]["n_train"]
     shutil.rmtree(work, ignore_errors=True)
 
@@ -107,14 +123,15 @@ def main(
     )
     print(
         f"{'arm':<70} {'epoch s':>8} {'ratio':>6} {'loss':>6} {'gmm':>6} {'train':>6} "
-        f"{'rest':>6} {'X':>5}"
+        f"{'rest':>6} {'X':>5} {'first+':>7}"
     )
     for name in names:
         t = times[name]
         print(
             f"{name:<70} {t['time_epoch']:8.2f} {t['time_epoch'] / ref:6.2f} "
             f"{t['time_loss_pass']:6.2f} {t['time_gather_gmm']:6.2f} {t['time_train']:6.2f} "
-            f"{t['rest']:6.2f} {t['clean_fraction']:5.2f}"
+            f"{t['rest']:6.2f} {t['clean_fraction']:5.2f} "
+            f"{np.median(first[name]) - t['time_epoch']:7.2f}"
         )
     return {name: times[name]["time_epoch"] / ref for name in names}
 

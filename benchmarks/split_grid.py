@@ -3,7 +3,8 @@ the arms of benchmarks/arms/split.yaml (or --arms FILE) as one `sssl compare` on
 corpus, with the ceiling arms, per segment length.
 
     python benchmarks/split_grid.py --out runs/split-L3 --L 3 [--folds 10] [--songs 200]
-                                    [--arms FILE] [--only inherit,sssl,...]
+                                    [--arms FILE] [--only inherit,sssl,...] [--first N]
+                                    [--against ARM]
 
 The corpus (200 songs, seed 0, the generator untouched) is made and sharded once under --data
 (shared by every length); the comparison resumes when re-run, and arms added to the file later
@@ -30,12 +31,15 @@ ARMS = Path(__file__).parent / "arms" / "split.yaml"
 BASELINE, DEFAULT = "inherit", "sssl"
 
 
-def pairs(arms: list[str]) -> str:
+def pairs(arms: list[str], against: str | None = None) -> str:
     """Every arm against inherit, every other arm against today's default, and the default
-    against the paper's step."""
+    against the paper's step; with `against`, also every arm after it in the file against it
+    (what builds on a candidate, against the candidate)."""
     against_inherit = [f"{BASELINE}:{a}" for a in arms if a != BASELINE]
     against_default = [f"{DEFAULT}:{a}" for a in arms if a not in (BASELINE, DEFAULT)]
-    return ",".join(dict.fromkeys([*against_inherit, *against_default]))
+    later = arms[arms.index(against) + 1 :] if against else []
+    against_other = [f"{against}:{a}" for a in later if a not in (BASELINE, DEFAULT)]
+    return ",".join(dict.fromkeys([*against_inherit, *against_default, *against_other]))
 
 
 def histories(cell: Path, folds: list[int]) -> list[list[dict[str, Any]]]:
@@ -84,6 +88,7 @@ def main(
     arms_file: Path,
     only: list[str],
     first: int | None = None,
+    against: str | None = None,
 ) -> None:
     import ray
 
@@ -104,8 +109,11 @@ def main(
         if missing:
             raise SystemExit(f"--only: unknown arms, or inherit/sssl missing: {missing}")
         arms = {name: o for name, o in arms.items() if name in only}
+    if against and against not in arms:
+        raise SystemExit(f"--against: {against!r} is not among the arms")
     subset = tuple(range(first)) if first else None  # a screen: the first folds of the design
-    design = Design(arms, (base.task,), folds, pairing=pairs(list(arms)), folds=subset)
+    pairing = pairs(list(arms), against)
+    design = Design(arms, (base.task,), folds, pairing=pairing, folds=subset)
     comparison = run_comparison(base, shards, out, design, workers=0, parallel=2)
     task = comparison["tasks"][base.task]
     ran = list(subset or range(folds))
@@ -138,6 +146,7 @@ if __name__ == "__main__":
     p.add_argument("--arms", type=Path, default=ARMS)
     p.add_argument("--only", help="comma list of arms (inherit and sssl always among them)")
     p.add_argument("--first", type=int, help="run only the first N folds of the design (a screen)")
+    p.add_argument("--against", help="also compare every later arm of the file with this one")
     a = p.parse_args()
     only = a.only.split(",") if a.only else []
-    main(a.out, a.data, a.songs, a.folds, a.length, a.arms, only, a.first)
+    main(a.out, a.data, a.songs, a.folds, a.length, a.arms, only, a.first, a.against)
