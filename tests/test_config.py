@@ -257,6 +257,12 @@ def test_every_field_declares_its_facts_and_the_derived_tables_are_the_hand_kept
         "mixup_scope",
         "rdrop_trunk",
         "split_evidence",
+        # The split's options beyond the paper act from the first SSSL epoch on (their
+        # auxiliary networks catch up on the warm-up there: rank/scorers.py).
+        "split_balance",
+        "split_agreement",
+        "agreement_confidence",
+        "scorer_parts",
     )
     before = {"method", "tau", "temperature", "lambda_kl", "mixup_alpha", "gmm_scope",
               "selection", "split_network", "clean_targets", *step, "min_class_share",
@@ -269,7 +275,8 @@ def test_every_field_declares_its_facts_and_the_derived_tables_are_the_hand_kept
         "sssl_step": "full", "pseudo_label_network": "current", "ema_decay": 0.99,
         "bn_stats": "running", "bn_stats_segments": 4096, "sssl_optimizer": "keep",
         "sssl_lr_scale": 1.0, "mixup_scope": "all", "rdrop_trunk": "separate",
-        "split_evidence": "loss", "train_labels": "inherited",
+        "split_evidence": "loss", "train_labels": "inherited", "split_balance": "none",
+        "split_agreement": "none", "agreement_confidence": 0.99, "scorer_parts": 2,
     }  # fmt: skip
 
 

@@ -143,3 +143,9 @@ def test_a_peer_refuses_the_loss_memory():
         SSSLConfig(split_network="peer", selection="mean_loss")
     with pytest.raises(ValueError, match="scorer_parts"):
         SSSLConfig(split_network="out_of_sample", scorer_parts=1)
+
+
+def test_more_scorer_parts_than_training_songs_is_refused(shard_dir):
+    songs = len(fold_song_ids(ShardSet(shard_dir), CFG, 0)["train"])
+    with pytest.raises(ValueError, match="lower scorer_parts"):
+        _worker(shard_dir, split_network="out_of_sample", scorer_parts=songs + 1)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +33,23 @@ from sssl_dist.method.equations import clean_bn_statistics, ema_teacher, ema_upd
 from sssl_dist.method.tasks import Task, task_of
 from sssl_dist.rank.collectives import all_reduce_sum
 
-if TYPE_CHECKING:
-    from sssl_dist.rank.scorers import AuxNet
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AuxNet:
+    """One network that scores the split apart from the trained one (scorers.py): what it
+    trains on, what it scores, and how far it has trained."""
+
+    model: torch.nn.Module  # what gradients flow through (DDP wrapper when world > 1)
+    plain: torch.nn.Module
+    opt: torch.optim.Optimizer
+    train_pos: np.ndarray  # the training positions it is trained on
+    score_pos: np.ndarray  # the training positions whose losses it gives the split
+    stream: int
+    epochs_done: int = 0
+    # "peer" only: the split fitted on the trained network's losses, this epoch's step for it.
+    clean_w: np.ndarray | None = None
 
 
 @dataclass

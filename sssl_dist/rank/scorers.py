@@ -24,7 +24,6 @@ same steps in the same order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,26 +31,11 @@ import torch
 from sssl_dist.config import SSSLConfig
 from sssl_dist.data.segments import SegmentTable
 from sssl_dist.method.models import build_model
-from sssl_dist.rank.epoch import Worker, loss_pass, optimiser_steps
+from sssl_dist.rank.epoch import AuxNet, Worker, loss_pass, optimiser_steps
 
 # Streams of `epoch.optimiser_steps` (batch order, mixup draws) and dropout seeds of the
 # auxiliary networks, apart from the trained network's stream 0.
 FIRST_STREAM = 1
-
-
-@dataclass
-class AuxNet:
-    """One auxiliary network: what it trains on, what it scores, and how far it has trained."""
-
-    model: torch.nn.Module  # what gradients flow through (DDP wrapper when world > 1)
-    plain: torch.nn.Module
-    opt: torch.optim.Optimizer
-    train_pos: np.ndarray  # the training positions it is trained on
-    score_pos: np.ndarray  # the training positions whose losses it gives the split
-    stream: int
-    epochs_done: int = 0
-    # "peer" only: the split fitted on the trained network's losses, this epoch's step for it.
-    clean_w: np.ndarray | None = None
 
 
 def score_parts(table: SegmentTable, parts: int, seed: int) -> np.ndarray:
@@ -76,6 +60,12 @@ def build_aux(
     each from its own seeded initial weights."""
     everything = np.arange(len(table))
     if cfg.split_network == "out_of_sample":
+        songs = len(np.unique(table.song_of))
+        if songs < cfg.scorer_parts:
+            raise ValueError(
+                f"split_network 'out_of_sample' deals the training songs into scorer_parts "
+                f"({cfg.scorer_parts}) parts, but this fold trains on {songs}: lower scorer_parts"
+            )
         part = score_parts(table, cfg.scorer_parts, cfg.seed)
         plans = [
             (np.flatnonzero(part != k), np.flatnonzero(part == k)) for k in range(cfg.scorer_parts)
