@@ -120,7 +120,9 @@ def test_a_peer_and_the_trained_network_split_on_each_others_losses(shard_dir, m
 def test_auxiliary_networks_are_checkpointed_and_restored(shard_dir):
     w = _worker(shard_dir, split_network="out_of_sample")
     scorers.catch_up(w, 1)
-    state = training_state(w.plain, w.opt, 0, None, LossMemory.empty(len(w.table)), aux=w.aux)
+    state = training_state(
+        w.plain, w.opt, 0, None, LossMemory.empty(len(w.table)), aux=scorers.aux_state(w.aux)
+    )
     fresh = _worker(shard_dir, split_network="out_of_sample")
     assert [n.epochs_done for n in fresh.aux] == [0, 0]
     scorers.load_aux_state(fresh.aux, state["aux"])
@@ -134,7 +136,12 @@ def test_auxiliary_networks_are_checkpointed_and_restored(shard_dir):
     # same whatever split_network says, so runs share it.
     untrained = _worker(shard_dir, split_network="out_of_sample")
     assert "aux" not in training_state(
-        untrained.plain, untrained.opt, 0, None, LossMemory.empty(1), aux=untrained.aux
+        untrained.plain,
+        untrained.opt,
+        0,
+        None,
+        LossMemory.empty(1),
+        aux=scorers.aux_state(untrained.aux),
     )
 
 
@@ -146,6 +153,12 @@ def test_a_peer_refuses_the_loss_memory():
 
 
 def test_more_scorer_parts_than_training_songs_is_refused(shard_dir):
-    songs = len(fold_song_ids(ShardSet(shard_dir), CFG, 0)["train"])
+    """Before any training (the check the commands make before Ray starts)."""
+    from sssl_dist.data.folds import check_shards_serve
+
+    shards = ShardSet(shard_dir)
+    songs = len(fold_song_ids(shards, CFG, 0)["train"])
+    cfg = replace(CFG, split_network="out_of_sample", scorer_parts=songs + 1)
     with pytest.raises(ValueError, match="lower scorer_parts"):
-        _worker(shard_dir, split_network="out_of_sample", scorer_parts=songs + 1)
+        check_shards_serve(shards, [cfg])
+    check_shards_serve(shards, [replace(cfg, scorer_parts=songs - 5)])  # fewer parts: fine

@@ -31,14 +31,16 @@ def check_shards_serve(
     """Refuse, before any training, a task these shards cannot serve: labels the manifest
     and the tars disagree on, a task with songs of one class only (every arm would score the
     same), a class with fewer songs than folds (some test folds would lack it), or a fold
-    (of `folds`, default all) whose training songs cannot spare stratified validation songs.
+    (of `folds`, default all) whose training songs cannot spare stratified validation songs
+    or are fewer than the out-of-sample scorers' parts.
     Names the class counts. `targets_of_config`: each config's task targets (default: the
     class label named by `cfg.task`)."""
     shards.check_labels()
     wanted = None if folds is None else sorted(set(folds))
     seen = set()
     for cfg in configs:
-        key = (cfg.task, cfg.n_folds, cfg.val_fraction, cfg.seed)
+        scorers = cfg.scorer_parts if cfg.split_network == "out_of_sample" else 1
+        key = (cfg.task, cfg.n_folds, cfg.val_fraction, cfg.seed, scorers)
         if key in seen:
             continue
         seen.add(key)
@@ -63,9 +65,15 @@ def check_shards_serve(
             if not 0 <= fold < cfg.n_folds:
                 raise ValueError(f"fold {fold} is outside 0..{cfg.n_folds - 1}")
             try:
-                fold_song_ids(shards, cfg, fold, targets)
+                ids = fold_song_ids(shards, cfg, fold, targets)
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+            if len(ids["train"]) < scorers:  # each out-of-sample scorer scores a part of songs
+                raise ValueError(
+                    f"split_network 'out_of_sample' deals the training songs into scorer_parts "
+                    f"({scorers}) parts, but fold {fold} trains on {len(ids['train'])}: lower "
+                    "scorer_parts"
+                )
 
 
 def class_counts(

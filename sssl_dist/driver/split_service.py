@@ -59,12 +59,11 @@ class SplitService:
         None). `role` "peer": the split a peer network trains on (`split_network: peer`),
         fitted on the trained network's losses; it is not the run's split, so it neither
         touches the loss memory nor enters the history."""
-        if role == "peer":
-            clean_w, metrics = fit_split_with_metrics(self.cfg, self.table, losses, sent, epoch)
+        mine = role == "main"
+        memory = self.memory if mine else None
+        clean_w, metrics = fit_split_with_metrics(self.cfg, self.table, losses, sent, epoch, memory)
+        if not mine:
             return clean_w, metrics, None
-        clean_w, metrics = fit_split_with_metrics(
-            self.cfg, self.table, losses, sent, epoch, self.memory
-        )
         self.history.append({"epoch": epoch, "n_clean": metrics["n_clean"]})
         keeps_memory = self.cfg.selection == "mean_loss"
         return clean_w, metrics, self.memory if keeps_memory else None

@@ -95,27 +95,20 @@ def training_state(
     memory: LossMemory,
     best: BestEpoch | None = None,
     teacher: torch.nn.Module | None = None,
-    aux: list | None = None,
+    aux: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds: tensors and plain values only (weights_only loadable). The loss
     memory is rank 0's (the `mean_loss` selection reads it; empty sums otherwise); `best` the
     best validation epoch so far (eval_epoch: best_val); `teacher` the EMA of the weights
     (pseudo_label_network: ema), without which a resumed run would restart the average; `aux`
-    the networks that score the split (rank/scorers.py), once they have trained."""
+    the state of the networks that score the split (rank/scorers.py: aux_state)."""
     kept = {}
     if best is not None and best.state is not None:
         kept = {"best_model": best.state, "best_epoch": best.epoch, "best_score": best.score}
     if teacher is not None:
         kept["ema_model"] = teacher.state_dict()
-    if aux and any(net.epochs_done for net in aux):  # split_network: out_of_sample or peer
-        kept["aux"] = [
-            {
-                "model": n.plain.state_dict(),
-                "optimizer": n.opt.state_dict(),
-                "epochs_done": n.epochs_done,
-            }
-            for n in aux
-        ]
+    if aux is not None:  # split_network: out_of_sample or peer
+        kept["aux"] = aux
     return kept | {
         "model": plain.state_dict(),
         "optimizer": opt.state_dict(),

@@ -60,12 +60,6 @@ def build_aux(
     each from its own seeded initial weights."""
     everything = np.arange(len(table))
     if cfg.split_network == "out_of_sample":
-        songs = len(np.unique(table.song_of))
-        if songs < cfg.scorer_parts:
-            raise ValueError(
-                f"split_network 'out_of_sample' deals the training songs into scorer_parts "
-                f"({cfg.scorer_parts}) parts, but this fold trains on {songs}: lower scorer_parts"
-            )
         part = score_parts(table, cfg.scorer_parts, cfg.seed)
         plans = [
             (np.flatnonzero(part != k), np.flatnonzero(part == k)) for k in range(cfg.scorer_parts)
@@ -82,6 +76,22 @@ def build_aux(
         plain = model.module if hasattr(model, "module") else model
         nets.append(AuxNet(model, plain, make_optimizer(model), train_pos, score_pos, stream))
     return nets
+
+
+def aux_state(nets: list[AuxNet]) -> list[dict] | None:
+    """What a checkpoint keeps of the auxiliary networks (weights_only loadable), or None
+    before they have trained: a warm-up checkpoint is then the same whatever split_network
+    says, so runs share it."""
+    if not any(net.epochs_done for net in nets):
+        return None
+    return [
+        {
+            "model": n.plain.state_dict(),
+            "optimizer": n.opt.state_dict(),
+            "epochs_done": n.epochs_done,
+        }
+        for n in nets
+    ]
 
 
 def load_aux_state(nets: list[AuxNet], states: list[dict]) -> None:

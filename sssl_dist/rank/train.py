@@ -71,6 +71,7 @@ from sssl_dist.rank.epoch import (
 )
 from sssl_dist.rank.precision import choose_precision
 from sssl_dist.rank.scorers import (
+    aux_state,
     build_aux,
     catch_up,
     load_aux_state,
@@ -152,7 +153,9 @@ def train_loop_per_worker(loop_dict: dict[str, Any]) -> None:
         metrics.update(time_train=t_val - t_train, time_epoch=time.perf_counter() - t0)
         history.append(metrics)
         _log_epoch(loop, metrics)
-        state = training_state(w.plain, w.opt, epoch, clean_w, memory, best, w.teacher, w.aux)
+        state = training_state(
+            w.plain, w.opt, epoch, clean_w, memory, best, w.teacher, aux_state(w.aux)
+        )
         files = {runfiles.HISTORY: history}
         save_checkpoint(
             state, files, cfg, _scalars(metrics), epoch_dir_name(epoch), _local_run_dir(loop)
@@ -417,7 +420,7 @@ def finish_fold(
             w.plain.load_state_dict(best.state)
             probs, results = _evaluate(w, loop, mels, by_id, history, best.epoch)
     final.update(results, evaluated_epoch=best.epoch if last_weights else last)
-    state = training_state(w.plain, w.opt, last, clean_w, memory, best, w.teacher, w.aux)
+    state = training_state(w.plain, w.opt, last, clean_w, memory, best, w.teacher, aux_state(w.aux))
     if last_weights is not None:  # what a re-run resumes training state from
         state["last_model"] = last_weights
     save_checkpoint(
